@@ -1,0 +1,197 @@
+//! Span processors: what a plugin hands the host to receive finished spans.
+//!
+//! Plugin authors implement [`SpanProcessor`], an ordinary Rust trait whose methods all but `on_end`
+//! have no-op defaults. [`TracingSetup::add_span_processor`](crate::TracingSetup::add_span_processor)
+//! wraps it in a guard that catches panics and turns them into [`ProcessorError::Panicked`], and hands
+//! the host a [`RawSpanProcessor`] trait object: abi_stable would abort the whole process on a panic
+//! that reached the boundary.
+//!
+//! # Threading contract
+//!
+//! `on_start` and `on_end` are called on the thread that started or ended the span, possibly from
+//! many threads at once, inside the user's code: they must not block. An exporter that can be slow
+//! queues with a bounded queue and drops (and counts) what does not fit.
+
+use crate::record::SpanRecord;
+use abi_stable::{
+    StableAbi, sabi_trait,
+    std_types::{RDuration, RResult, RString},
+};
+use std::any::Any;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+/// Why a processor call failed.
+#[repr(C, u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub enum ProcessorError {
+    /// The processor panicked; the panic's message.
+    Panicked(RString),
+    /// The operation did not finish within its timeout.
+    Timeout(RDuration),
+    /// The processor was shut down already.
+    AlreadyShutdown,
+    /// Anything else, with a message.
+    Failed(RString),
+}
+
+impl ProcessorError {
+    /// A [`ProcessorError::Failed`] from any message.
+    pub fn failed(message: impl fmt::Display) -> Self {
+        ProcessorError::Failed(message.to_string().into())
+    }
+}
+
+impl fmt::Display for ProcessorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessorError::Panicked(message) => write!(f, "panicked: {message}"),
+            ProcessorError::Timeout(after) => {
+                write!(f, "timed out after {:?}", Duration::from(*after))
+            }
+            ProcessorError::AlreadyShutdown => f.write_str("already shut down"),
+            ProcessorError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ProcessorError {}
+
+/// What a processor has done so far, for the host's status reports.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessorStats {
+    /// Spans written or sent.
+    pub exported: u64,
+    /// Spans lost: a full queue, an exporter that was down, a failed write.
+    pub dropped: u64,
+}
+
+/// A plugin's span processor. Implement `on_end`; everything else has a default.
+///
+/// See the [module documentation](self) for the threading contract.
+pub trait SpanProcessor: Send + Sync + 'static {
+    /// A short name for reports (`local-file`, `jaeger`). Defaults to the type's name.
+    fn name(&self) -> String {
+        std::any::type_name::<Self>().to_owned()
+    }
+
+    /// Whether `on_start` should be called at all. The host skips building a record for span
+    /// starts unless some processor asks for them.
+    fn wants_on_start(&self) -> bool {
+        false
+    }
+
+    /// A span started (its end time is 0). Must not block.
+    fn on_start(&self, _span: &SpanRecord<'_>) {}
+
+    /// A span ended. Must not block. The record is borrowed for this call only.
+    fn on_end(&self, span: &SpanRecord<'_>);
+
+    /// Exports everything buffered, within `timeout`.
+    fn force_flush(&self, _timeout: Duration) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// Flushes and releases resources, within `timeout`. Called once; later spans are not delivered.
+    fn shutdown(&self, _timeout: Duration) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    /// Counts of exported and dropped spans.
+    fn stats(&self) -> ProcessorStats {
+        ProcessorStats::default()
+    }
+}
+
+/// The stable-ABI form of a span processor, as the host calls it. Plugins never implement this
+/// directly: they implement [`SpanProcessor`], whose guard implements this.
+///
+/// New methods are appended after the last one, with a default body.
+#[sabi_trait]
+pub trait RawSpanProcessor: Send + Sync {
+    /// See [`SpanProcessor::name`].
+    fn name(&self) -> RString;
+
+    /// See [`SpanProcessor::wants_on_start`].
+    fn wants_on_start(&self) -> bool;
+
+    /// See [`SpanProcessor::on_start`].
+    fn on_start(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError>;
+
+    /// See [`SpanProcessor::on_end`].
+    fn on_end(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError>;
+
+    /// See [`SpanProcessor::force_flush`].
+    fn force_flush(&self, timeout: RDuration) -> RResult<(), ProcessorError>;
+
+    /// See [`SpanProcessor::shutdown`].
+    fn shutdown(&self, timeout: RDuration) -> RResult<(), ProcessorError>;
+
+    /// See [`SpanProcessor::stats`].
+    #[sabi(last_prefix_field)]
+    fn stats(&self) -> ProcessorStats;
+}
+
+/// A plugin's processor behind the panic guard. Made by
+/// [`TracingSetup::add_span_processor`](crate::TracingSetup::add_span_processor).
+#[derive(Debug)]
+pub struct Guarded<P>(pub P);
+
+/// The message of a caught panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+fn guard<T>(f: impl FnOnce() -> Result<T, ProcessorError>) -> RResult<T, ProcessorError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.into(),
+        Err(payload) => RResult::RErr(ProcessorError::Panicked(panic_message(&*payload).into())),
+    }
+}
+
+impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {
+    fn name(&self) -> RString {
+        match catch_unwind(AssertUnwindSafe(|| self.0.name())) {
+            Ok(name) => name.into(),
+            Err(_) => std::any::type_name::<P>().into(),
+        }
+    }
+
+    fn wants_on_start(&self) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.0.wants_on_start())).unwrap_or(false)
+    }
+
+    fn on_start(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError> {
+        guard(|| {
+            self.0.on_start(span);
+            Ok(())
+        })
+    }
+
+    fn on_end(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError> {
+        guard(|| {
+            self.0.on_end(span);
+            Ok(())
+        })
+    }
+
+    fn force_flush(&self, timeout: RDuration) -> RResult<(), ProcessorError> {
+        guard(|| self.0.force_flush(timeout.into()))
+    }
+
+    fn shutdown(&self, timeout: RDuration) -> RResult<(), ProcessorError> {
+        guard(|| self.0.shutdown(timeout.into()))
+    }
+
+    fn stats(&self) -> ProcessorStats {
+        catch_unwind(AssertUnwindSafe(|| self.0.stats())).unwrap_or_default()
+    }
+}

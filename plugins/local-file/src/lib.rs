@@ -1,0 +1,339 @@
+//! Filament's local-file tracing hook: every process writes its spans to `<dir>/<pid>.json`.
+//!
+//! Hook string: `filament_local_file:setup_tracing` (or the library's path). `<dir>` is the
+//! configuration value `FILAMENT_SPANS_DIR` (given at startup, else the environment), by default
+//! `/tmp/spans`; it is created if missing.
+//!
+//! Each line is one OTLP/JSON `TracesData` object holding one span, exactly as the OpenTelemetry
+//! file exporter specification defines it: lower-case hex ids, camelCase keys, 64-bit integers as
+//! strings, enums as integers. Any OTLP/JSON reader (the `opentelemetry-proto` crate, the
+//! collector's `otlpjsonfile` receiver) parses every line.
+//!
+//! Each span is written when it ends, with one appending `write` of the whole line: a reader sees it
+//! at once, and a crash never leaves half a line. Nothing is buffered in the process, so nothing is
+//! lost at exit; shutdown also syncs the file to disk. A failed write drops that span, counts it,
+//! and warns once.
+
+#![warn(missing_docs)]
+
+use filament_plugin_api::{
+    KeyValue, LogLevel, ProcessorError, ProcessorStats, SpanKind, SpanProcessor, SpanRecord,
+    StatusCode, TracingSetup, Value, export_hook,
+};
+use opentelemetry_proto::tonic::{
+    common::v1 as common, resource::v1 as resource, trace::v1 as trace,
+};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The configuration key (and environment variable) naming the spans directory.
+pub const SPANS_DIR_KEY: &str = "FILAMENT_SPANS_DIR";
+
+/// The spans directory when `FILAMENT_SPANS_DIR` is unset, as in Ray's default hook.
+pub const DEFAULT_SPANS_DIR: &str = "/tmp/spans";
+
+export_hook!(setup_tracing);
+
+/// The hook: opens this process's span file and adds a processor that writes to it.
+fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
+    let dir = setup
+        .config(SPANS_DIR_KEY)
+        .filter(|dir| !dir.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_SPANS_DIR.to_owned());
+    let pid = setup.process().pid;
+    let file = SpanFile::create(Path::new(&dir), pid).map_err(|e| e.to_string())?;
+    setup.log(
+        LogLevel::Debug,
+        &format!("writing spans to {}", file.path().display()),
+    );
+    setup.add_span_processor(file);
+    Ok(())
+}
+
+/// Why the span file could not be set up.
+#[derive(Debug)]
+pub enum SpanFileError {
+    /// The directory could not be created.
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        error: io::Error,
+    },
+    /// The file could not be opened for appending.
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: io::Error,
+    },
+}
+
+impl std::fmt::Display for SpanFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpanFileError::CreateDir { dir, error } => write!(
+                f,
+                "cannot create the spans directory {} ({SPANS_DIR_KEY}): {error}",
+                dir.display()
+            ),
+            SpanFileError::Open { path, error } => write!(
+                f,
+                "cannot open the span file {} for writing ({SPANS_DIR_KEY}): {error}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpanFileError {}
+
+/// A process's span file: one OTLP/JSON line per span.
+#[derive(Debug)]
+pub struct SpanFile {
+    path: PathBuf,
+    file: File,
+    line: Mutex<Vec<u8>>,
+    exported: AtomicU64,
+    dropped: AtomicU64,
+    warned: AtomicBool,
+    shut_down: AtomicBool,
+}
+
+impl SpanFile {
+    /// Creates `dir` if needed and opens `dir/<pid>.json` for appending.
+    pub fn create(dir: &Path, pid: u32) -> Result<Self, SpanFileError> {
+        std::fs::create_dir_all(dir).map_err(|error| SpanFileError::CreateDir {
+            dir: dir.to_owned(),
+            error,
+        })?;
+        let path = dir.join(format!("{pid}.json"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|error| SpanFileError::Open {
+                path: path.clone(),
+                error,
+            })?;
+        Ok(SpanFile {
+            path,
+            file,
+            line: Mutex::new(Vec::with_capacity(2048)),
+            exported: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            warned: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one `TracesData` as one line, with a single `write`.
+    pub fn write_traces_data(&self, data: &trace::TracesData) -> io::Result<()> {
+        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        line.clear();
+        serde_json::to_writer(&mut *line, data).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let written = (&self.file).write(&line)?;
+        if written != line.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {} bytes", line.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn count(&self, result: io::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.exported.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "filament_local_file: cannot write spans to {}: {error}; dropping spans (warned once, counted)",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl SpanProcessor for SpanFile {
+    fn name(&self) -> String {
+        format!("local-file {}", self.path.display())
+    }
+
+    fn on_end(&self, span: &SpanRecord<'_>) {
+        if self.shut_down.load(Ordering::Relaxed) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.count(self.write_traces_data(&traces_data(span)));
+    }
+
+    fn force_flush(&self, _timeout: Duration) -> Result<(), ProcessorError> {
+        // Every line went to the kernel when its span ended; nothing is buffered here.
+        Ok(())
+    }
+
+    fn shutdown(&self, _timeout: Duration) -> Result<(), ProcessorError> {
+        if self.shut_down.swap(true, Ordering::Relaxed) {
+            return Err(ProcessorError::AlreadyShutdown);
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| ProcessorError::failed(format!("syncing {}: {e}", self.path.display())))
+    }
+
+    fn stats(&self) -> ProcessorStats {
+        ProcessorStats {
+            exported: self.exported.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// OTLP's span flags: bit 8 says whether bit 9 (the parent is remote) is known.
+const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
+const SPAN_FLAGS_CONTEXT_IS_REMOTE: u32 = 0x200;
+
+fn span_flags(trace_flags: u8, is_remote: bool) -> u32 {
+    let remote = if is_remote {
+        SPAN_FLAGS_CONTEXT_IS_REMOTE
+    } else {
+        0
+    };
+    u32::from(trace_flags) | SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | remote
+}
+
+fn any_value(value: &Value<'_>) -> common::AnyValue {
+    use common::any_value::Value as V;
+    fn array(values: Vec<V>) -> V {
+        V::ArrayValue(common::ArrayValue {
+            values: values
+                .into_iter()
+                .map(|v| common::AnyValue { value: Some(v) })
+                .collect(),
+        })
+    }
+    let value = match value {
+        Value::Bool(b) => V::BoolValue(*b),
+        Value::I64(i) => V::IntValue(*i),
+        Value::F64(f) => V::DoubleValue(*f),
+        Value::Str(s) => V::StringValue(s.to_string()),
+        Value::BoolArray(a) => array(a.iter().map(|b| V::BoolValue(*b)).collect()),
+        Value::I64Array(a) => array(a.iter().map(|i| V::IntValue(*i)).collect()),
+        Value::F64Array(a) => array(a.iter().map(|f| V::DoubleValue(*f)).collect()),
+        Value::StrArray(a) => array(a.iter().map(|s| V::StringValue(s.to_string())).collect()),
+    };
+    common::AnyValue { value: Some(value) }
+}
+
+fn attributes(attributes: &[KeyValue<'_>]) -> Vec<common::KeyValue> {
+    attributes
+        .iter()
+        .map(|kv| common::KeyValue {
+            key: kv.key.to_string(),
+            value: Some(any_value(&kv.value)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn kind(kind: SpanKind) -> trace::span::SpanKind {
+    match kind {
+        SpanKind::Internal => trace::span::SpanKind::Internal,
+        SpanKind::Server => trace::span::SpanKind::Server,
+        SpanKind::Client => trace::span::SpanKind::Client,
+        SpanKind::Producer => trace::span::SpanKind::Producer,
+        SpanKind::Consumer => trace::span::SpanKind::Consumer,
+    }
+}
+
+fn status_code(code: StatusCode) -> trace::status::StatusCode {
+    match code {
+        StatusCode::Unset => trace::status::StatusCode::Unset,
+        StatusCode::Ok => trace::status::StatusCode::Ok,
+        StatusCode::Error => trace::status::StatusCode::Error,
+    }
+}
+
+/// One span as the OTLP `TracesData` of a file exporter line: its resource, its scope, the span.
+pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
+    let proto_span = trace::Span {
+        trace_id: span.trace_id.0.to_vec(),
+        span_id: span.span_id.0.to_vec(),
+        trace_state: span.trace_state.to_string(),
+        parent_span_id: if span.parent_span_id.is_zero() {
+            Vec::new()
+        } else {
+            span.parent_span_id.0.to_vec()
+        },
+        flags: span_flags(span.trace_flags, span.parent_is_remote),
+        name: span.name.to_string(),
+        kind: kind(span.kind) as i32,
+        start_time_unix_nano: span.start_time_unix_nano,
+        end_time_unix_nano: span.end_time_unix_nano,
+        attributes: attributes(&span.attributes),
+        dropped_attributes_count: span.dropped_attributes_count,
+        events: span
+            .events
+            .iter()
+            .map(|event| trace::span::Event {
+                time_unix_nano: event.time_unix_nano,
+                name: event.name.to_string(),
+                attributes: attributes(&event.attributes),
+                dropped_attributes_count: event.dropped_attributes_count,
+            })
+            .collect(),
+        dropped_events_count: span.dropped_events_count,
+        links: span
+            .links
+            .iter()
+            .map(|link| trace::span::Link {
+                trace_id: link.trace_id.0.to_vec(),
+                span_id: link.span_id.0.to_vec(),
+                trace_state: link.trace_state.to_string(),
+                attributes: attributes(&link.attributes),
+                dropped_attributes_count: link.dropped_attributes_count,
+                flags: span_flags(link.trace_flags, link.is_remote),
+            })
+            .collect(),
+        dropped_links_count: span.dropped_links_count,
+        status: Some(trace::Status {
+            message: span.status.description.to_string(),
+            code: status_code(span.status.code) as i32,
+        }),
+    };
+    trace::TracesData {
+        resource_spans: vec![trace::ResourceSpans {
+            resource: Some(resource::Resource {
+                attributes: attributes(&span.resource.attributes),
+                ..Default::default()
+            }),
+            scope_spans: vec![trace::ScopeSpans {
+                scope: Some(common::InstrumentationScope {
+                    name: span.scope.name.to_string(),
+                    version: span.scope.version.to_string(),
+                    attributes: attributes(&span.scope.attributes),
+                    dropped_attributes_count: 0,
+                }),
+                spans: vec![proto_span],
+                schema_url: span.scope.schema_url.to_string(),
+            }],
+            schema_url: span.resource.schema_url.to_string(),
+        }],
+    }
+}

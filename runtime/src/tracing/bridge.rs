@@ -1,0 +1,409 @@
+//! The host's span processor that hands every finished span to the plugins' processors.
+//!
+//! A span is converted once into a borrowed [`SpanRecord`] (one small array of attribute views; no
+//! string is copied) and passed to each plugin processor in turn. A processor that fails or panics is
+//! reported once and counted; the others keep receiving spans.
+
+use super::log::{self, HookLog};
+use super::setup::AddedProcessor;
+use filament_plugin_api::{
+    Event, KeyValue, Link, LogLevel, ProcessorError, ProcessorStats, RawSpanProcessor_TO, Resource,
+    Scope, SpanId, SpanKind, SpanRecord, Status, StatusCode, TraceId, Value,
+    abi_stable::std_types::{RBox, RDuration, RResult, RSlice, RStr},
+};
+use opentelemetry::trace::{self as otel_trace};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long `force_flush` gives each plugin processor (the SDK's flush has no timeout argument).
+pub(crate) const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One plugin processor and what happened to it.
+struct Sink {
+    hook: String,
+    name: String,
+    raw: RawSpanProcessor_TO<'static, RBox<()>>,
+    wants_on_start: bool,
+    report: SinkReport,
+}
+
+/// Counts and the first failure of one plugin processor.
+#[derive(Debug, Default)]
+struct SinkReport {
+    delivered: AtomicU64,
+    failures: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl Sink {
+    fn check(&self, operation: &str, result: RResult<(), ProcessorError>) -> Result<(), String> {
+        let RResult::RErr(error) = result else {
+            return Ok(());
+        };
+        self.report.failures.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "span processor \"{}\" failed in {operation}: {error}",
+            self.name
+        );
+        let mut first = self
+            .report
+            .first_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if first.is_none() {
+            *first = Some(message.clone());
+            log::emit(
+                HookLog::Hook(&self.hook),
+                LogLevel::Error,
+                &format!("{message} (reported once; later failures are only counted)"),
+            );
+        }
+        Err(message)
+    }
+}
+
+/// The plugin processors of a process, shared by the bridge and the guard that reports on them.
+#[derive(Clone)]
+pub(crate) struct Sinks(Arc<Vec<Sink>>);
+
+impl fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|s| &s.name))
+            .finish()
+    }
+}
+
+impl Sinks {
+    /// Counts and first failure of each processor, with what the plugin says it exported and dropped.
+    pub(crate) fn reports(&self) -> Vec<ProcessorReport> {
+        self.0
+            .iter()
+            .map(|sink| ProcessorReport {
+                hook: sink.hook.clone(),
+                name: sink.name.clone(),
+                delivered: sink.report.delivered.load(Ordering::Relaxed),
+                failures: sink.report.failures.load(Ordering::Relaxed),
+                first_failure: sink
+                    .report
+                    .first_failure
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone(),
+                plugin: sink.raw.stats(),
+            })
+            .collect()
+    }
+}
+
+/// What became of one plugin span processor's spans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessorReport {
+    /// The hook that added the processor, `library:symbol`.
+    pub hook: String,
+    /// The processor's name.
+    pub name: String,
+    /// Spans handed to it without error.
+    pub delivered: u64,
+    /// Calls that failed or panicked.
+    pub failures: u64,
+    /// The first failure's message (the only one logged).
+    pub first_failure: Option<String>,
+    /// What the processor itself says it exported and dropped.
+    pub plugin: ProcessorStats,
+}
+
+/// The host-side processor that forwards to every plugin processor.
+pub(crate) struct Bridge {
+    sinks: Sinks,
+    any_wants_on_start: bool,
+    resource: opentelemetry_sdk::Resource,
+}
+
+impl fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bridge")
+            .field("processors", &self.sinks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    pub(crate) fn new(processors: Vec<AddedProcessor>) -> (Bridge, Sinks) {
+        let sinks: Vec<Sink> = processors
+            .into_iter()
+            .map(|added| Sink {
+                name: added.raw.name().into_string(),
+                wants_on_start: added.raw.wants_on_start(),
+                hook: added.hook,
+                raw: added.raw,
+                report: SinkReport::default(),
+            })
+            .collect();
+        let sinks = Sinks(Arc::new(sinks));
+        let bridge = Bridge {
+            any_wants_on_start: sinks.0.iter().any(|s| s.wants_on_start),
+            sinks: sinks.clone(),
+            resource: opentelemetry_sdk::Resource::builder_empty().build(),
+        };
+        (bridge, sinks)
+    }
+
+    fn for_each_sink(
+        &self,
+        operation: &str,
+        deadline: Instant,
+        call: impl Fn(&Sink, RDuration) -> RResult<(), ProcessorError>,
+    ) -> OTelSdkResult {
+        let mut failures = Vec::new();
+        for sink in self.sinks.0.iter() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if let Err(message) = sink.check(operation, call(sink, remaining.into())) {
+                failures.push(message);
+            }
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(OTelSdkError::InternalFailure(failures.join("; ")))
+        }
+    }
+}
+
+impl SpanProcessor for Bridge {
+    fn on_start(&self, span: &mut Span, _cx: &opentelemetry::Context) {
+        if !self.any_wants_on_start {
+            return;
+        }
+        let Some(data) = span.exported_data() else {
+            return;
+        };
+        with_record(&data, &self.resource, |record| {
+            for sink in self.sinks.0.iter().filter(|s| s.wants_on_start) {
+                let _ = sink.check("on_start", sink.raw.on_start(record));
+            }
+        });
+    }
+
+    fn on_end(&self, span: SpanData) {
+        with_record(&span, &self.resource, |record| {
+            for sink in self.sinks.0.iter() {
+                if sink.check("on_end", sink.raw.on_end(record)).is_ok() {
+                    sink.report.delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.for_each_sink(
+            "force_flush",
+            Instant::now() + FLUSH_TIMEOUT,
+            |sink, timeout| sink.raw.force_flush(timeout),
+        )
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.for_each_sink("shutdown", Instant::now() + timeout, |sink, timeout| {
+            sink.raw.shutdown(timeout)
+        })
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn kind(kind: &otel_trace::SpanKind) -> SpanKind {
+    match kind {
+        otel_trace::SpanKind::Client => SpanKind::Client,
+        otel_trace::SpanKind::Server => SpanKind::Server,
+        otel_trace::SpanKind::Producer => SpanKind::Producer,
+        otel_trace::SpanKind::Consumer => SpanKind::Consumer,
+        otel_trace::SpanKind::Internal => SpanKind::Internal,
+    }
+}
+
+/// Every attribute of a span, its events, links, scope and resource, in one fixed order.
+fn all_attributes<'a>(
+    span: &'a SpanData,
+    resource: &'a opentelemetry_sdk::Resource,
+) -> impl Iterator<Item = (&'a str, &'a opentelemetry::Value)> {
+    let kv = |kv: &'a opentelemetry::KeyValue| (kv.key.as_str(), &kv.value);
+    span.attributes
+        .iter()
+        .map(kv)
+        .chain(
+            span.events
+                .iter()
+                .flat_map(move |e| e.attributes.iter().map(kv)),
+        )
+        .chain(
+            span.links
+                .iter()
+                .flat_map(move |l| l.attributes.iter().map(kv)),
+        )
+        .chain(span.instrumentation_scope.attributes().map(kv))
+        .chain(resource.iter().map(|(k, v)| (k.as_str(), v)))
+}
+
+/// Builds the borrowed record of a span and hands it to `f`. Copies no string: the record borrows
+/// `span` and `resource`; only the arrays of attribute views (and of string-array items) are new.
+pub(crate) fn with_record<R>(
+    span: &SpanData,
+    resource: &opentelemetry_sdk::Resource,
+    f: impl FnOnce(&SpanRecord<'_>) -> R,
+) -> R {
+    use opentelemetry::{Array, Value as OValue};
+
+    // String arrays first, so that the attribute views below can borrow them.
+    let string_arrays: Vec<Vec<RStr<'_>>> = all_attributes(span, resource)
+        .filter_map(|(_, value)| match value {
+            OValue::Array(Array::String(items)) => {
+                Some(items.iter().map(|s| RStr::from_str(s.as_str())).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut next_string_array = string_arrays.iter();
+
+    let count = span.attributes.len()
+        + span
+            .events
+            .iter()
+            .map(|e| e.attributes.len())
+            .sum::<usize>()
+        + span.links.iter().map(|l| l.attributes.len()).sum::<usize>()
+        + span.instrumentation_scope.attributes().count()
+        + resource.len();
+    let mut views: Vec<KeyValue<'_>> = Vec::with_capacity(count);
+    for (key, value) in all_attributes(span, resource) {
+        let value = match value {
+            OValue::Bool(b) => Value::Bool(*b),
+            OValue::I64(i) => Value::I64(*i),
+            OValue::F64(f) => Value::F64(*f),
+            OValue::String(s) => Value::Str(s.as_str().into()),
+            OValue::Array(Array::Bool(a)) => Value::BoolArray(a.as_slice().into()),
+            OValue::Array(Array::I64(a)) => Value::I64Array(a.as_slice().into()),
+            OValue::Array(Array::F64(a)) => Value::F64Array(a.as_slice().into()),
+            OValue::Array(Array::String(_)) => Value::StrArray(
+                next_string_array
+                    .next()
+                    .map(|items| items.as_slice().into())
+                    .unwrap_or_default(),
+            ),
+            // Value types added to OpenTelemetry after this host was written.
+            _ => Value::Str("<unsupported attribute type>".into()),
+        };
+        views.push(KeyValue {
+            key: key.into(),
+            value,
+        });
+    }
+
+    let mut cursor = 0;
+    let mut take = |n: usize| -> Range<usize> {
+        let range = cursor..cursor + n;
+        cursor += n;
+        range
+    };
+    let span_range = take(span.attributes.len());
+    let event_ranges: Vec<Range<usize>> = span
+        .events
+        .iter()
+        .map(|e| take(e.attributes.len()))
+        .collect();
+    let link_ranges: Vec<Range<usize>> = span
+        .links
+        .iter()
+        .map(|l| take(l.attributes.len()))
+        .collect();
+    let scope_range = take(span.instrumentation_scope.attributes().count());
+    let resource_range = take(resource.len());
+    let views = views.as_slice();
+
+    let events: Vec<Event<'_>> = span
+        .events
+        .iter()
+        .zip(event_ranges)
+        .map(|(event, range)| Event {
+            name: event.name.as_ref().into(),
+            time_unix_nano: unix_nanos(event.timestamp),
+            attributes: views[range].into(),
+            dropped_attributes_count: event.dropped_attributes_count,
+        })
+        .collect();
+    let trace_states: Vec<String> = span
+        .links
+        .iter()
+        .map(|l| l.span_context.trace_state().header())
+        .collect();
+    let links: Vec<Link<'_>> = span
+        .links
+        .iter()
+        .zip(link_ranges)
+        .zip(&trace_states)
+        .map(|((link, range), state)| Link {
+            trace_id: TraceId(link.span_context.trace_id().to_bytes()),
+            span_id: SpanId(link.span_context.span_id().to_bytes()),
+            trace_flags: link.span_context.trace_flags().to_u8(),
+            trace_state: state.as_str().into(),
+            is_remote: link.span_context.is_remote(),
+            attributes: views[range].into(),
+            dropped_attributes_count: link.dropped_attributes_count,
+        })
+        .collect();
+
+    let trace_state = span.span_context.trace_state().header();
+    let (status_code, description) = match &span.status {
+        otel_trace::Status::Unset => (StatusCode::Unset, ""),
+        otel_trace::Status::Ok => (StatusCode::Ok, ""),
+        otel_trace::Status::Error { description } => (StatusCode::Error, description.as_ref()),
+    };
+    let scope = &span.instrumentation_scope;
+    let record = SpanRecord {
+        trace_id: TraceId(span.span_context.trace_id().to_bytes()),
+        span_id: SpanId(span.span_context.span_id().to_bytes()),
+        parent_span_id: SpanId(span.parent_span_id.to_bytes()),
+        parent_is_remote: span.parent_span_is_remote,
+        trace_flags: span.span_context.trace_flags().to_u8(),
+        trace_state: trace_state.as_str().into(),
+        name: span.name.as_ref().into(),
+        kind: kind(&span.span_kind),
+        start_time_unix_nano: unix_nanos(span.start_time),
+        end_time_unix_nano: unix_nanos(span.end_time),
+        attributes: views[span_range].into(),
+        dropped_attributes_count: span.dropped_attributes_count,
+        events: RSlice::from_slice(&events),
+        dropped_events_count: span.events.dropped_count,
+        links: RSlice::from_slice(&links),
+        dropped_links_count: span.links.dropped_count,
+        status: Status {
+            code: status_code,
+            description: description.into(),
+        },
+        scope: Scope {
+            name: scope.name().into(),
+            version: scope.version().unwrap_or_default().into(),
+            schema_url: scope.schema_url().unwrap_or_default().into(),
+            attributes: views[scope_range].into(),
+        },
+        resource: Resource {
+            attributes: views[resource_range].into(),
+            schema_url: resource.schema_url().unwrap_or_default().into(),
+        },
+    };
+    f(&record)
+}

@@ -1,0 +1,241 @@
+//! Finding, loading and checking hook libraries. The only `unsafe` of the host lives here.
+//!
+//! Order of trust: the library is found and loaded (which runs its initializers, as any shared
+//! object's), the named symbol must exist, then its header (`__filament_hook_header__<symbol>`) must
+//! exist, carry the magic, the ABI major version and a compatible layout, and point at the named
+//! symbol. Only a hook that passes all of that is ever called.
+//!
+//! Libraries are never unloaded: they are opened with `RTLD_NODELETE` and their handles kept in a
+//! static for the life of the process (thread-locals and destructors of unloaded code crash
+//! processes, and abi_stable caches layout checks by reference into the library).
+
+use super::{HookError, HookSpec};
+use filament_plugin_api::{HookEntry, HookHeader, hook};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Extra directories to search for hook libraries given by bare name, `:`-separated.
+pub const PLUGIN_PATH_ENV: &str = "FILAMENT_PLUGIN_PATH";
+
+/// `dlopen` flag: never unload the library, even if its handle is closed.
+const RTLD_NODELETE: i32 = 0x1000;
+
+/// Every library ever loaded, kept so that none is unloaded.
+static LOADED: Mutex<Vec<Library>> = Mutex::new(Vec::new());
+
+/// A hook that passed every check and may be called.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedHook {
+    pub(crate) spec: HookSpec,
+    pub(crate) entry: HookEntry,
+}
+
+/// Finds, loads and checks one hook. Nothing in the library is called but its initializers.
+pub(crate) fn load_hook(spec: &HookSpec) -> Result<CheckedHook, HookError> {
+    let hook = spec.to_string();
+    let (path, library) = open_library(spec)?;
+
+    let symbol_address =
+        lookup(&library, &spec.symbol).ok_or_else(|| HookError::SymbolMissing {
+            hook: hook.clone(),
+            symbol: spec.symbol.clone(),
+            library: path.clone(),
+        })?;
+    let header_name = hook::header_symbol(&spec.symbol);
+    let header_address = lookup(&library, &header_name).ok_or_else(|| HookError::NotAHook {
+        hook: hook.clone(),
+        symbol: spec.symbol.clone(),
+        reason: format!(
+            "the library has no `{header_name}` header; hooks are exported with filament_plugin_api::export_hook!"
+        ),
+    })?;
+    let header_ptr = header_address.cast::<HookHeader>();
+
+    // SAFETY: the symbol `__filament_hook_header__<symbol>` exists, and only `export_hook!` makes
+    // symbols of that name: it is a static of at least 16 bytes whose first field is the magic. We
+    // read those bytes alone (unaligned, by value) before trusting the rest of the layout.
+    let magic = unsafe { header_ptr.cast::<[u8; 16]>().read_unaligned() };
+    if magic != hook::HOOK_MAGIC {
+        return Err(HookError::NotAHook {
+            hook,
+            symbol: spec.symbol.clone(),
+            reason: format!("`{header_name}` does not carry the Filament hook magic"),
+        });
+    }
+    // SAFETY: the magic matched, so this is a `HookHeader` made by `export_hook!`, whose first three
+    // fields never change layout; `check` reads the major version before the rest. The library is
+    // never unloaded (RTLD_NODELETE, and its handle is kept in `LOADED`), so `'static` holds.
+    let header: &'static HookHeader = unsafe { &*header_ptr };
+    let entry = header.check().map_err(|cause| HookError::Incompatible {
+        hook: hook.clone(),
+        cause,
+    })?;
+    if entry.setup as usize != symbol_address as usize {
+        return Err(HookError::NotAHook {
+            hook,
+            symbol: spec.symbol.clone(),
+            reason: format!(
+                "`{header_name}` describes another function than `{}`",
+                spec.symbol
+            ),
+        });
+    }
+    keep_loaded(library);
+    Ok(CheckedHook {
+        spec: spec.clone(),
+        entry,
+    })
+}
+
+/// The address of an exported symbol, if there is one.
+fn lookup(library: &Library, name: &str) -> Option<*const c_void> {
+    // SAFETY: the symbol is read as an opaque address and never called or dereferenced here; the
+    // type `*const c_void` makes no claim about what it points to.
+    let symbol = unsafe { library.get::<*const c_void>(name.as_bytes()) }.ok()?;
+    let address = *symbol;
+    (!address.is_null()).then_some(address)
+}
+
+fn keep_loaded(library: Library) {
+    LOADED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .push(library);
+}
+
+fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
+    let hook = spec.to_string();
+    let load = |path: &Path, dlopen_name: &str| {
+        // SAFETY: loading a library runs its initializers. The user named this library as their
+        // tracing hook, so they trust its code; the checks that follow protect against calling a
+        // symbol of the wrong type, not against hostile code (as with any plugin system).
+        unsafe { Library::open(Some(dlopen_name), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) }.map_err(
+            |error| HookError::LoadFailed {
+                hook: hook.clone(),
+                path: path.to_owned(),
+                cause: error_chain(&error),
+            },
+        )
+    };
+
+    let searched = candidate_paths(&spec.library);
+    for path in &searched {
+        if let Ok(metadata) = std::fs::metadata(path) {
+            if metadata.is_dir() {
+                return Err(HookError::LoadFailed {
+                    hook,
+                    path: path.clone(),
+                    cause: "it is a directory, not a shared object".into(),
+                });
+            }
+            if let Err(error) = std::fs::File::open(path) {
+                return Err(HookError::LoadFailed {
+                    hook,
+                    path: path.clone(),
+                    cause: format!("cannot read it: {error}"),
+                });
+            }
+            // A relative path without a slash would make dlopen search its own path: anchor it.
+            let anchored = if path.is_absolute() {
+                path.clone()
+            } else {
+                Path::new(".").join(path)
+            };
+            let library = load(path, &anchored.to_string_lossy())?;
+            return Ok((path.clone(), library));
+        }
+    }
+    // A soname such as `libc.so.6` may live where only the system loader looks.
+    let mut searched = searched;
+    if is_plain_soname(&spec.library) {
+        if let Ok(library) = load(Path::new(&spec.library), &spec.library) {
+            return Ok((PathBuf::from(&spec.library), library));
+        }
+        searched.push(PathBuf::from(format!(
+            "the system library path for {}",
+            spec.library
+        )));
+    }
+    Err(HookError::LibraryNotFound { hook, searched })
+}
+
+fn is_plain_soname(library: &str) -> bool {
+    !library.contains('/') && (library.ends_with(".so") || library.contains(".so."))
+}
+
+/// Where a library given as `library` may be, in search order.
+///
+/// A path (anything with a `/`) is taken as it is. A bare name is looked for as given when it looks
+/// like a file name (`libfoo.so`, `libc.so.6`), else as `lib<name>.so` and `<name>.so`, in
+/// `FILAMENT_PLUGIN_PATH`, next to the executable, and in the cargo target directory the executable
+/// runs from (`target/<profile>/` and its `deps/`, for tests and examples).
+pub(crate) fn candidate_paths(library: &str) -> Vec<PathBuf> {
+    if library.contains('/') {
+        return vec![PathBuf::from(library)];
+    }
+    let file_names: Vec<String> = if is_plain_soname(library) {
+        vec![library.to_owned()]
+    } else {
+        vec![format!("lib{library}.so"), format!("{library}.so")]
+    };
+    let mut paths = Vec::new();
+    for dir in search_dirs() {
+        for name in &file_names {
+            let path = dir.join(name);
+            if !paths.contains(&path) {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
+fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os(PLUGIN_PATH_ENV)
+        .map(|value| {
+            std::env::split_paths(&value)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(exe_dir.clone());
+        // Cargo puts tests and benches in `target/<profile>/deps/`, examples in
+        // `target/<profile>/examples/`, and built cdylibs in `target/<profile>/` and its `deps/`.
+        let profile_dir = match exe_dir.file_name().and_then(|n| n.to_str()) {
+            Some("deps" | "examples") => exe_dir.parent().map(Path::to_path_buf),
+            _ => Some(exe_dir),
+        };
+        if let Some(profile_dir) = profile_dir {
+            dirs.push(profile_dir.join("deps"));
+            dirs.push(profile_dir);
+        }
+    }
+    let mut unique = Vec::new();
+    for dir in dirs {
+        if !unique.contains(&dir) {
+            unique.push(dir);
+        }
+    }
+    unique
+}
+
+/// libloading keeps dlerror's text in the error's source: print the whole chain.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

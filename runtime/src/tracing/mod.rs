@@ -1,0 +1,323 @@
+//! Tracing through startup hooks: load the plugins a hook string names, let them configure
+//! OpenTelemetry, and route every span of this process to them.
+//!
+//! The path of a span: user or runtime code records it with the ordinary `opentelemetry` API on the
+//! host's tracer provider ([`provider`]); when it ends, the [`bridge`] processor turns it into a
+//! borrowed [`SpanRecord`](filament_plugin_api::SpanRecord) and hands it across the ABI to every
+//! processor the hooks added. The hooks themselves were found and checked by the [`loader`] before
+//! anything in them ran, and configured the host through [`setup`].
+//!
+//! ```no_run
+//! use opentelemetry::trace::{Tracer, TracerProvider as _};
+//!
+//! // Each process writes its spans to /tmp/spans/<pid>.json.
+//! let guard = filament::tracing::install("filament_local_file:setup_tracing")?;
+//! let tracer = opentelemetry::global::tracer("my-app");
+//! tracer.in_span("foo", |_cx| {
+//!     // work
+//! });
+//! drop(guard); // flushes and shuts the plugins down, bounded in time
+//! # Ok::<(), filament::tracing::HookError>(())
+//! ```
+
+mod bridge;
+mod error;
+mod loader;
+mod log;
+mod provider;
+mod setup;
+mod spec;
+
+pub use bridge::ProcessorReport;
+pub use error::HookError;
+pub use filament_plugin_api::{ProcessInfo, ProcessRole, ProcessorStats};
+pub use loader::PLUGIN_PATH_ENV;
+pub use provider::OTEL_SDK_DISABLED;
+pub use spec::{HookSpec, parse_hooks};
+
+use bridge::{Bridge, Sinks};
+use filament_plugin_api::{
+    LogLevel, RawTracingSetup_TO,
+    abi_stable::{sabi_trait::TD_Opaque, std_types::RResult},
+};
+use log::HookLog;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanProcessor as _};
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The environment variable that names the tracing startup hook(s) when the program does not.
+pub const TRACING_STARTUP_HOOK_ENV: &str = "FILAMENT_TRACING_STARTUP_HOOK";
+
+/// How long dropping a [`TracingGuard`] waits for the plugins to flush and shut down.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Loads, checks and runs the hooks of `hooks` (`library:symbol[,library:symbol…]`), installs the
+/// resulting tracer provider as this process's global one, and the W3C trace-context propagator.
+///
+/// Keep the returned guard alive while the program traces: dropping it flushes and shuts down.
+pub fn install(hooks: &str) -> Result<TracingGuard, HookError> {
+    Tracing::new(hooks).install()
+}
+
+/// Parses `hooks`, finds, loads and checks every library, and calls nothing: fail fast when a hook
+/// is given, long before a process would run it.
+pub fn check(hooks: &str) -> Result<Vec<HookSpec>, HookError> {
+    let specs = parse_hooks(hooks)?;
+    for spec in &specs {
+        loader::load_hook(spec)?;
+    }
+    Ok(specs)
+}
+
+/// Tracing for one process, built from a hook string and facts about the process.
+#[derive(Debug, Clone)]
+pub struct Tracing {
+    hooks: String,
+    process: ProcessInfo,
+    config: BTreeMap<String, String>,
+    shutdown_timeout: Duration,
+}
+
+impl Tracing {
+    /// Tracing through the hooks of `hooks`, for a process of role [`ProcessRole::Other`].
+    pub fn new(hooks: impl Into<String>) -> Self {
+        Tracing {
+            hooks: hooks.into(),
+            process: ProcessInfo {
+                pid: std::process::id(),
+                role: ProcessRole::Other,
+                job_id: None.into(),
+                node_id: None.into(),
+                worker_id: None.into(),
+            },
+            config: BTreeMap::new(),
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+
+    /// The process's role, as hooks see it.
+    pub fn role(mut self, role: ProcessRole) -> Self {
+        self.process.role = role;
+        self
+    }
+
+    /// The job this process belongs to.
+    pub fn job_id(mut self, id: impl Into<String>) -> Self {
+        self.process.job_id = Some(id.into().into()).into();
+        self
+    }
+
+    /// The node this process runs on.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.process.node_id = Some(id.into().into()).into();
+        self
+    }
+
+    /// The worker this process is.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.process.worker_id = Some(id.into().into()).into();
+        self
+    }
+
+    /// A configuration value hooks read with `TracingSetup::config` (before the environment).
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// How long dropping the guard waits for plugins to flush and shut down.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Runs the hooks and builds the tracer provider, without installing it globally: use
+    /// [`TracingGuard::provider`] to make tracers.
+    pub fn build(self) -> Result<TracingGuard, HookError> {
+        self.build_inner(false)
+    }
+
+    /// Runs the hooks, builds the tracer provider, and installs it (and the W3C propagator) as the
+    /// process's global ones.
+    pub fn install(self) -> Result<TracingGuard, HookError> {
+        self.build_inner(true)
+    }
+
+    fn build_inner(self, global: bool) -> Result<TracingGuard, HookError> {
+        let specs = parse_hooks(&self.hooks)?;
+        let checked = specs
+            .iter()
+            .map(loader::load_hook)
+            .collect::<Result<Vec<_>, _>>()?;
+        if provider::sdk_disabled() {
+            log::emit(
+                HookLog::Host,
+                LogLevel::Info,
+                "OTEL_SDK_DISABLED=true: the hooks were checked but not run; no spans are recorded",
+            );
+            return Ok(TracingGuard::inert(specs, self.shutdown_timeout));
+        }
+
+        let mut host = setup::HostSetup {
+            current_hook: String::new(),
+            process: &self.process,
+            config: &self.config,
+            provider: None,
+            processors: Vec::new(),
+        };
+        for hook in &checked {
+            host.current_hook = hook.spec.to_string();
+            let raw = RawTracingSetup_TO::from_ptr(&mut host, TD_Opaque);
+            if let RResult::RErr(message) = (hook.entry.setup)(raw) {
+                // Processors that earlier hooks added may hold files or threads: release them.
+                let (bridge, _) = Bridge::new(std::mem::take(&mut host.processors));
+                let _ = bridge.shutdown_with_timeout(self.shutdown_timeout);
+                return Err(HookError::SetupFailed {
+                    hook: hook.spec.to_string(),
+                    message: message.into_string(),
+                });
+            }
+        }
+        if host.processors.is_empty() {
+            log::emit(
+                HookLog::Host,
+                LogLevel::Warn,
+                &format!(
+                    "the tracing startup hook \"{}\" added no span processor: spans of this process are recorded but go nowhere",
+                    self.hooks
+                ),
+            );
+        }
+        let requested = host.provider.take();
+        let (bridge, sinks) = if host.processors.is_empty() {
+            (None, None)
+        } else {
+            let (bridge, sinks) = Bridge::new(std::mem::take(&mut host.processors));
+            (Some(bridge), Some(sinks))
+        };
+        let provider = provider::build(requested.as_ref(), &self.process, bridge);
+        if global {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+        }
+        Ok(TracingGuard {
+            hooks: specs,
+            provider: Some(provider),
+            sinks,
+            global,
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// Keeps a process's tracing alive; dropping it flushes and shuts down the plugins, bounded in time.
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct TracingGuard {
+    hooks: Vec<HookSpec>,
+    provider: Option<SdkTracerProvider>,
+    sinks: Option<Sinks>,
+    global: bool,
+    shutdown_timeout: Duration,
+}
+
+/// Why shutting tracing down did not go cleanly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShutdownError {
+    /// The plugins did not finish within the timeout; the process goes on without them.
+    #[error("tracing did not shut down within {0:?}")]
+    Timeout(Duration),
+    /// A plugin's processor failed to flush or shut down.
+    #[error("tracing shutdown failed: {0}")]
+    Failed(String),
+}
+
+impl TracingGuard {
+    fn inert(hooks: Vec<HookSpec>, shutdown_timeout: Duration) -> Self {
+        TracingGuard {
+            hooks,
+            provider: None,
+            sinks: None,
+            global: false,
+            shutdown_timeout,
+        }
+    }
+
+    /// The hooks that were run.
+    pub fn hooks(&self) -> &[HookSpec] {
+        &self.hooks
+    }
+
+    /// The tracer provider; `None` when `OTEL_SDK_DISABLED=true`.
+    pub fn provider(&self) -> Option<&SdkTracerProvider> {
+        self.provider.as_ref()
+    }
+
+    /// What became of the spans of each processor the hooks added.
+    pub fn processors(&self) -> Vec<ProcessorReport> {
+        self.sinks.as_ref().map(Sinks::reports).unwrap_or_default()
+    }
+
+    /// Asks every plugin processor to export what it buffers.
+    pub fn force_flush(&self) -> Result<(), ShutdownError> {
+        match &self.provider {
+            Some(provider) => provider
+                .force_flush()
+                .map_err(|e| ShutdownError::Failed(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes and shuts the plugins down, waiting at most the shutdown timeout.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> Result<(), ShutdownError> {
+        let Some(provider) = self.provider.take() else {
+            return Ok(());
+        };
+        if self.global {
+            opentelemetry::global::set_tracer_provider(
+                opentelemetry::trace::noop::NoopTracerProvider::new(),
+            );
+        }
+        // A plugin that ignores its timeout must not hold the process: shut down on a helper thread
+        // and stop waiting when the time is up.
+        let timeout = self.shutdown_timeout;
+        let (done, finished) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("filament-tracing-shutdown".into())
+            .spawn(move || {
+                let _ = done.send(provider.shutdown_with_timeout(timeout));
+            });
+        if spawned.is_err() {
+            return Err(ShutdownError::Failed(
+                "could not start the shutdown thread".into(),
+            ));
+        }
+        match finished.recv_timeout(timeout + Duration::from_millis(100)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(ShutdownError::Failed(error.to_string())),
+            Err(_) => {
+                log::emit(
+                    HookLog::Host,
+                    LogLevel::Warn,
+                    &format!("tracing did not shut down within {timeout:?}; giving up on it"),
+                );
+                Err(ShutdownError::Timeout(timeout))
+            }
+        }
+    }
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        // Failures were reported by the bridge when they happened.
+        let _ = self.shutdown_inner();
+    }
+}

@@ -1,0 +1,64 @@
+//! A program that installs tracing hooks and makes spans, for tests that need a process of its own
+//! (process-wide environment variables, exit behaviour, what reaches standard error).
+//!
+//! Usage: `traced-program [--hooks HOOKS] [--spans N] [--exit-without-shutdown]`
+//! Hooks default to `FILAMENT_TRACING_STARTUP_HOOK`. Prints `pid=<pid>` first. Exit codes: 0 done,
+//! 2 bad arguments, 3 the hooks were refused (the error on standard error).
+
+use opentelemetry::trace::{Span, Tracer};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let mut hooks = std::env::var(filament::tracing::TRACING_STARTUP_HOOK_ENV).ok();
+    let mut spans = 1usize;
+    let mut exit_without_shutdown = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--hooks" => hooks = args.next(),
+            "--spans" => match args.next().and_then(|n| n.parse().ok()) {
+                Some(n) => spans = n,
+                None => {
+                    eprintln!("--spans needs a number");
+                    return ExitCode::from(2);
+                }
+            },
+            "--exit-without-shutdown" => exit_without_shutdown = true,
+            other => {
+                eprintln!("unknown argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    println!("pid={}", std::process::id());
+    let guard = match filament::tracing::install(hooks.as_deref().unwrap_or_default()) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    let tracer = opentelemetry::global::tracer("traced-program");
+    for i in 0..spans {
+        let mut span = tracer.start(format!("span-{i}"));
+        span.set_attribute(opentelemetry::KeyValue::new("index", i as i64));
+        span.end();
+    }
+    if exit_without_shutdown {
+        std::process::exit(0);
+    }
+    for report in guard.processors() {
+        println!(
+            "processor {:?} delivered={} failures={} exported={} dropped={}",
+            report.name,
+            report.delivered,
+            report.failures,
+            report.plugin.exported,
+            report.plugin.dropped
+        );
+    }
+    if let Err(error) = guard.shutdown() {
+        println!("shutdown: {error}");
+    }
+    ExitCode::SUCCESS
+}

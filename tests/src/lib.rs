@@ -1,0 +1,143 @@
+//! Helpers for Filament's end-to-end tests: read span files back with the OTLP decoder of the
+//! `opentelemetry-proto` crate, and find the things tests start.
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One span read back from a span file, with the resource and scope of its line.
+#[derive(Debug, Clone)]
+pub struct ReadSpan {
+    /// The span as OTLP defines it.
+    pub span: Span,
+    /// The resource's attributes.
+    pub resource: Vec<KeyValue>,
+    /// The instrumentation scope's name.
+    pub scope_name: String,
+}
+
+impl ReadSpan {
+    /// The span's name.
+    pub fn name(&self) -> &str {
+        &self.span.name
+    }
+
+    /// The trace id in lower-case hex.
+    pub fn trace_id(&self) -> String {
+        hex(&self.span.trace_id)
+    }
+
+    /// The span id in lower-case hex.
+    pub fn span_id(&self) -> String {
+        hex(&self.span.span_id)
+    }
+
+    /// The parent span id in lower-case hex; empty for a root span.
+    pub fn parent_span_id(&self) -> String {
+        hex(&self.span.parent_span_id)
+    }
+
+    /// A span attribute.
+    pub fn attribute(&self, key: &str) -> Option<&any_value::Value> {
+        find(&self.span.attributes, key)
+    }
+
+    /// A resource attribute.
+    pub fn resource_attribute(&self, key: &str) -> Option<&any_value::Value> {
+        find(&self.resource, key)
+    }
+}
+
+/// The value of `key` in a list of OTLP attributes.
+pub fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a span file: every line must be one OTLP/JSON `TracesData`. Panics, naming the file and
+/// line, on anything else.
+pub fn read_span_file(path: &Path) -> Vec<ReadSpan> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading span file {}: {e}", path.display()));
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "{} does not end with a newline: a line was cut",
+        path.display()
+    );
+    let mut spans = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let data: TracesData = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!(
+                "{} line {}: not OTLP/JSON TracesData: {e}\n{line}",
+                path.display(),
+                number + 1
+            )
+        });
+        for resource_spans in data.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                let scope_name = scope_spans.scope.map(|s| s.name).unwrap_or_default();
+                for span in scope_spans.spans {
+                    spans.push(ReadSpan {
+                        span,
+                        resource: resource.clone(),
+                        scope_name: scope_name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// Reads every `<pid>.json` of a spans directory, by pid.
+pub fn read_spans_dir(dir: &Path) -> BTreeMap<u32, Vec<ReadSpan>> {
+    let mut by_pid = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        let pid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            by_pid.insert(pid, read_span_file(&path));
+        }
+    }
+    by_pid
+}
+
+/// The directory of the test executables' build profile (`target/<profile>/`), where cargo puts the
+/// plugin libraries the tests depend on.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the executable's directory");
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("deps" | "examples") => dir.parent().expect("target/<profile>").to_owned(),
+        _ => dir.to_owned(),
+    }
+}
+
+/// The path of a plugin library built for the tests (`lib<name>.so`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    let file = format!("lib{name}.so");
+    let dir = profile_dir();
+    [dir.join("deps").join(&file), dir.join(&file)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{file} was not built in {}", dir.display()))
+}
