@@ -1,1 +1,285 @@
-//! placeholder
+//! The local-file plugin: one file per process, one OTLP/JSON `TracesData` per line, every line read
+//! back with the `opentelemetry-proto` crate's decoder.
+
+use filament::tracing::Tracing;
+use filament_tests::{hex, read_span_file, read_spans_dir};
+use opentelemetry::trace::{
+    Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Array, KeyValue, StringValue, Value as Value_};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind as ProtoKind, status::StatusCode};
+use std::path::Path;
+use std::process::Command;
+
+const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
+
+fn local_file(dir: &Path) -> Tracing {
+    Tracing::new(LOCAL_FILE).config("FILAMENT_SPANS_DIR", dir.to_str().unwrap())
+}
+
+fn own_file(dir: &Path) -> std::path::PathBuf {
+    dir.join(format!("{}.json", std::process::id()))
+}
+
+#[test]
+fn every_field_of_a_span_survives_the_trip_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path()).build().unwrap();
+    let tracer = guard.provider().unwrap().tracer("roundtrip");
+
+    let linked = SpanContext::new(
+        opentelemetry::trace::TraceId::from_bytes([7; 16]),
+        opentelemetry::trace::SpanId::from_bytes([9; 8]),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::from_key_value([("vendor", "value")]).unwrap(),
+    );
+    let (parent_trace, parent_span) = tracer.in_span("parent", |cx| {
+        let mut child = tracer
+            .span_builder("child")
+            .with_kind(SpanKind::Consumer)
+            .with_links(vec![Link::with_context(linked.clone())])
+            .start_with_context(&tracer, &cx);
+        child.set_attributes([
+            KeyValue::new("s", "text"),
+            KeyValue::new("b", true),
+            KeyValue::new("i", i64::MAX),
+            KeyValue::new("f", 2.5),
+            KeyValue::new(
+                "sa",
+                Value_::Array(Array::String(vec![
+                    StringValue::from("x"),
+                    StringValue::from("y"),
+                ])),
+            ),
+            KeyValue::new("ia", Value_::Array(Array::I64(vec![1, -2]))),
+            KeyValue::new("ba", Value_::Array(Array::Bool(vec![true, false]))),
+            KeyValue::new("fa", Value_::Array(Array::F64(vec![0.5]))),
+        ]);
+        child.add_event(
+            "exception",
+            vec![KeyValue::new("exception.message", "boom")],
+        );
+        child.set_status(Status::error("it failed"));
+        child.end();
+        let sc = cx.span().span_context().clone();
+        (sc.trace_id(), sc.span_id())
+    });
+
+    // On disk as soon as each span ended, before any flush or shutdown.
+    let spans = read_span_file(&own_file(dir.path()));
+    assert_eq!(spans.len(), 2);
+    let (child, parent) = (&spans[0], &spans[1]);
+    assert_eq!(parent.name(), "parent");
+    assert_eq!(parent.parent_span_id(), "", "a root has no parent");
+    assert_eq!(parent.trace_id(), format!("{parent_trace}"));
+    assert_eq!(parent.span_id(), format!("{parent_span}"));
+    assert_eq!(child.trace_id(), parent.trace_id());
+    assert_eq!(child.parent_span_id(), parent.span_id());
+    assert_eq!(child.scope_name, "roundtrip");
+    assert_eq!(child.span.kind, ProtoKind::Consumer as i32);
+    assert!(child.span.end_time_unix_nano >= child.span.start_time_unix_nano);
+    assert!(child.span.start_time_unix_nano > 1_600_000_000_000_000_000);
+    assert_eq!(child.span.flags & 0xff, 1, "sampled");
+
+    assert_eq!(
+        child.attribute("s"),
+        Some(&Value::StringValue("text".into()))
+    );
+    assert_eq!(child.attribute("b"), Some(&Value::BoolValue(true)));
+    assert_eq!(child.attribute("i"), Some(&Value::IntValue(i64::MAX)));
+    assert_eq!(child.attribute("f"), Some(&Value::DoubleValue(2.5)));
+    let Some(Value::ArrayValue(strings)) = child.attribute("sa") else {
+        panic!("sa: {:?}", child.attribute("sa"))
+    };
+    let strings: Vec<_> = strings
+        .values
+        .iter()
+        .map(|v| v.value.clone().unwrap())
+        .collect();
+    assert_eq!(
+        strings,
+        [
+            Value::StringValue("x".into()),
+            Value::StringValue("y".into())
+        ]
+    );
+    let Some(Value::ArrayValue(ints)) = child.attribute("ia") else {
+        panic!("ia")
+    };
+    assert_eq!(ints.values[1].value, Some(Value::IntValue(-2)));
+
+    assert_eq!(child.span.events.len(), 1);
+    assert_eq!(child.span.events[0].name, "exception");
+    assert_eq!(
+        filament_tests::find(&child.span.events[0].attributes, "exception.message"),
+        Some(&Value::StringValue("boom".into()))
+    );
+    let status = child.span.status.as_ref().unwrap();
+    assert_eq!(status.code, StatusCode::Error as i32);
+    assert_eq!(status.message, "it failed");
+
+    assert_eq!(child.span.links.len(), 1);
+    let link = &child.span.links[0];
+    assert_eq!(hex(&link.trace_id), "07".repeat(16));
+    assert_eq!(hex(&link.span_id), "09".repeat(8));
+    assert_eq!(link.trace_state, "vendor=value");
+
+    assert_eq!(
+        child.resource_attribute("process.pid"),
+        Some(&Value::IntValue(i64::from(std::process::id())))
+    );
+    guard.shutdown().unwrap();
+}
+
+#[test]
+fn lines_follow_the_otlp_json_encoding_of_the_file_exporter_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path()).build().unwrap();
+    let tracer = guard.provider().unwrap().tracer("encoding");
+    let mut span = tracer.start("encoded");
+    span.set_attribute(KeyValue::new("count", 42));
+    span.end();
+    guard.shutdown().unwrap();
+
+    let text = std::fs::read_to_string(own_file(dir.path())).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    let span = &line["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    let trace_id = span["traceId"].as_str().unwrap();
+    assert_eq!(trace_id.len(), 32);
+    assert!(
+        trace_id
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    );
+    assert_eq!(span["spanId"].as_str().unwrap().len(), 16);
+    assert!(
+        span["startTimeUnixNano"].is_string(),
+        "64-bit integers as strings"
+    );
+    assert!(span["kind"].is_number(), "enums as integers");
+    assert_eq!(span["attributes"][0]["value"]["intValue"], "42");
+}
+
+#[test]
+fn the_spans_directory_is_created_when_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("a").join("b");
+    let guard = local_file(&nested).build().unwrap();
+    let tracer = guard.provider().unwrap().tracer("mkdir");
+    tracer.in_span("x", |_| {});
+    guard.shutdown().unwrap();
+    assert_eq!(read_span_file(&own_file(&nested)).len(), 1);
+}
+
+#[test]
+fn a_spans_directory_that_cannot_be_created_is_an_error_at_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "").unwrap();
+    let below_a_file = file.join("spans");
+    let error = local_file(&below_a_file).build().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "hook \"{LOCAL_FILE}\": setup failed: cannot create the spans directory {} (FILAMENT_SPANS_DIR): Not a directory (os error 20)",
+            below_a_file.display()
+        )
+    );
+}
+
+#[test]
+fn a_span_file_that_cannot_be_written_is_an_error_at_setup() {
+    let dir = tempfile::tempdir().unwrap();
+    // Where this process's file should go, a directory: not writable, even for root.
+    std::fs::create_dir(own_file(dir.path())).unwrap();
+    let error = local_file(dir.path()).build().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "hook \"{LOCAL_FILE}\": setup failed: cannot open the span file {} for writing (FILAMENT_SPANS_DIR): Is a directory (os error 21)",
+            own_file(dir.path()).display()
+        )
+    );
+}
+
+#[test]
+fn nothing_is_lost_when_a_process_exits_without_shutting_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_traced-program"))
+        .args([
+            "--hooks",
+            LOCAL_FILE,
+            "--spans",
+            "2000",
+            "--exit-without-shutdown",
+        ])
+        .env("FILAMENT_SPANS_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let files = read_spans_dir(dir.path());
+    assert_eq!(files.len(), 1);
+    let spans = files.values().next().unwrap();
+    assert_eq!(spans.len(), 2000);
+    let mut names: Vec<_> = spans.iter().map(|s| s.name().to_owned()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 2000, "no span lost or duplicated");
+}
+
+#[test]
+fn each_process_writes_its_own_file_named_by_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let output = Command::new(env!("CARGO_BIN_EXE_traced-program"))
+            .args(["--hooks", LOCAL_FILE, "--spans", "3"])
+            .env("FILAMENT_SPANS_DIR", dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let (first, second) = (run(), run());
+    let files = read_spans_dir(dir.path());
+    assert_eq!(files.keys().copied().collect::<Vec<_>>(), {
+        let mut pids = vec![first, second];
+        pids.sort();
+        pids
+    });
+    for (pid, spans) in files {
+        assert_eq!(spans.len(), 3);
+        assert!(
+            spans
+                .iter()
+                .all(|s| s.resource_attribute("process.pid")
+                    == Some(&Value::IntValue(i64::from(pid))))
+        );
+    }
+}
+
+#[test]
+fn spans_go_to_tmp_spans_by_default() {
+    let output = Command::new(env!("CARGO_BIN_EXE_traced-program"))
+        .args(["--hooks", LOCAL_FILE, "--spans", "1"])
+        .env_remove("FILAMENT_SPANS_DIR")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let pid = stdout.lines().find_map(|l| l.strip_prefix("pid=")).unwrap();
+    let file = Path::new("/tmp/spans").join(format!("{pid}.json"));
+    let spans = read_span_file(&file);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name(), "span-0");
+}

@@ -232,11 +232,15 @@ fn any_value(value: &Value<'_>) -> common::AnyValue {
         Value::Bool(b) => V::BoolValue(*b),
         Value::I64(i) => V::IntValue(*i),
         Value::F64(f) => V::DoubleValue(*f),
-        Value::Str(s) => V::StringValue(s.to_string()),
+        Value::Str(s) => V::StringValue(s.as_str().to_owned()),
         Value::BoolArray(a) => array(a.iter().map(|b| V::BoolValue(*b)).collect()),
         Value::I64Array(a) => array(a.iter().map(|i| V::IntValue(*i)).collect()),
         Value::F64Array(a) => array(a.iter().map(|f| V::DoubleValue(*f)).collect()),
-        Value::StrArray(a) => array(a.iter().map(|s| V::StringValue(s.to_string())).collect()),
+        Value::StrArray(a) => array(
+            a.iter()
+                .map(|s| V::StringValue(s.as_str().to_owned()))
+                .collect(),
+        ),
     };
     common::AnyValue { value: Some(value) }
 }
@@ -245,7 +249,7 @@ fn attributes(attributes: &[KeyValue<'_>]) -> Vec<common::KeyValue> {
     attributes
         .iter()
         .map(|kv| common::KeyValue {
-            key: kv.key.to_string(),
+            key: kv.key.as_str().to_owned(),
             value: Some(any_value(&kv.value)),
             ..Default::default()
         })
@@ -275,14 +279,14 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
     let proto_span = trace::Span {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
-        trace_state: span.trace_state.to_string(),
+        trace_state: span.trace_state.as_str().to_owned(),
         parent_span_id: if span.parent_span_id.is_zero() {
             Vec::new()
         } else {
             span.parent_span_id.0.to_vec()
         },
         flags: span_flags(span.trace_flags, span.parent_is_remote),
-        name: span.name.to_string(),
+        name: span.name.as_str().to_owned(),
         kind: kind(span.kind) as i32,
         start_time_unix_nano: span.start_time_unix_nano,
         end_time_unix_nano: span.end_time_unix_nano,
@@ -293,7 +297,7 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
             .iter()
             .map(|event| trace::span::Event {
                 time_unix_nano: event.time_unix_nano,
-                name: event.name.to_string(),
+                name: event.name.as_str().to_owned(),
                 attributes: attributes(&event.attributes),
                 dropped_attributes_count: event.dropped_attributes_count,
             })
@@ -305,7 +309,7 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
             .map(|link| trace::span::Link {
                 trace_id: link.trace_id.0.to_vec(),
                 span_id: link.span_id.0.to_vec(),
-                trace_state: link.trace_state.to_string(),
+                trace_state: link.trace_state.as_str().to_owned(),
                 attributes: attributes(&link.attributes),
                 dropped_attributes_count: link.dropped_attributes_count,
                 flags: span_flags(link.trace_flags, link.is_remote),
@@ -313,7 +317,7 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
             .collect(),
         dropped_links_count: span.dropped_links_count,
         status: Some(trace::Status {
-            message: span.status.description.to_string(),
+            message: span.status.description.as_str().to_owned(),
             code: status_code(span.status.code) as i32,
         }),
     };
@@ -325,15 +329,15 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
             }),
             scope_spans: vec![trace::ScopeSpans {
                 scope: Some(common::InstrumentationScope {
-                    name: span.scope.name.to_string(),
-                    version: span.scope.version.to_string(),
+                    name: span.scope.name.as_str().to_owned(),
+                    version: span.scope.version.as_str().to_owned(),
                     attributes: attributes(&span.scope.attributes),
                     dropped_attributes_count: 0,
                 }),
                 spans: vec![proto_span],
-                schema_url: span.scope.schema_url.to_string(),
+                schema_url: span.scope.schema_url.as_str().to_owned(),
             }],
-            schema_url: span.resource.schema_url.to_string(),
+            schema_url: span.resource.schema_url.as_str().to_owned(),
         }],
     }
 }

@@ -69,20 +69,63 @@ impl Sink {
 
 /// The plugin processors of a process, shared by the bridge and the guard that reports on them.
 #[derive(Clone)]
-pub(crate) struct Sinks(Arc<Vec<Sink>>);
+pub(crate) struct Sinks {
+    sinks: Arc<Vec<Sink>>,
+    /// Why the plugins' shutdown failed, in their words (the SDK wraps them in its own).
+    shutdown_failure: Arc<Mutex<Option<String>>>,
+}
+
+/// Calls `call` on every sink with the time left until `deadline`; the failures' messages, joined.
+fn each_sink(
+    sinks: &[Sink],
+    operation: &str,
+    deadline: Instant,
+    call: impl Fn(&Sink, RDuration) -> RResult<(), ProcessorError>,
+) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for sink in sinks {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if let Err(message) = sink.check(operation, call(sink, remaining.into())) {
+            failures.push(message);
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
+}
 
 impl fmt::Debug for Sinks {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.0.iter().map(|s| &s.name))
+            .entries(self.sinks.iter().map(|s| &s.name))
             .finish()
     }
 }
 
 impl Sinks {
+    /// Why the last shutdown of the plugins failed, in their words.
+    pub(crate) fn shutdown_failure(&self) -> Option<String> {
+        self.shutdown_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Asks every plugin processor to export what it buffers.
+    pub(crate) fn force_flush(&self, timeout: Duration) -> Result<(), String> {
+        each_sink(
+            &self.sinks,
+            "force_flush",
+            Instant::now() + timeout,
+            |sink, timeout| sink.raw.force_flush(timeout),
+        )
+    }
+
     /// Counts and first failure of each processor, with what the plugin says it exported and dropped.
     pub(crate) fn reports(&self) -> Vec<ProcessorReport> {
-        self.0
+        self.sinks
             .iter()
             .map(|sink| ProcessorReport {
                 hook: sink.hook.clone(),
@@ -146,33 +189,16 @@ impl Bridge {
                 report: SinkReport::default(),
             })
             .collect();
-        let sinks = Sinks(Arc::new(sinks));
+        let sinks = Sinks {
+            sinks: Arc::new(sinks),
+            shutdown_failure: Arc::default(),
+        };
         let bridge = Bridge {
-            any_wants_on_start: sinks.0.iter().any(|s| s.wants_on_start),
+            any_wants_on_start: sinks.sinks.iter().any(|s| s.wants_on_start),
             sinks: sinks.clone(),
             resource: opentelemetry_sdk::Resource::builder_empty().build(),
         };
         (bridge, sinks)
-    }
-
-    fn for_each_sink(
-        &self,
-        operation: &str,
-        deadline: Instant,
-        call: impl Fn(&Sink, RDuration) -> RResult<(), ProcessorError>,
-    ) -> OTelSdkResult {
-        let mut failures = Vec::new();
-        for sink in self.sinks.0.iter() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if let Err(message) = sink.check(operation, call(sink, remaining.into())) {
-                failures.push(message);
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(OTelSdkError::InternalFailure(failures.join("; ")))
-        }
     }
 }
 
@@ -185,7 +211,7 @@ impl SpanProcessor for Bridge {
             return;
         };
         with_record(&data, &self.resource, |record| {
-            for sink in self.sinks.0.iter().filter(|s| s.wants_on_start) {
+            for sink in self.sinks.sinks.iter().filter(|s| s.wants_on_start) {
                 let _ = sink.check("on_start", sink.raw.on_start(record));
             }
         });
@@ -193,7 +219,7 @@ impl SpanProcessor for Bridge {
 
     fn on_end(&self, span: SpanData) {
         with_record(&span, &self.resource, |record| {
-            for sink in self.sinks.0.iter() {
+            for sink in self.sinks.sinks.iter() {
                 if sink.check("on_end", sink.raw.on_end(record)).is_ok() {
                     sink.report.delivered.fetch_add(1, Ordering::Relaxed);
                 }
@@ -202,17 +228,27 @@ impl SpanProcessor for Bridge {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.for_each_sink(
-            "force_flush",
-            Instant::now() + FLUSH_TIMEOUT,
-            |sink, timeout| sink.raw.force_flush(timeout),
-        )
+        self.sinks
+            .force_flush(FLUSH_TIMEOUT)
+            .map_err(OTelSdkError::InternalFailure)
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.for_each_sink("shutdown", Instant::now() + timeout, |sink, timeout| {
-            sink.raw.shutdown(timeout)
-        })
+        let deadline = Instant::now() + timeout;
+        let result = each_sink(
+            &self.sinks.sinks,
+            "shutdown",
+            deadline,
+            |sink, remaining| sink.raw.shutdown(remaining),
+        );
+        if let Err(message) = &result {
+            *self
+                .sinks
+                .shutdown_failure
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(message.clone());
+        }
+        result.map_err(OTelSdkError::InternalFailure)
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
@@ -268,17 +304,8 @@ pub(crate) fn with_record<R>(
 ) -> R {
     use opentelemetry::{Array, Value as OValue};
 
-    // String arrays first, so that the attribute views below can borrow them.
-    let string_arrays: Vec<Vec<RStr<'_>>> = all_attributes(span, resource)
-        .filter_map(|(_, value)| match value {
-            OValue::Array(Array::String(items)) => {
-                Some(items.iter().map(|s| RStr::from_str(s.as_str())).collect())
-            }
-            _ => None,
-        })
-        .collect();
-    let mut next_string_array = string_arrays.iter();
-
+    // One pass builds every attribute view; string arrays need arrays of views of their own, made
+    // in the same pass and patched in once they all exist (the views borrow them).
     let count = span.attributes.len()
         + span
             .events
@@ -288,6 +315,7 @@ pub(crate) fn with_record<R>(
         + span.links.iter().map(|l| l.attributes.len()).sum::<usize>()
         + span.instrumentation_scope.attributes().count()
         + resource.len();
+    let mut string_arrays: Vec<(usize, Vec<RStr<'_>>)> = Vec::new();
     let mut views: Vec<KeyValue<'_>> = Vec::with_capacity(count);
     for (key, value) in all_attributes(span, resource) {
         let value = match value {
@@ -298,12 +326,11 @@ pub(crate) fn with_record<R>(
             OValue::Array(Array::Bool(a)) => Value::BoolArray(a.as_slice().into()),
             OValue::Array(Array::I64(a)) => Value::I64Array(a.as_slice().into()),
             OValue::Array(Array::F64(a)) => Value::F64Array(a.as_slice().into()),
-            OValue::Array(Array::String(_)) => Value::StrArray(
-                next_string_array
-                    .next()
-                    .map(|items| items.as_slice().into())
-                    .unwrap_or_default(),
-            ),
+            OValue::Array(Array::String(items)) => {
+                let items = items.iter().map(|s| RStr::from_str(s.as_str())).collect();
+                string_arrays.push((views.len(), items));
+                Value::StrArray(RSlice::EMPTY)
+            }
             // Value types added to OpenTelemetry after this host was written.
             _ => Value::Str("<unsupported attribute type>".into()),
         };
@@ -311,6 +338,9 @@ pub(crate) fn with_record<R>(
             key: key.into(),
             value,
         });
+    }
+    for (index, items) in &string_arrays {
+        views[*index].value = Value::StrArray(items.as_slice().into());
     }
 
     let mut cursor = 0;

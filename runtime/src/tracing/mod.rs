@@ -264,11 +264,11 @@ impl TracingGuard {
 
     /// Asks every plugin processor to export what it buffers.
     pub fn force_flush(&self) -> Result<(), ShutdownError> {
-        match &self.provider {
-            Some(provider) => provider
-                .force_flush()
-                .map_err(|e| ShutdownError::Failed(e.to_string())),
-            None => Ok(()),
+        match (&self.provider, &self.sinks) {
+            (Some(_), Some(sinks)) => sinks
+                .force_flush(bridge::FLUSH_TIMEOUT)
+                .map_err(ShutdownError::Failed),
+            _ => Ok(()),
         }
     }
 
@@ -302,7 +302,12 @@ impl TracingGuard {
         }
         match finished.recv_timeout(timeout + Duration::from_millis(100)) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(ShutdownError::Failed(error.to_string())),
+            Ok(Err(error)) => Err(ShutdownError::Failed(
+                self.sinks
+                    .as_ref()
+                    .and_then(Sinks::shutdown_failure)
+                    .unwrap_or_else(|| error.to_string()),
+            )),
             Err(_) => {
                 log::emit(
                     HookLog::Host,

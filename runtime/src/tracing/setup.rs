@@ -46,10 +46,10 @@ impl RawTracingSetup for HostSetup<'_> {
             );
             return RErr(ConfigureError::AlreadyConfigured);
         }
-        if let ROption::RSome(sampler) = config.sampler {
-            if let Err(why) = validate_sampler(sampler) {
-                return RErr(ConfigureError::Invalid(why.into()));
-            }
+        if let ROption::RSome(sampler) = config.sampler
+            && let Err(why) = validate_sampler(sampler)
+        {
+            return RErr(ConfigureError::Invalid(why.into()));
         }
         self.provider = Some(RequestedProvider {
             by_hook: self.current_hook.clone(),
