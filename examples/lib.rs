@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The hook the examples use when `FILAMENT_TRACING_STARTUP_HOOK` is unset.
 pub const DEFAULT_HOOK: &str = "filament_local_file:setup_tracing";
@@ -41,6 +41,8 @@ pub struct SpanLine {
     pub micros: u64,
     /// The pid of the process whose file held it.
     pub pid: String,
+    /// The `filament.job_id` of its process's resource (empty outside a cluster).
+    pub job: String,
 }
 
 /// Reads the spans of the given span files.
@@ -58,26 +60,39 @@ pub fn read_spans(files: &[PathBuf]) -> Vec<SpanLine> {
             let Ok(data) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
-            let all = data["resourceSpans"].as_array().into_iter().flatten();
-            let scopes = all.flat_map(|rs| rs["scopeSpans"].as_array().into_iter().flatten());
-            for span in scopes.flat_map(|ss| ss["spans"].as_array().into_iter().flatten()) {
-                let time = |key: &str| {
-                    span[key]
-                        .as_str()
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
-                let text = |key: &str| span[key].as_str().unwrap_or_default().to_owned();
-                spans.push(SpanLine {
-                    trace_id: text("traceId"),
-                    span_id: text("spanId"),
-                    parent_span_id: text("parentSpanId"),
-                    name: text("name"),
-                    kind: span["kind"].as_i64().unwrap_or(0),
-                    micros: time("endTimeUnixNano").saturating_sub(time("startTimeUnixNano"))
-                        / 1000,
-                    pid: pid.clone(),
-                });
+            for resource_spans in data["resourceSpans"].as_array().into_iter().flatten() {
+                let job = resource_spans["resource"]["attributes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|kv| kv["key"] == "filament.job_id")
+                    .and_then(|kv| kv["value"]["stringValue"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let scopes = resource_spans["scopeSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten();
+                for span in scopes.flat_map(|ss| ss["spans"].as_array().into_iter().flatten()) {
+                    let time = |key: &str| {
+                        span[key]
+                            .as_str()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .unwrap_or(0)
+                    };
+                    let text = |key: &str| span[key].as_str().unwrap_or_default().to_owned();
+                    spans.push(SpanLine {
+                        trace_id: text("traceId"),
+                        span_id: text("spanId"),
+                        parent_span_id: text("parentSpanId"),
+                        name: text("name"),
+                        kind: span["kind"].as_i64().unwrap_or(0),
+                        micros: time("endTimeUnixNano").saturating_sub(time("startTimeUnixNano"))
+                            / 1000,
+                        pid: pid.clone(),
+                        job: job.clone(),
+                    });
+                }
             }
         }
     }
@@ -125,9 +140,4 @@ fn print_subtree(span: &SpanLine, all: &[&SpanLine], depth: usize) {
     for child in all.iter().filter(|s| s.parent_span_id == span.span_id) {
         print_subtree(child, all, depth + 1);
     }
-}
-
-/// The span file of process `pid` in `dir`.
-pub fn span_file(dir: &Path, pid: u32) -> PathBuf {
-    dir.join(format!("{pid}.json"))
 }

@@ -1,57 +1,82 @@
-//! The seed's quickstart: trace a program through a startup hook and make the custom span `foo`.
+//! The seed's quickstart, in Rust: start a cluster with a tracing startup hook, run a remote
+//! function, and make a custom span `foo` inside a task.
 //!
 //! ```text
 //! cargo run --release --example quickstart
 //! FILAMENT_TRACING_STARTUP_HOOK=path/to/libmy_hook.so:setup_tracing cargo run --release --example quickstart
 //! ```
 //!
-//! With the default hook (`filament_local_file:setup_tracing`) the spans land in
-//! `/tmp/spans/<pid>.json` (or `$FILAMENT_SPANS_DIR`), one OTLP/JSON line each; the example prints
-//! where they went and their tree.
+//! With the default hook (`filament_local_file:setup_tracing`) every process of the cluster writes
+//! its spans to `/tmp/spans/<pid>.json` (or `$FILAMENT_SPANS_DIR`), one OTLP/JSON line each; the
+//! example prints the result, the span files and the span tree.
 
-use filament_examples::{hook_from_env, print_trees, read_spans, span_file, spans_dir};
-use opentelemetry::trace::{Span, TraceContextExt, Tracer};
+use filament_examples::{hook_from_env, print_trees, read_spans, spans_dir};
+use opentelemetry::trace::Tracer;
 use std::process::ExitCode;
+
+#[filament::remote]
+fn my_function() -> i32 {
+    1
+}
+
+#[filament::remote]
+fn my_func() -> String {
+    let tracer = opentelemetry::global::tracer("quickstart");
+    tracer.in_span("foo", |_cx| {
+        "Hello world from OpenTelemetry Rust!".to_owned()
+    })
+}
 
 fn main() -> ExitCode {
     let hook = hook_from_env();
-    println!("tracing startup hook: {hook}");
-    let guard = match filament::tracing::install(&hook) {
-        Ok(guard) => guard,
+    let runtime = match filament::init(filament::Config::default().tracing_startup_hook(&hook)) {
+        Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::FAILURE;
         }
     };
-
-    // As in the seed: a tracer from the global provider, and a custom span `foo`.
-    let tracer = opentelemetry::global::tracer("quickstart");
-    let answer = tracer.in_span("foo", |cx| {
-        println!("Hello world from OpenTelemetry Rust!");
-        cx.span()
-            .set_attribute(opentelemetry::KeyValue::new("greeting", "hello"));
-        let mut child = tracer.start("bar");
-        let answer: u64 = (1..=10).sum();
-        child.set_attribute(opentelemetry::KeyValue::new("answer", answer as i64));
-        child.end();
-        answer
-    });
-    println!("result: {answer}");
-
-    let reports = guard.processors();
-    if let Err(error) = guard.shutdown() {
-        eprintln!("warning: {error}");
+    println!("tracing startup hook: {hook}");
+    match filament::get(&my_function::remote()) {
+        Ok(value) => println!("my_function returned {value}"),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
     }
-    for report in &reports {
-        println!(
-            "spans went to {} ({} exported, {} dropped)",
-            report.name, report.plugin.exported, report.plugin.dropped
-        );
+    match my_func::remote().get() {
+        Ok(greeting) => println!("my_func said: {greeting}"),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
     }
+    // Stopping the cluster flushes every process's spans.
+    let driver_pid = std::process::id();
+    drop(runtime);
+
     if hook.contains("filament_local_file") {
-        let file = span_file(&spans_dir(), std::process::id());
-        println!("span file: {}", file.display());
-        print_trees(&read_spans(&[file]));
+        let dir = spans_dir();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        files.sort();
+        let spans = read_spans(&files);
+        let ours: Vec<_> = spans
+            .into_iter()
+            .filter(|s| s.job == format!("{driver_pid:08x}"))
+            .collect();
+        let mut pids: Vec<&str> = ours.iter().map(|s| s.pid.as_str()).collect();
+        pids.sort();
+        pids.dedup();
+        println!("span files of this run in {}:", dir.display());
+        for pid in pids {
+            println!("  {}", dir.join(format!("{pid}.json")).display());
+        }
+        print_trees(&ours);
     }
     ExitCode::SUCCESS
 }

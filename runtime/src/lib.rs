@@ -1,12 +1,283 @@
 //! Filament: a task runtime in the spirit of Ray whose tracing is a plugin.
 //!
-//! A *tracing startup hook* — a `library:symbol` string given at startup — names a shared object
-//! built against [`filament_plugin_api`] that configures OpenTelemetry for the process: where spans
-//! go (a file per process, Jaeger, your own backend), how they are sampled, which resource describes
-//! the process. [`tracing`] loads and checks hooks and routes every span of the process to them.
+//! [`init`] starts an embedded cluster: worker processes that are this program's own executable,
+//! re-executed in worker mode, so every remote function exists in every worker. `#[remote]`
+//! functions submit to them and return [`ObjectRef`]s; `#[actor]` types live in a worker process of
+//! their own. [`get`], [`get_all`] and [`wait`] collect results.
+//!
+//! A *tracing startup hook* — a `library:symbol` string given in [`Config`] or by
+//! `FILAMENT_TRACING_STARTUP_HOOK` — names a shared object built against [`filament_plugin_api`]
+//! that configures OpenTelemetry in every process of the cluster. It is checked in the driver before
+//! any worker starts and run in every worker before its first task. Then every submission makes a
+//! PRODUCER span and every execution a CONSUMER span, linked by the W3C trace context carried in the
+//! task's envelope (never in your arguments); spans your task code makes are children of its
+//! CONSUMER span, and tasks it submits continue the trace. See [`tracing`] for the hook machinery.
+//!
+//! ```ignore
+//! #[filament::remote]
+//! fn my_function() -> i32 { 1 }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let _runtime = filament::init(filament::Config::default())?; // workers serve from here
+//!     let one = my_function::remote();
+//!     println!("{}", filament::get(&one)?);
+//!     Ok(())
+//! }
+//! ```
 
 #![warn(missing_docs)]
 
+mod context;
+mod driver;
+mod object;
+mod registry;
+mod spans;
 pub mod tracing;
+mod wire;
+mod worker;
 
+pub use context::ActorHandle;
+pub use filament_macros::{actor, remote};
 pub use filament_plugin_api as plugin_api;
+pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
+
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What the generated code of `#[remote]` and `#[actor]` uses. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::context::{create_actor, submit_function};
+    pub use crate::registry::{
+        ActorClass, ActorMethod, Args, InvokeResult, RemoteFunction, downcast_actor,
+    };
+    pub use inventory;
+    pub use serde;
+
+    /// Serializes a task's result.
+    pub fn encode<R: serde::Serialize>(value: &R) -> InvokeResult {
+        crate::object::encode(value).map_err(|message| crate::TaskError::Invalid {
+            task: std::any::type_name::<R>().to_owned(),
+            message,
+        })
+    }
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Worker processes to start; by default as many as the machine has cores.
+    pub num_workers: Option<usize>,
+    /// The tracing startup hook(s), `library:symbol[,library:symbol…]`; by default
+    /// `FILAMENT_TRACING_STARTUP_HOOK`. `None`: no tracing work at all.
+    pub tracing_startup_hook: Option<String>,
+    /// Configuration values hooks read through their handle in every process (before the
+    /// environment), e.g. `FILAMENT_SPANS_DIR`.
+    pub tracing_config: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    /// Workers for every core; the hook from `FILAMENT_TRACING_STARTUP_HOOK`, if set and not empty.
+    fn default() -> Self {
+        Config {
+            num_workers: None,
+            tracing_startup_hook: std::env::var(tracing::TRACING_STARTUP_HOOK_ENV)
+                .ok()
+                .filter(|hook| !hook.trim().is_empty()),
+            tracing_config: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Sets the number of worker processes.
+    pub fn num_workers(mut self, workers: usize) -> Self {
+        self.num_workers = Some(workers);
+        self
+    }
+
+    /// Sets the tracing startup hook(s).
+    pub fn tracing_startup_hook(mut self, hook: impl Into<String>) -> Self {
+        self.tracing_startup_hook = Some(hook.into());
+        self
+    }
+
+    /// Adds a configuration value for the hooks.
+    pub fn tracing_config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tracing_config.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Why [`init`] failed. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The tracing hook was refused in the driver; no worker was started.
+    #[error(transparent)]
+    Hook(#[from] tracing::HookError),
+    /// A worker failed to start, e.g. its tracing hook failed there.
+    #[error("{0}")]
+    Worker(String),
+    /// The runtime is already running in this process.
+    #[error("filament is already initialized in this process")]
+    AlreadyInitialized,
+    /// The operating system refused something.
+    #[error("{what}: {cause}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's reason.
+        cause: String,
+    },
+}
+
+/// The running cluster. Dropping it stops the workers and flushes tracing.
+#[must_use = "dropping the runtime stops the cluster"]
+pub struct Runtime {
+    driver: std::sync::Arc<driver::Driver>,
+    tracing: Option<tracing::TracingGuard>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// The tracing of the driver process, if a hook was given.
+    pub fn tracing(&self) -> Option<&tracing::TracingGuard> {
+        self.tracing.as_ref()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.driver.shutdown(Duration::from_secs(2));
+        context::set(None);
+        if let Some(guard) = self.tracing.take() {
+            let _ = guard.shutdown();
+        }
+    }
+}
+
+/// Starts an embedded cluster and returns it; in a worker process (this executable re-executed by
+/// the driver) it serves tasks instead and never returns. Call it first thing in `main`.
+///
+/// The tracing hook is checked and run in the driver before any worker starts, then run in every
+/// worker before its first task; a hook that fails in a worker fails `init` with the worker and the
+/// cause, without retrying.
+pub fn init(config: Config) -> Result<Runtime, InitError> {
+    if let Ok(marker) = std::env::var(driver::WORKER_ENV) {
+        worker::run(&marker);
+    }
+    if context::current().is_some() {
+        return Err(InitError::AlreadyInitialized);
+    }
+    let job_id = format!("{:08x}", std::process::id());
+    let node_id = node_id();
+    let mut tracing_guard = None;
+    if let Some(hook) = &config.tracing_startup_hook {
+        let mut tracing = tracing::Tracing::new(hook.clone())
+            .role(tracing::ProcessRole::Driver)
+            .job_id(job_id.clone())
+            .node_id(node_id.clone());
+        for (key, value) in &config.tracing_config {
+            tracing = tracing.config(key.clone(), value.clone());
+        }
+        tracing_guard = Some(tracing.install()?);
+        spans::enable(spans::ProcessFacts {
+            job_id: job_id.clone(),
+            node_id: node_id.clone(),
+            worker_id: None,
+        });
+    }
+    let workers = config.num_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let driver = driver::Driver::start(
+        workers,
+        config.tracing_startup_hook.clone(),
+        config.tracing_config.into_iter().collect(),
+        job_id,
+        node_id,
+    )?;
+    context::set(Some(context::Context::Driver(std::sync::Arc::clone(
+        &driver,
+    ))));
+    Ok(Runtime {
+        driver,
+        tracing: tracing_guard,
+    })
+}
+
+/// This machine's id: `/etc/machine-id` when there is one.
+fn node_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
+fn decode<T: DeserializeOwned>(
+    id: ObjectId,
+    name: String,
+    result: Result<std::sync::Arc<Vec<u8>>, TaskError>,
+) -> Result<T, GetError> {
+    let bytes = result?;
+    postcard::from_bytes(&bytes).map_err(|e| GetError::Deserialize {
+        task: name,
+        id,
+        type_name: std::any::type_name::<T>(),
+        cause: e.to_string(),
+    })
+}
+
+/// Waits for an object and returns its value.
+pub fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T, GetError> {
+    let (name, result) = context::get_raw(object.cluster, &[object.id])?
+        .pop()
+        .expect("one result per id");
+    decode(object.id, name, result)
+}
+
+/// Waits for every object and returns their values in order; the first failure is returned.
+pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, GetError> {
+    let Some(first) = objects.first() else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
+    context::get_raw(first.cluster, &ids)?
+        .into_iter()
+        .zip(ids)
+        .map(|((name, result), id)| decode(id, name, result))
+        .collect()
+}
+
+/// What [`wait`] returns: the objects done, and those not.
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
+/// Splits `objects` into those done and those not, once `num_returns` are done or `timeout` passed
+/// (`None`: no limit). Done objects come first, in their original order.
+pub fn wait<T>(
+    objects: Vec<ObjectRef<T>>,
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<WaitResult<T>, GetError> {
+    let Some(first) = objects.first() else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
+    let done = context::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
+    let (ready, pending): (Vec<_>, Vec<_>) = objects.into_iter().zip(done).partition(|(_, d)| *d);
+    Ok((
+        ready.into_iter().map(|(o, _)| o).collect(),
+        pending.into_iter().map(|(o, _)| o).collect(),
+    ))
+}

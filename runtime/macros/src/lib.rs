@@ -1,0 +1,340 @@
+//! `#[filament::remote]` and `#[filament::actor]`: turn functions and types into remote tasks and
+//! actors, registered under their Rust paths in every process of the program.
+//!
+//! Use them through the `filament` crate, which re-exports them.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::{
+    FnArg, Ident, ImplItem, ImplItemFn, ItemFn, ItemImpl, ItemStruct, Pat, ReturnType, Type,
+    parse_macro_input, spanned::Spanned,
+};
+
+/// Makes a function remote: `f::remote(args…)` submits it to a worker and returns an `ObjectRef`.
+///
+/// ```ignore
+/// #[filament::remote]
+/// fn add(a: i64, b: i64) -> i64 { a + b }
+///
+/// let sum = add::remote(1, 2);          // runs in a worker
+/// assert_eq!(filament::get(&sum)?, 3);
+/// let again = add::remote(&sum, 10);    // an ObjectRef as an argument: runs once `sum` exists
+/// ```
+///
+/// Arguments and the result may be of any serde type. The function itself stays callable locally.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return error(Span::call_site(), "#[filament::remote] takes no arguments");
+    }
+    let function = parse_macro_input!(item as ItemFn);
+    match remote_function(function) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// Makes a type an actor. Put it on the struct (which makes the handle type `<Name>Handle`) and on
+/// one impl block (whose `new` becomes `Name::remote(…)` and whose `&self`/`&mut self` methods become
+/// methods of the handle returning `ObjectRef`s).
+///
+/// ```ignore
+/// #[filament::actor]
+/// struct Counter { n: i64 }
+///
+/// #[filament::actor]
+/// impl Counter {
+///     fn new(start: i64) -> Self { Counter { n: start } }
+///     fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+/// }
+///
+/// let counter = Counter::remote(0);     // created in a worker process of its own
+/// let one = counter.incr(1);            // calls run in submission order
+/// ```
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        return error(Span::call_site(), "#[filament::actor] takes no arguments");
+    }
+    let parsed = if let Ok(item) = syn::parse::<ItemStruct>(item.clone()) {
+        actor_struct(item)
+    } else if let Ok(item) = syn::parse::<ItemImpl>(item) {
+        actor_impl(item)
+    } else {
+        Err(syn::Error::new(
+            Span::call_site(),
+            "#[filament::actor] goes on a struct and on its impl block",
+        ))
+    };
+    match parsed {
+        Ok(tokens) => tokens.into(),
+        Err(error) => error.to_compile_error().into(),
+    }
+}
+
+fn error(span: Span, message: &str) -> TokenStream {
+    syn::Error::new(span, message).to_compile_error().into()
+}
+
+/// The names and types of a function's arguments, refusing patterns and `self`.
+fn arguments<'a>(inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<(Vec<Ident>, Vec<Type>)> {
+    let mut names = Vec::new();
+    let mut types = Vec::new();
+    for (index, input) in inputs.enumerate() {
+        match input {
+            FnArg::Typed(typed) => {
+                let name = match &*typed.pat {
+                    Pat::Ident(pat) => pat.ident.clone(),
+                    _ => format_ident!("__filament_arg{index}"),
+                };
+                names.push(format_ident!("__filament_{}", name));
+                types.push((*typed.ty).clone());
+            }
+            FnArg::Receiver(receiver) => {
+                return Err(syn::Error::new(
+                    receiver.span(),
+                    "a remote function cannot take `self`",
+                ));
+            }
+        }
+    }
+    Ok((names, types))
+}
+
+fn return_type(output: &ReturnType) -> Type {
+    match output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    }
+}
+
+fn check_plain(sig: &syn::Signature) -> syn::Result<()> {
+    if let Some(asyncness) = sig.asyncness {
+        return Err(syn::Error::new(
+            asyncness.span(),
+            "remote functions and actor methods cannot be async yet",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "remote functions and actor methods cannot be generic: every process must find them by name",
+        ));
+    }
+    Ok(())
+}
+
+fn remote_function(function: ItemFn) -> syn::Result<TokenStream2> {
+    check_plain(&function.sig)?;
+    let vis = &function.vis;
+    let name = &function.sig.ident;
+    let (args, types) = arguments(function.sig.inputs.iter())?;
+    let output = return_type(&function.sig.output);
+    let doc = format!("The remote form of [`{name}()`](fn@{name}): `{name}::remote(…)`.");
+    Ok(quote! {
+        #function
+
+        #[doc = #doc]
+        #[allow(non_snake_case, unused_imports)]
+        #vis mod #name {
+            use super::*;
+
+            /// The function's stable id in every process: its Rust path.
+            pub const ID: &str = ::core::module_path!();
+
+            /// Submits the function to a worker; the result arrives in the returned `ObjectRef`.
+            /// Arguments are values or `ObjectRef`s of the parameter types.
+            pub fn remote(#(#args: impl ::filament::IntoArg<#types>),*) -> ::filament::ObjectRef<#output> {
+                ::filament::__private::submit_function(
+                    ID,
+                    ::std::vec![#(::filament::IntoArg::into_arg(#args)),*],
+                )
+            }
+
+            fn __filament_invoke(
+                mut args: ::filament::__private::Args<'_>,
+            ) -> ::filament::__private::InvokeResult {
+                #( let #args: #types = args.next()?; )*
+                args.finish()?;
+                ::filament::__private::encode(&super::#name(#(#args),*))
+            }
+
+            ::filament::__private::inventory::submit! {
+                ::filament::__private::RemoteFunction { id: ID, invoke: __filament_invoke }
+            }
+        }
+    })
+}
+
+fn handle_ident(type_name: &Ident) -> Ident {
+    format_ident!("{}Handle", type_name)
+}
+
+fn actor_struct(item: ItemStruct) -> syn::Result<TokenStream2> {
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "an actor type cannot be generic: every process must find it by name",
+        ));
+    }
+    let vis = &item.vis;
+    let name = &item.ident;
+    let handle = handle_ident(name);
+    let doc = format!(
+        "A handle to a [`{name}`] actor living in a worker process: its methods submit calls, run in submission order. Clone it, or pass it to tasks and other actors."
+    );
+    Ok(quote! {
+        #item
+
+        #[doc = #doc]
+        #[derive(Clone, Debug, ::filament::__private::serde::Serialize, ::filament::__private::serde::Deserialize)]
+        #[serde(crate = "::filament::__private::serde", transparent)]
+        #vis struct #handle {
+            inner: ::filament::ActorHandle,
+        }
+
+        impl #handle {
+            /// The untyped handle: the actor's id and class.
+            pub fn actor(&self) -> &::filament::ActorHandle {
+                &self.inner
+            }
+        }
+    })
+}
+
+fn actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+    if !item.generics.params.is_empty() || item.trait_.is_some() {
+        return Err(syn::Error::new(
+            item.span(),
+            "#[filament::actor] goes on the type's own (inherent, non-generic) impl block",
+        ));
+    }
+    let Type::Path(self_path) = &*item.self_ty else {
+        return Err(syn::Error::new(
+            item.self_ty.span(),
+            "expected the actor's type name",
+        ));
+    };
+    let type_name = self_path
+        .path
+        .segments
+        .last()
+        .map(|s| s.ident.clone())
+        .ok_or_else(|| syn::Error::new(self_path.span(), "expected the actor's type name"))?;
+    let self_ty = &item.self_ty;
+    let handle = handle_ident(&type_name);
+    let class_name = type_name.to_string();
+
+    let methods: Vec<&ImplItemFn> = item
+        .items
+        .iter()
+        .filter_map(|i| match i {
+            ImplItem::Fn(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    let constructor = methods
+        .iter()
+        .find(|m| m.sig.ident == "new" && m.sig.receiver().is_none())
+        .ok_or_else(|| {
+            syn::Error::new(
+                item.span(),
+                "an actor's impl block needs a constructor `fn new(…) -> Self`",
+            )
+        })?;
+    check_plain(&constructor.sig)?;
+    let (ctor_args, ctor_types) = arguments(constructor.sig.inputs.iter())?;
+    let ctor_vis = &constructor.vis;
+
+    let mut handle_methods = Vec::new();
+    let mut registrations = Vec::new();
+    for method in methods.iter().filter(|m| m.sig.receiver().is_some()) {
+        check_plain(&method.sig)?;
+        let receiver = method.sig.receiver().expect("filtered on receivers");
+        if receiver.reference.is_none() {
+            return Err(syn::Error::new(
+                receiver.span(),
+                "actor methods take `&self` or `&mut self`",
+            ));
+        }
+        let name = &method.sig.ident;
+        let vis = &method.vis;
+        let (args, types) = arguments(method.sig.inputs.iter().skip(1))?;
+        let output = return_type(&method.sig.output);
+        let method_name = name.to_string();
+        let call = format_ident!("__filament_call_{}", name);
+        let doc = format!("Calls [`{class_name}::{method_name}`] on the actor.");
+        handle_methods.push(quote! {
+            #[doc = #doc]
+            #vis fn #name(&self, #(#args: impl ::filament::IntoArg<#types>),*) -> ::filament::ObjectRef<#output> {
+                self.inner.call(
+                    ::core::concat!(::core::module_path!(), "::", #class_name, "::", #method_name),
+                    #method_name,
+                    ::std::vec![#(::filament::IntoArg::into_arg(#args)),*],
+                )
+            }
+        });
+        registrations.push(quote! {
+            fn #call(
+                this: &mut (dyn ::core::any::Any + ::core::marker::Send),
+                mut args: ::filament::__private::Args<'_>,
+            ) -> ::filament::__private::InvokeResult {
+                let this = ::filament::__private::downcast_actor::<#self_ty>(this)?;
+                #( let #args: #types = args.next()?; )*
+                args.finish()?;
+                ::filament::__private::encode(&this.#name(#(#args),*))
+            }
+            ::filament::__private::inventory::submit! {
+                ::filament::__private::ActorMethod {
+                    id: ::core::concat!(::core::module_path!(), "::", #class_name, "::", #method_name),
+                    call: #call,
+                }
+            }
+        });
+    }
+
+    let doc = format!(
+        "Creates a [`{class_name}`] actor in a worker process of its own with `{class_name}::new(…)`."
+    );
+    Ok(quote! {
+        #item
+
+        impl #self_ty {
+            #[doc = #doc]
+            #ctor_vis fn remote(#(#ctor_args: impl ::filament::IntoArg<#ctor_types>),*) -> #handle {
+                #handle {
+                    inner: ::filament::__private::create_actor(
+                        ::core::concat!(::core::module_path!(), "::", #class_name),
+                        #class_name,
+                        ::std::vec![#(::filament::IntoArg::into_arg(#ctor_args)),*],
+                    ),
+                }
+            }
+        }
+
+        impl #handle {
+            #(#handle_methods)*
+        }
+
+        const _: () = {
+            fn __filament_construct(
+                mut args: ::filament::__private::Args<'_>,
+            ) -> ::core::result::Result<
+                ::std::boxed::Box<dyn ::core::any::Any + ::core::marker::Send>,
+                ::filament::TaskError,
+            > {
+                #( let #ctor_args: #ctor_types = args.next()?; )*
+                args.finish()?;
+                ::core::result::Result::Ok(::std::boxed::Box::new(<#self_ty>::new(#(#ctor_args),*)))
+            }
+            ::filament::__private::inventory::submit! {
+                ::filament::__private::ActorClass {
+                    id: ::core::concat!(::core::module_path!(), "::", #class_name),
+                    construct: __filament_construct,
+                }
+            }
+            #(#registrations)*
+        };
+    })
+}

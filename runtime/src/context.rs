@@ -1,0 +1,190 @@
+//! The runtime of this process: the driver's cluster, or the worker's connection to it. Every public
+//! operation (submit, get, wait, reference counting) goes through here to one or the other.
+
+use crate::driver::Driver;
+use crate::object::{Arg, GetError, ObjectId, ObjectRef};
+use crate::wire::{ActorId, TaskKind, TaskSpec};
+use crate::worker::WorkerCore;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub(crate) enum Context {
+    Driver(Arc<Driver>),
+    Worker(Arc<WorkerCore>),
+}
+
+static CONTEXT: RwLock<Option<Context>> = RwLock::new(None);
+
+pub(crate) fn set(context: Option<Context>) {
+    *CONTEXT.write().unwrap_or_else(|p| p.into_inner()) = context;
+}
+
+pub(crate) fn current() -> Option<Context> {
+    CONTEXT.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn current_or_panic() -> Context {
+    current().expect("filament: no runtime in this process; call filament::init first")
+}
+
+impl Context {
+    pub(crate) fn cluster(&self) -> u64 {
+        match self {
+            Context::Driver(d) => d.cluster,
+            Context::Worker(w) => w.cluster,
+        }
+    }
+
+    fn next_id(&self) -> ObjectId {
+        match self {
+            Context::Driver(d) => d.next_id(),
+            Context::Worker(w) => w.next_id(),
+        }
+    }
+
+    /// Submits a task; the caller holds one reference to its result.
+    fn submit(&self, mut spec: TaskSpec) {
+        crate::spans::on_submit(&mut spec);
+        match self {
+            Context::Driver(d) => d.submit(spec, None),
+            Context::Worker(w) => w.submit(spec),
+        }
+    }
+}
+
+pub(crate) fn add_ref(cluster: u64, id: ObjectId) {
+    match current() {
+        Some(Context::Driver(d)) if d.cluster == cluster => d.add_ref(id),
+        Some(Context::Worker(w)) if w.cluster == cluster => w.add_ref(id),
+        _ => {}
+    }
+}
+
+pub(crate) fn release(cluster: u64, id: ObjectId) {
+    match current() {
+        Some(Context::Driver(d)) if d.cluster == cluster => d.release(id),
+        Some(Context::Worker(w)) if w.cluster == cluster => w.release(id),
+        _ => {}
+    }
+}
+
+fn object_ref<T>(context: &Context, id: ObjectId) -> ObjectRef<T> {
+    ObjectRef {
+        id,
+        cluster: context.cluster(),
+        _type: PhantomData,
+    }
+}
+
+/// Submits a remote function. Used by the code `#[filament::remote]` generates.
+pub fn submit_function<T>(function: &'static str, args: Vec<Arg>) -> ObjectRef<T> {
+    let context = current_or_panic();
+    let id = context.next_id();
+    context.submit(TaskSpec {
+        id,
+        kind: TaskKind::Function {
+            function: function.to_owned(),
+        },
+        name: function.to_owned(),
+        args,
+        trace_context: Vec::new(),
+    });
+    object_ref(&context, id)
+}
+
+/// A handle to an actor: its id and class. Typed handles (`<Type>Handle`) wrap it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorHandle {
+    id: ActorId,
+    class: String,
+    cluster: u64,
+}
+
+impl ActorHandle {
+    /// The actor's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The actor's type name.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// Calls a method. Used by the generated handle types.
+    pub fn call<T>(&self, method_id: &'static str, method: &str, args: Vec<Arg>) -> ObjectRef<T> {
+        let context = current_or_panic();
+        let id = context.next_id();
+        let spec = TaskSpec {
+            id,
+            kind: TaskKind::ActorCall {
+                actor: self.id,
+                method: method_id.to_owned(),
+            },
+            name: format!("{}::{method}", self.class),
+            args,
+            trace_context: Vec::new(),
+        };
+        // A handle of another cluster names no actor here: the driver fails the call saying so.
+        context.submit(spec);
+        object_ref(&context, id)
+    }
+}
+
+/// Creates an actor. Used by the code `#[filament::actor]` generates.
+pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> ActorHandle {
+    let context = current_or_panic();
+    let id = context.next_id();
+    context.submit(TaskSpec {
+        id,
+        kind: TaskKind::CreateActor {
+            class: class_id.to_owned(),
+            actor: id.0,
+        },
+        name: format!("{class}::new"),
+        args,
+        trace_context: Vec::new(),
+    });
+    // Nobody gets the creation's result: errors surface on the actor's calls.
+    release(context.cluster(), id);
+    ActorHandle {
+        id: id.0,
+        class: class.to_owned(),
+        cluster: context.cluster(),
+    }
+}
+
+/// Raw results of objects, in order, waiting as long as it takes.
+pub(crate) fn get_raw(
+    cluster: u64,
+    ids: &[ObjectId],
+) -> Result<Vec<crate::object::Fetched>, GetError> {
+    let context = current().ok_or(GetError::NotInitialized)?;
+    if context.cluster() != cluster {
+        return Err(GetError::OtherCluster { id: ids[0] });
+    }
+    match context {
+        Context::Driver(d) => d.get(ids),
+        Context::Worker(w) => w.get(ids),
+    }
+}
+
+/// Which of `ids` are done, waiting until `num_returns` are or the timeout passes.
+pub(crate) fn wait_raw(
+    cluster: u64,
+    ids: &[ObjectId],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<bool>, GetError> {
+    let context = current().ok_or(GetError::NotInitialized)?;
+    if context.cluster() != cluster {
+        return Err(GetError::OtherCluster { id: ids[0] });
+    }
+    match context {
+        Context::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
+        Context::Worker(w) => w.wait(ids, num_returns, timeout),
+    }
+}

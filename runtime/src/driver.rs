@@ -1,0 +1,891 @@
+//! The driver's side of an embedded cluster: it starts the worker processes (its own executable,
+//! re-executed in worker mode), keeps every object, resolves arguments, schedules tasks on workers
+//! with free slots and actor calls on their actor's process in submission order, and notices workers
+//! that die.
+
+use crate::InitError;
+use crate::object::{Arg, GetError, ObjectId, TaskError};
+use crate::registry::registry;
+use crate::wire::{
+    self, ActorId, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The environment variable that puts a process in worker mode: `<socket path>:<worker id>`.
+pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
+
+/// How long a new worker has to connect, handshake and run the tracing hook.
+const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many times dying workers are replaced before the driver stops replacing them.
+const MAX_REPLACEMENTS: u32 = 64;
+
+struct Object {
+    /// The task's Rust path, for errors.
+    name: String,
+    value: Option<Result<Arc<Vec<u8>>, TaskError>>,
+    /// References: the submitter's handles, tasks waiting for it as an argument, workers' handles.
+    refs: u32,
+    /// Tasks waiting for this object.
+    dependents: Vec<ObjectId>,
+    /// Workers' `get` requests waiting for this object.
+    remote_waiters: Vec<(u32, u64)>,
+}
+
+struct WorkerSlot {
+    outbox: Outbox<ToWorker>,
+    /// Tasks it may still take: 1 per process, plus one per task blocked in `get`.
+    free: i32,
+    running: HashSet<ObjectId>,
+    actor: Option<ActorId>,
+}
+
+struct ActorSlot {
+    class: String,
+    worker: Option<u32>,
+    /// Calls not yet sent, in submission order; the head waits for its arguments.
+    queue: VecDeque<TaskSpec>,
+    dead: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    objects: HashMap<ObjectId, Object>,
+    /// Tasks waiting for arguments: how many are missing, and the actor of an actor call (whose
+    /// spec waits in the actor's queue; a function's waits in `parked`).
+    waiting: HashMap<ObjectId, (usize, Option<ActorId>)>,
+    parked: HashMap<ObjectId, TaskSpec>,
+    ready: VecDeque<TaskSpec>,
+    workers: HashMap<u32, WorkerSlot>,
+    actors: HashMap<ActorId, ActorSlot>,
+    /// Workers' `get` requests: the objects each waits for.
+    remote_gets: HashMap<(u32, u64), Vec<ObjectId>>,
+    /// Workers started but not yet registered, and the actor each will host.
+    starting: HashMap<u32, Option<ActorId>>,
+    /// Why a worker failed to start (its tracing hook, usually).
+    start_failures: Vec<String>,
+    next_worker: u32,
+    replacements: u32,
+    shutting_down: bool,
+}
+
+/// The cluster, seen from the driver.
+pub(crate) struct Driver {
+    pub(crate) cluster: u64,
+    next_id: AtomicU64,
+    state: Mutex<State>,
+    changed: Condvar,
+    socket_dir: PathBuf,
+    socket: PathBuf,
+    children: Mutex<Vec<Child>>,
+    welcome: WelcomeInfo,
+}
+
+#[derive(Clone)]
+struct WelcomeInfo {
+    hook: Option<String>,
+    config: Vec<(String, String)>,
+    job_id: String,
+    node_id: String,
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+impl Driver {
+    /// Starts the cluster: the socket, `workers` worker processes, each running the tracing hook.
+    /// Returns once every worker is ready, or the first worker's failure.
+    pub(crate) fn start(
+        workers: usize,
+        hook: Option<String>,
+        config: Vec<(String, String)>,
+        job_id: String,
+        node_id: String,
+    ) -> Result<Arc<Driver>, InitError> {
+        let cluster = random_u64();
+        let socket_dir = std::env::temp_dir().join(format!(
+            "filament-{}-{:08x}",
+            std::process::id(),
+            cluster as u32
+        ));
+        std::fs::create_dir_all(&socket_dir).map_err(|e| InitError::Io {
+            what: format!("creating {}", socket_dir.display()),
+            cause: e.to_string(),
+        })?;
+        let socket = socket_dir.join("driver.sock");
+        let listener = UnixListener::bind(&socket).map_err(|e| InitError::Io {
+            what: format!("listening on {}", socket.display()),
+            cause: e.to_string(),
+        })?;
+        let driver = Arc::new(Driver {
+            cluster,
+            next_id: AtomicU64::new(1),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            socket_dir,
+            socket,
+            children: Mutex::new(Vec::new()),
+            welcome: WelcomeInfo {
+                hook,
+                config,
+                job_id,
+                node_id,
+            },
+        });
+        let accepting = Arc::clone(&driver);
+        std::thread::Builder::new()
+            .name("filament-accept".into())
+            .spawn(move || accepting.accept_loop(listener))
+            .map_err(|e| InitError::Io {
+                what: "starting the accept thread".into(),
+                cause: e.to_string(),
+            })?;
+
+        for _ in 0..workers {
+            driver.spawn_worker(None)?;
+        }
+        let deadline = Instant::now() + WORKER_START_TIMEOUT;
+        let mut state = driver.lock();
+        loop {
+            if let Some(failure) = state.start_failures.first() {
+                let failure = failure.clone();
+                drop(state);
+                driver.shutdown(Duration::from_secs(2));
+                return Err(InitError::Worker(failure));
+            }
+            if state.workers.len() >= workers {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(state);
+                driver.shutdown(Duration::from_secs(2));
+                return Err(InitError::Worker(format!(
+                    "workers did not start within {WORKER_START_TIMEOUT:?}"
+                )));
+            }
+            state = driver
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(state);
+        Ok(driver)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_id(&self) -> ObjectId {
+        ObjectId(self.next_id.fetch_add(1, Ordering::Relaxed) & 0x0000_ffff_ffff_ffff)
+    }
+
+    /// Starts a worker process: this executable, re-executed with the worker marker.
+    fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, InitError> {
+        let id = {
+            let mut state = self.lock();
+            state.next_worker += 1;
+            let id = state.next_worker;
+            state.starting.insert(id, actor);
+            id
+        };
+        // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
+        let child = Command::new("/proc/self/exe")
+            .args(std::env::args_os().skip(1))
+            .env(WORKER_ENV, format!("{}:{id}", self.socket.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| InitError::Io {
+                what: format!("starting worker {id}"),
+                cause: e.to_string(),
+            })?;
+        self.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
+        Ok(id)
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            if self.lock().shutting_down {
+                return;
+            }
+            let driver = Arc::clone(&self);
+            let _ = std::thread::Builder::new()
+                .name("filament-worker-conn".into())
+                .spawn(move || driver.serve_worker(stream));
+        }
+    }
+
+    /// Handshake, then the worker's messages until it goes away.
+    fn serve_worker(self: Arc<Self>, stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(WORKER_START_TIMEOUT));
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = FrameReader::new(stream);
+        let (worker, pid) = match reader.read::<ToDriver>() {
+            Ok(Some(ToDriver::Hello {
+                magic,
+                protocol,
+                fingerprint,
+                worker,
+                pid,
+            })) => {
+                let refusal = if magic != wire::MAGIC {
+                    Some("not a Filament worker".to_owned())
+                } else if protocol != wire::PROTOCOL_VERSION {
+                    Some(format!(
+                        "protocol version {protocol}, the driver speaks {}",
+                        wire::PROTOCOL_VERSION
+                    ))
+                } else if fingerprint != registry().fingerprint {
+                    Some("its remote functions and actors differ from the driver's: a different binary".to_owned())
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    let mut out = Vec::new();
+                    if wire::encode_frame(&ToWorker::Refused(reason.clone()), &mut out).is_ok() {
+                        use std::io::Write;
+                        let mut w = &write_half;
+                        let _ = w.write_all(&out);
+                    }
+                    self.worker_start_failed(
+                        worker,
+                        format!("worker {worker} (pid {pid}) was refused: {reason}"),
+                    );
+                    return;
+                }
+                (worker, pid)
+            }
+            _ => return,
+        };
+        let Ok(outbox) = Outbox::start(write_half, format!("filament-to-worker-{worker}")) else {
+            return;
+        };
+        outbox.send(ToWorker::Welcome {
+            hook: self.welcome.hook.clone(),
+            config: self.welcome.config.clone(),
+            job_id: self.welcome.job_id.clone(),
+            node_id: self.welcome.node_id.clone(),
+            cluster: self.cluster,
+        });
+        match reader.read::<ToDriver>() {
+            Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
+            Ok(Some(ToDriver::HookStatus(Err(message)))) => {
+                self.worker_start_failed(
+                    worker,
+                    format!("the tracing hook failed in worker {worker} (pid {pid}): {message}"),
+                );
+                return;
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    _ => "it closed the connection".to_owned(),
+                };
+                self.worker_start_failed(
+                    worker,
+                    format!("worker {worker} (pid {pid}) failed to start: {why}"),
+                );
+                return;
+            }
+        }
+        let _ = reader.stream().set_read_timeout(None);
+        {
+            let mut state = self.lock();
+            let actor = state.starting.remove(&worker).flatten();
+            state.workers.insert(
+                worker,
+                WorkerSlot {
+                    outbox,
+                    free: if actor.is_some() { 0 } else { 1 },
+                    running: HashSet::new(),
+                    actor,
+                },
+            );
+            if let Some(actor) = actor
+                && let Some(slot) = state.actors.get_mut(&actor)
+            {
+                slot.worker = Some(worker);
+            }
+            self.dispatch(&mut state);
+            if let Some(actor) = actor {
+                self.dispatch_actor(&mut state, actor);
+            }
+        }
+        self.changed.notify_all();
+
+        while let Ok(Some(message)) = reader.read::<ToDriver>() {
+            self.on_message(worker, message);
+        }
+        self.on_worker_exit(worker, pid);
+    }
+
+    fn worker_start_failed(&self, worker: u32, message: String) {
+        let mut state = self.lock();
+        let actor = state.starting.remove(&worker).flatten();
+        if let Some(actor) = actor {
+            self.kill_actor(&mut state, actor, message.clone());
+        } else {
+            state.start_failures.push(message);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn on_message(&self, worker: u32, message: ToDriver) {
+        let mut state = self.lock();
+        match message {
+            ToDriver::Done { id, result } => {
+                if let Some(slot) = state.workers.get_mut(&worker)
+                    && slot.running.remove(&id)
+                    && slot.actor.is_none()
+                {
+                    slot.free += 1;
+                }
+                self.complete(&mut state, id, result.map(Arc::new));
+                self.dispatch(&mut state);
+            }
+            ToDriver::Submit(spec) => self.submit_locked(&mut state, spec, Some(worker)),
+            ToDriver::Get { request, ids } => {
+                let missing: Vec<ObjectId> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| state.objects.get(id).is_some_and(|o| o.value.is_none()))
+                    .collect();
+                if missing.is_empty() {
+                    Self::answer_get(&state, worker, request, &ids);
+                } else {
+                    for id in &missing {
+                        if let Some(object) = state.objects.get_mut(id) {
+                            object.remote_waiters.push((worker, request));
+                        }
+                    }
+                    state.remote_gets.insert((worker, request), ids);
+                }
+            }
+            ToDriver::Poll { request, ids } => {
+                let ready = ids
+                    .into_iter()
+                    .filter(|id| state.objects.get(id).is_none_or(|o| o.value.is_some()))
+                    .collect();
+                if let Some(slot) = state.workers.get(&worker) {
+                    slot.outbox.send(ToWorker::Ready { request, ready });
+                }
+            }
+            ToDriver::Release(ids) => {
+                for id in ids {
+                    Self::release_locked(&mut state, id);
+                }
+            }
+            ToDriver::Blocked => {
+                if let Some(slot) = state.workers.get_mut(&worker) {
+                    slot.free += 1;
+                }
+                self.dispatch(&mut state);
+            }
+            ToDriver::Unblocked => {
+                if let Some(slot) = state.workers.get_mut(&worker) {
+                    slot.free -= 1;
+                }
+            }
+            ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn answer_get(state: &State, worker: u32, request: u64, ids: &[ObjectId]) {
+        let results = ids
+            .iter()
+            .map(|id| {
+                let name = state
+                    .objects
+                    .get(id)
+                    .map(|o| o.name.clone())
+                    .unwrap_or_default();
+                let result = match state.objects.get(id).and_then(|o| o.value.as_ref()) {
+                    Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
+                    Some(Err(error)) => Err(error.clone()),
+                    None => Err(TaskError::Invalid {
+                        task: format!("object {id}"),
+                        message: "unknown to the driver (freed, or of another cluster)".into(),
+                    }),
+                };
+                (*id, name, result)
+            })
+            .collect();
+        if let Some(slot) = state.workers.get(&worker) {
+            slot.outbox.send(ToWorker::Got { request, results });
+        }
+    }
+
+    /// Submits a task from this process; the caller holds one reference to the result.
+    pub(crate) fn submit(&self, spec: TaskSpec, from: Option<u32>) {
+        let mut state = self.lock();
+        self.submit_locked(&mut state, spec, from);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn submit_locked(&self, state: &mut State, spec: TaskSpec, _from: Option<u32>) {
+        let id = spec.id;
+        state.objects.insert(
+            id,
+            Object {
+                name: spec.name.clone(),
+                value: None,
+                refs: 1,
+                dependents: Vec::new(),
+                remote_waiters: Vec::new(),
+            },
+        );
+        // Every argument is held until the task has its value; count those still running.
+        let mut missing = 0;
+        let mut unknown = None;
+        for (index, arg) in spec.args.iter().enumerate() {
+            if let Arg::Ref(dep) = arg {
+                match state.objects.get_mut(dep) {
+                    Some(object) => {
+                        object.refs += 1;
+                        if object.value.is_none() {
+                            object.dependents.push(id);
+                            missing += 1;
+                        }
+                    }
+                    None => unknown = Some((index, *dep)),
+                }
+            }
+        }
+        if let Some((index, dep)) = unknown {
+            let error = TaskError::ArgumentFailed {
+                task: spec.name.clone(),
+                index,
+                cause: Box::new(TaskError::Invalid {
+                    task: format!("object {dep}"),
+                    message: "unknown to this cluster".into(),
+                }),
+            };
+            self.release_args(state, &spec);
+            self.complete(state, id, Err(error));
+            return;
+        }
+        match &spec.kind {
+            TaskKind::Function { .. } => {
+                if missing == 0 {
+                    state.ready.push_back(spec);
+                } else {
+                    state.waiting.insert(id, (missing, None));
+                    state.parked.insert(id, spec);
+                }
+                self.dispatch(state);
+            }
+            TaskKind::CreateActor { actor, .. } => {
+                let actor = *actor;
+                let class = spec.name.trim_end_matches("::new").to_owned();
+                state.actors.insert(
+                    actor,
+                    ActorSlot {
+                        class,
+                        worker: None,
+                        queue: VecDeque::from([spec]),
+                        dead: None,
+                    },
+                );
+                if missing > 0 {
+                    state.waiting.insert(id, (missing, Some(actor)));
+                }
+                // The process starts in the background; calls queue until it is ready.
+                if let Err(error) = self.spawn_worker(Some(actor)) {
+                    self.kill_actor(state, actor, error.to_string());
+                }
+            }
+            TaskKind::ActorCall { actor, .. } => {
+                let actor = *actor;
+                if missing > 0 {
+                    state.waiting.insert(id, (missing, Some(actor)));
+                }
+                match state.actors.get_mut(&actor) {
+                    Some(slot) if slot.dead.is_none() => {
+                        slot.queue.push_back(spec);
+                        self.dispatch_actor(state, actor);
+                    }
+                    Some(slot) => {
+                        let error = TaskError::ActorDied {
+                            task: spec.name.clone(),
+                            actor: format!("{}({actor:016x})", slot.class),
+                            cause: slot.dead.clone().unwrap_or_default(),
+                        };
+                        state.waiting.remove(&id);
+                        self.release_args(state, &spec);
+                        self.complete(state, id, Err(error));
+                    }
+                    None => {
+                        let error = TaskError::ActorDied {
+                            task: spec.name.clone(),
+                            actor: format!("{actor:016x}"),
+                            cause: "no such actor in this cluster".into(),
+                        };
+                        state.waiting.remove(&id);
+                        self.release_args(state, &spec);
+                        self.complete(state, id, Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the holds a task had on its arguments.
+    fn release_args(&self, state: &mut State, spec: &TaskSpec) {
+        for arg in &spec.args {
+            if let Arg::Ref(dep) = arg {
+                Self::release_locked(state, *dep);
+            }
+        }
+    }
+
+    /// The task's argument values, or the error of the first argument that failed.
+    fn resolve(state: &State, spec: &TaskSpec) -> Result<Vec<Vec<u8>>, TaskError> {
+        spec.args
+            .iter()
+            .enumerate()
+            .map(|(index, arg)| match arg {
+                Arg::Value(bytes) => Ok(bytes.clone()),
+                Arg::Ref(dep) => match state.objects.get(dep).and_then(|o| o.value.as_ref()) {
+                    Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
+                    Some(Err(error)) => Err(TaskError::ArgumentFailed {
+                        task: spec.name.clone(),
+                        index,
+                        cause: Box::new(error.clone()),
+                    }),
+                    None => Err(TaskError::Invalid {
+                        task: spec.name.clone(),
+                        message: format!("argument {index} ({dep}) is not ready"),
+                    }),
+                },
+            })
+            .collect()
+    }
+
+    /// Sends ready function tasks to workers with free slots.
+    fn dispatch(&self, state: &mut State) {
+        while !state.ready.is_empty() {
+            let Some(worker) = state
+                .workers
+                .iter()
+                .filter(|(_, w)| w.actor.is_none() && w.free > 0)
+                .max_by_key(|(_, w)| w.free)
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            let spec = state.ready.pop_front().expect("not empty");
+            self.send_to_worker(state, worker, spec);
+        }
+    }
+
+    /// Resolves a task's arguments and sends it to `worker`, or fails it if an argument failed.
+    fn send_to_worker(&self, state: &mut State, worker: u32, spec: TaskSpec) {
+        let args = Self::resolve(state, &spec);
+        self.release_args(state, &spec);
+        match args {
+            Ok(args) => {
+                let slot = state.workers.get_mut(&worker).expect("a live worker");
+                if slot.actor.is_none() {
+                    slot.free -= 1;
+                }
+                slot.running.insert(spec.id);
+                slot.outbox.send(ToWorker::Execute(Execute {
+                    id: spec.id,
+                    kind: spec.kind,
+                    name: spec.name,
+                    args,
+                    trace_context: spec.trace_context,
+                }));
+            }
+            Err(error) => self.complete(state, spec.id, Err(error)),
+        }
+    }
+
+    /// Sends an actor's queued calls, in order, while their arguments are ready.
+    fn dispatch_actor(&self, state: &mut State, actor: ActorId) {
+        loop {
+            let Some(slot) = state.actors.get_mut(&actor) else {
+                return;
+            };
+            let Some(worker) = slot.worker else {
+                return;
+            };
+            let Some(head) = slot.queue.front() else {
+                return;
+            };
+            if state.waiting.contains_key(&head.id) {
+                return;
+            }
+            let spec = slot.queue.pop_front().expect("a head");
+            self.send_to_worker(state, worker, spec);
+        }
+    }
+
+    fn kill_actor(&self, state: &mut State, actor: ActorId, cause: String) {
+        let Some(slot) = state.actors.get_mut(&actor) else {
+            return;
+        };
+        slot.dead = Some(cause.clone());
+        slot.worker = None;
+        let class = slot.class.clone();
+        let queued: Vec<TaskSpec> = slot.queue.drain(..).collect();
+        for spec in queued {
+            state.waiting.remove(&spec.id);
+            let error = TaskError::ActorDied {
+                task: spec.name.clone(),
+                actor: format!("{class}({actor:016x})"),
+                cause: cause.clone(),
+            };
+            self.release_args(state, &spec);
+            self.complete(state, spec.id, Err(error));
+        }
+    }
+
+    /// Stores a task's result and moves on whatever waited for it.
+    fn complete(&self, state: &mut State, id: ObjectId, result: Result<Arc<Vec<u8>>, TaskError>) {
+        let Some(object) = state.objects.get_mut(&id) else {
+            return;
+        };
+        // A failed actor creation kills the actor.
+        let failed_creation = match (&result, object.name.strip_suffix("::new")) {
+            (Err(error), Some(_)) => Some(error.to_string()),
+            _ => None,
+        };
+        object.value = Some(result);
+        let dependents = std::mem::take(&mut object.dependents);
+        let waiters = std::mem::take(&mut object.remote_waiters);
+        let free = object.refs == 0;
+        if let Some(cause) = failed_creation
+            && let Some(actor) = state
+                .actors
+                .iter()
+                .find(|(actor, _)| **actor == id.0)
+                .map(|(a, _)| *a)
+        {
+            self.kill_actor(state, actor, format!("its constructor failed: {cause}"));
+        }
+        for dependent in dependents {
+            let Some((missing, actor)) = state.waiting.get_mut(&dependent) else {
+                continue;
+            };
+            *missing -= 1;
+            if *missing == 0 {
+                let actor = *actor;
+                state.waiting.remove(&dependent);
+                match actor {
+                    Some(actor) => self.dispatch_actor(state, actor),
+                    None => {
+                        if let Some(spec) = state.parked.remove(&dependent) {
+                            state.ready.push_back(spec);
+                        }
+                    }
+                }
+            }
+        }
+        for key in waiters {
+            if let Some(ids) = state.remote_gets.get(&key)
+                && ids
+                    .iter()
+                    .all(|id| state.objects.get(id).is_none_or(|o| o.value.is_some()))
+            {
+                let ids = state.remote_gets.remove(&key).expect("present");
+                Self::answer_get(state, key.0, key.1, &ids);
+            }
+        }
+        if free {
+            state.objects.remove(&id);
+        }
+    }
+
+    pub(crate) fn add_ref(&self, id: ObjectId) {
+        if let Some(object) = self.lock().objects.get_mut(&id) {
+            object.refs += 1;
+        }
+    }
+
+    pub(crate) fn release(&self, id: ObjectId) {
+        Self::release_locked(&mut self.lock(), id);
+    }
+
+    fn release_locked(state: &mut State, id: ObjectId) {
+        let Some(object) = state.objects.get_mut(&id) else {
+            return;
+        };
+        object.refs = object.refs.saturating_sub(1);
+        if object.refs == 0 && object.value.is_some() && object.remote_waiters.is_empty() {
+            state.objects.remove(&id);
+        }
+    }
+
+    /// Waits for every object and returns their names and results.
+    pub(crate) fn get(&self, ids: &[ObjectId]) -> Result<Vec<crate::object::Fetched>, GetError> {
+        let mut state = self.lock();
+        loop {
+            let mut all = true;
+            for id in ids {
+                match state.objects.get(id) {
+                    None => return Err(GetError::OtherCluster { id: *id }),
+                    Some(object) if object.value.is_none() => {
+                        all = false;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+            }
+            if all {
+                return Ok(ids
+                    .iter()
+                    .map(|id| {
+                        let object = &state.objects[id];
+                        (
+                            object.name.clone(),
+                            object.value.clone().expect("checked above"),
+                        )
+                    })
+                    .collect());
+            }
+            if state.shutting_down {
+                return Err(GetError::ShutDown { id: ids[0] });
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Which objects are done, once `num_returns` are or the timeout passed.
+    pub(crate) fn wait(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Vec<bool> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        loop {
+            let done: Vec<bool> = ids
+                .iter()
+                .map(|id| state.objects.get(id).is_none_or(|o| o.value.is_some()))
+                .collect();
+            if done.iter().filter(|d| **d).count() >= num_returns || state.shutting_down {
+                return done;
+            }
+            match deadline {
+                None => state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return done;
+                    }
+                    state = self
+                        .changed
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// A worker went away: its tasks fail, its actor dies, a pool worker is replaced.
+    fn on_worker_exit(&self, worker: u32, pid: u32) {
+        let mut state = self.lock();
+        let Some(slot) = state.workers.remove(&worker) else {
+            return;
+        };
+        let shutting_down = state.shutting_down;
+        for id in slot.running {
+            let name = state
+                .objects
+                .get(&id)
+                .map(|o| o.name.clone())
+                .unwrap_or_default();
+            let error = if shutting_down {
+                TaskError::Cancelled { task: name }
+            } else {
+                TaskError::WorkerDied {
+                    task: name,
+                    worker: worker.to_string(),
+                    pid,
+                }
+            };
+            self.complete(&mut state, id, Err(error));
+        }
+        if let Some(actor) = slot.actor {
+            self.kill_actor(
+                &mut state,
+                actor,
+                format!("its worker {worker} (pid {pid}) died"),
+            );
+        }
+        let replace =
+            slot.actor.is_none() && !shutting_down && state.replacements < MAX_REPLACEMENTS;
+        if replace {
+            state.replacements += 1;
+        }
+        drop(state);
+        self.changed.notify_all();
+        self.reap();
+        if replace {
+            let _ = self.spawn_worker(None);
+        }
+    }
+
+    /// Collects the exit status of workers that ended.
+    fn reap(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+    }
+
+    /// Stops every worker: asks them to exit, then kills what is left after `grace`.
+    pub(crate) fn shutdown(&self, grace: Duration) {
+        {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            for slot in state.workers.values() {
+                slot.outbox.send(ToWorker::Shutdown);
+            }
+        }
+        self.changed.notify_all();
+        // Wake the accept loop so it sees the flag.
+        let _ = UnixStream::connect(&self.socket);
+        let deadline = Instant::now() + grace;
+        let mut children =
+            std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
+        while !children.is_empty() && Instant::now() < deadline {
+            children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for mut child in children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+    }
+}

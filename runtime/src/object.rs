@@ -1,0 +1,222 @@
+//! Object references, task arguments and task errors: what user code holds and gets back.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::marker::PhantomData;
+
+/// The id of an object: a task's result (a task and its result share the id).
+///
+/// The high 16 bits name the process that made it (0 for the driver), the rest count, so every
+/// process makes ids without asking anyone.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId(pub u64);
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+/// A future result of a task or actor call, of type `T`. Get it with [`get`](crate::get) or
+/// [`ObjectRef::get`]; pass it to other tasks as an argument. The result is freed when no reference
+/// to it remains.
+pub struct ObjectRef<T> {
+    pub(crate) id: ObjectId,
+    pub(crate) cluster: u64,
+    pub(crate) _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Waits for the object and returns its value.
+    pub fn get(&self) -> Result<T, GetError> {
+        crate::get(self)
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({})", self.id)
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        crate::context::add_ref(self.cluster, self.id);
+        ObjectRef {
+            id: self.id,
+            cluster: self.cluster,
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> Drop for ObjectRef<T> {
+    fn drop(&mut self) {
+        crate::context::release(self.cluster, self.id);
+    }
+}
+
+/// A task argument as it travels: a serialized value, or a reference the driver resolves before the
+/// task runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Arg {
+    /// A value, serialized with postcard.
+    Value(Vec<u8>),
+    /// The result of another task.
+    Ref(ObjectId),
+}
+
+/// What a remote function or actor method accepts for a parameter of type `T`: a `T`, or an
+/// [`ObjectRef<T>`] (by value or by reference) whose value the task receives once it exists.
+pub trait IntoArg<T> {
+    /// The argument as it travels.
+    fn into_arg(self) -> Arg;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> Arg {
+        match postcard::to_stdvec(&self) {
+            Ok(bytes) => Arg::Value(bytes),
+            Err(error) => panic!(
+                "filament: cannot serialize an argument of type {}: {error}",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        Arg::Ref(self.id)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        // The submission holds the object until the task has its value.
+        Arg::Ref(self.id)
+    }
+}
+
+/// Why a task produced no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task's code panicked.
+    #[error("task {task} panicked: {message}")]
+    Panicked {
+        /// The task's Rust path (`module::function`, `Type::method`).
+        task: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The worker process running the task died.
+    #[error("task {task} failed: worker {worker} (pid {pid}) died while running it")]
+    WorkerDied {
+        /// The task's Rust path.
+        task: String,
+        /// The worker's id.
+        worker: String,
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// The actor is dead: its process died, or its constructor failed.
+    #[error("task {task} failed: actor {actor} is dead: {cause}")]
+    ActorDied {
+        /// The call's Rust path.
+        task: String,
+        /// The actor's class and id.
+        actor: String,
+        /// Why it died.
+        cause: String,
+    },
+    /// An argument of the task failed, so the task could not run.
+    #[error("task {task} did not run: its argument {index} failed: {cause}")]
+    ArgumentFailed {
+        /// The task's Rust path.
+        task: String,
+        /// The argument's position, from 0.
+        index: usize,
+        /// The argument's own error.
+        cause: Box<TaskError>,
+    },
+    /// The task's arguments or result could not be (de)serialized, or the function is unknown.
+    #[error("task {task}: {message}")]
+    Invalid {
+        /// The task's Rust path.
+        task: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The runtime shut down before the task finished.
+    #[error("task {task} was cancelled: the runtime shut down")]
+    Cancelled {
+        /// The task's Rust path.
+        task: String,
+    },
+}
+
+/// Why [`get`](crate::get) returned no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The value exists but is not a `T`.
+    #[error("the result of {task} ({id}) does not deserialize as {type_name}: {cause}")]
+    Deserialize {
+        /// The task's Rust path.
+        task: String,
+        /// The object.
+        id: ObjectId,
+        /// The requested type.
+        type_name: &'static str,
+        /// The decoder's reason.
+        cause: String,
+    },
+    /// The reference belongs to another cluster (another `init`, or one that shut down).
+    #[error(
+        "object {id} belongs to another cluster than this process's; object refs are only valid in the cluster that made them"
+    )]
+    OtherCluster {
+        /// The object.
+        id: ObjectId,
+    },
+    /// No runtime runs in this process.
+    #[error("filament is not initialized in this process: call filament::init first")]
+    NotInitialized,
+    /// The runtime stopped while waiting.
+    #[error("the runtime shut down while waiting for {id}")]
+    ShutDown {
+        /// The object.
+        id: ObjectId,
+    },
+}
+
+/// An object's task name and result, as `get` collects them.
+pub(crate) type Fetched = (String, Result<std::sync::Arc<Vec<u8>>, TaskError>);
+
+/// Serializes a task's result. Used by the generated code.
+pub(crate) fn encode<R: Serialize>(value: &R) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(value).map_err(|e| {
+        format!(
+            "cannot serialize its result of type {}: {e}",
+            std::any::type_name::<R>()
+        )
+    })
+}
