@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         }
     }
     // Stopping the cluster flushes every process's spans.
-    let driver_pid = std::process::id();
+    let job = runtime.job_id().to_owned();
     drop(runtime);
 
     if hook.contains("filament_local_file") {
@@ -65,10 +65,7 @@ fn main() -> ExitCode {
             .collect();
         files.sort();
         let spans = read_spans(&files);
-        let ours: Vec<_> = spans
-            .into_iter()
-            .filter(|s| s.job == format!("{driver_pid:08x}"))
-            .collect();
+        let ours: Vec<_> = spans.into_iter().filter(|s| s.job == job).collect();
         let mut pids: Vec<&str> = ours.iter().map(|s| s.pid.as_str()).collect();
         pids.sort();
         pids.dedup();

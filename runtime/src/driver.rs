@@ -39,6 +39,7 @@ struct Object {
 }
 
 struct WorkerSlot {
+    pid: u32,
     outbox: Outbox<ToWorker>,
     /// Tasks it may still take: 1 per process, plus one per task blocked in `get`.
     free: i32,
@@ -200,13 +201,19 @@ impl Driver {
 
     /// Starts a worker process: this executable, re-executed with the worker marker.
     fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, InitError> {
-        let id = {
-            let mut state = self.lock();
-            state.next_worker += 1;
-            let id = state.next_worker;
-            state.starting.insert(id, actor);
-            id
-        };
+        let mut state = self.lock();
+        self.spawn_worker_locked(&mut state, actor)
+    }
+
+    /// [`Driver::spawn_worker`] with the state already locked.
+    fn spawn_worker_locked(
+        &self,
+        state: &mut State,
+        actor: Option<ActorId>,
+    ) -> Result<u32, InitError> {
+        state.next_worker += 1;
+        let id = state.next_worker;
+        state.starting.insert(id, actor);
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
@@ -319,6 +326,7 @@ impl Driver {
             state.workers.insert(
                 worker,
                 WorkerSlot {
+                    pid,
                     outbox,
                     free: if actor.is_some() { 0 } else { 1 },
                     running: HashSet::new(),
@@ -518,7 +526,7 @@ impl Driver {
                     state.waiting.insert(id, (missing, Some(actor)));
                 }
                 // The process starts in the background; calls queue until it is ready.
-                if let Err(error) = self.spawn_worker(Some(actor)) {
+                if let Err(error) = self.spawn_worker_locked(state, Some(actor)) {
                     self.kill_actor(state, actor, error.to_string());
                 }
             }
@@ -596,7 +604,15 @@ impl Driver {
                 .workers
                 .iter()
                 .filter(|(_, w)| w.actor.is_none() && w.free > 0)
-                .max_by_key(|(_, w)| w.free)
+                // Most free slots first; among equals, the one running least (a worker whose
+                // slot is free only because its task is blocked in `get` comes last).
+                .max_by_key(|(id, w)| {
+                    (
+                        w.free,
+                        std::cmp::Reverse(w.running.len()),
+                        std::cmp::Reverse(**id),
+                    )
+                })
                 .map(|(id, _)| *id)
             else {
                 return;
@@ -723,6 +739,18 @@ impl Driver {
         if free {
             state.objects.remove(&id);
         }
+    }
+
+    /// The process ids of the live workers (actors' included), by worker id.
+    pub(crate) fn worker_pids(&self) -> Vec<(u32, u32)> {
+        let mut pids: Vec<(u32, u32)> = self
+            .lock()
+            .workers
+            .iter()
+            .map(|(id, slot)| (*id, slot.pid))
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     pub(crate) fn add_ref(&self, id: ObjectId) {

@@ -139,6 +139,7 @@ pub enum InitError {
 pub struct Runtime {
     driver: std::sync::Arc<driver::Driver>,
     tracing: Option<tracing::TracingGuard>,
+    job_id: String,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -148,6 +149,16 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// The job's id (`filament.job_id` in spans and resources).
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// The process ids of the live worker processes (actors' included), by worker id.
+    pub fn worker_pids(&self) -> Vec<(u32, u32)> {
+        self.driver.worker_pids()
+    }
+
     /// The tracing of the driver process, if a hook was given.
     pub fn tracing(&self) -> Option<&tracing::TracingGuard> {
         self.tracing.as_ref()
@@ -204,7 +215,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         workers,
         config.tracing_startup_hook.clone(),
         config.tracing_config.into_iter().collect(),
-        job_id,
+        job_id.clone(),
         node_id,
     )?;
     context::set(Some(context::Context::Driver(std::sync::Arc::clone(
@@ -213,6 +224,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     Ok(Runtime {
         driver,
         tracing: tracing_guard,
+        job_id,
     })
 }
 

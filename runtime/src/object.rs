@@ -40,6 +40,20 @@ impl<T> ObjectRef<T> {
     }
 }
 
+impl<T> ObjectRef<T> {
+    /// The same object, typed as `U`: for results whose type the caller knows better than the
+    /// signature says. Getting it as a type it is not is an error, not undefined behaviour.
+    pub fn cast<U>(self) -> ObjectRef<U> {
+        let cast = ObjectRef {
+            id: self.id,
+            cluster: self.cluster,
+            _type: PhantomData,
+        };
+        std::mem::forget(self);
+        cast
+    }
+}
+
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Waits for the object and returns its value.
     pub fn get(&self) -> Result<T, GetError> {

@@ -51,8 +51,8 @@ fn serve(marker: &str) -> Result<(), String> {
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
-    let mut stream =
-        UnixStream::connect(socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?;
     let mut hello = Vec::new();
     wire::encode_frame(
         &ToDriver::Hello {

@@ -120,8 +120,22 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
         )
     };
 
-    let searched = candidate_paths(&spec.library);
-    for path in &searched {
+    let (explicit, beside_exe) = candidate_paths(&spec.library);
+    // FILAMENT_PLUGIN_PATH is an order: its first match wins. Next to the executable and in the
+    // cargo target directory, `target/<profile>/` and `deps/` may hold copies of different ages
+    // (cargo refreshes only one of them per build): the newest is the one just built.
+    let found = explicit
+        .iter()
+        .find(|path| path.exists())
+        .or_else(|| {
+            beside_exe
+                .iter()
+                .filter_map(|path| Some((std::fs::metadata(path).ok()?.modified().ok()?, path)))
+                .max_by_key(|(modified, _)| *modified)
+                .map(|(_, path)| path)
+        })
+        .or_else(|| beside_exe.iter().find(|path| path.exists()));
+    if let Some(path) = found {
         if let Ok(metadata) = std::fs::metadata(path) {
             if metadata.is_dir() {
                 return Err(HookError::LoadFailed {
@@ -147,6 +161,7 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
             return Ok((path.clone(), library));
         }
     }
+    let searched: Vec<PathBuf> = explicit.into_iter().chain(beside_exe).collect();
     // A soname such as `libc.so.6` may live where only the system loader looks.
     let mut searched = searched;
     if is_plain_soname(&spec.library) {
@@ -165,41 +180,48 @@ fn is_plain_soname(library: &str) -> bool {
     !library.contains('/') && (library.ends_with(".so") || library.contains(".so."))
 }
 
-/// Where a library given as `library` may be, in search order.
+/// Where a library given as `library` may be: the paths from `FILAMENT_PLUGIN_PATH`, in order, and
+/// those next to the executable and in the cargo target directory it runs from.
 ///
 /// A path (anything with a `/`) is taken as it is. A bare name is looked for as given when it looks
-/// like a file name (`libfoo.so`, `libc.so.6`), else as `lib<name>.so` and `<name>.so`, in
-/// `FILAMENT_PLUGIN_PATH`, next to the executable, and in the cargo target directory the executable
-/// runs from (`target/<profile>/` and its `deps/`, for tests and examples).
-pub(crate) fn candidate_paths(library: &str) -> Vec<PathBuf> {
+/// like a file name (`libfoo.so`, `libc.so.6`), else as `lib<name>.so` and `<name>.so`; next to the
+/// executable means its directory and, for tests and examples, `target/<profile>/` and its `deps/`.
+pub(crate) fn candidate_paths(library: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
     if library.contains('/') {
-        return vec![PathBuf::from(library)];
+        return (vec![PathBuf::from(library)], Vec::new());
     }
     let file_names: Vec<String> = if is_plain_soname(library) {
         vec![library.to_owned()]
     } else {
         vec![format!("lib{library}.so"), format!("{library}.so")]
     };
-    let mut paths = Vec::new();
-    for dir in search_dirs() {
-        for name in &file_names {
-            let path = dir.join(name);
-            if !paths.contains(&path) {
-                paths.push(path);
+    let in_dirs = |dirs: Vec<PathBuf>| -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        for dir in dirs {
+            for name in &file_names {
+                let path = dir.join(name);
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
             }
         }
-    }
-    paths
+        paths
+    };
+    (in_dirs(plugin_path_dirs()), in_dirs(exe_dirs()))
 }
 
-fn search_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os(PLUGIN_PATH_ENV)
+fn plugin_path_dirs() -> Vec<PathBuf> {
+    std::env::var_os(PLUGIN_PATH_ENV)
         .map(|value| {
             std::env::split_paths(&value)
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn exe_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
     if let Some(exe_dir) = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))

@@ -1,0 +1,542 @@
+//! The task runtime, traced end to end: real driver and worker processes (`cluster-program`), the
+//! local-file hook in every process, spans read back from the files with the OTLP decoder.
+
+use filament_tests::{ReadSpan, read_spans_dir};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
+
+/// A finished run of `cluster-program`: its `key=value` output and the spans of its job.
+struct Run {
+    output: Output,
+    values: HashMap<String, String>,
+    /// Spans of this run's job, by the pid of the file they were in.
+    spans: BTreeMap<u32, Vec<ReadSpan>>,
+}
+
+impl Run {
+    fn value(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or_else(|| {
+            panic!(
+                "no {key}= in the output:\n{}\n{}",
+                String::from_utf8_lossy(&self.output.stdout),
+                String::from_utf8_lossy(&self.output.stderr)
+            )
+        })
+    }
+
+    fn driver_pid(&self) -> u32 {
+        self.value("driver_pid").parse().unwrap()
+    }
+
+    fn all(&self) -> Vec<&ReadSpan> {
+        self.spans.values().flatten().collect()
+    }
+
+    /// The one span of this name, and the pid of its process.
+    fn span(&self, name: &str) -> (u32, &ReadSpan) {
+        let found: Vec<(u32, &ReadSpan)> = self
+            .spans
+            .iter()
+            .flat_map(|(pid, spans)| spans.iter().map(move |s| (*pid, s)))
+            .filter(|(_, s)| s.name() == name)
+            .collect();
+        assert_eq!(found.len(), 1, "spans named {name:?}: {:?}", self.names());
+        found[0]
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.all().iter().map(|s| s.name().to_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+fn run_program(args: &[&str], hook: Option<&str>, envs: &[(&str, &str)]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cluster-program"));
+    command
+        .args(args)
+        .env("FILAMENT_SPANS_DIR", dir.path())
+        .env("TEST_WORKERS", "2")
+        .env("RUST_BACKTRACE", "0");
+    match hook {
+        Some(hook) => command.env("FILAMENT_TRACING_STARTUP_HOOK", hook),
+        None => command.env_remove("FILAMENT_TRACING_STARTUP_HOOK"),
+    };
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let output = command.output().expect("cluster-program runs");
+    let values = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect::<HashMap<_, _>>();
+    let job = values.get("job_id").cloned().unwrap_or_default();
+    let spans = if dir.path().read_dir().unwrap().next().is_some() {
+        read_spans_dir(dir.path())
+            .into_iter()
+            .map(|(pid, spans)| {
+                let ours: Vec<ReadSpan> = spans
+                    .into_iter()
+                    .filter(|s| s.resource_attribute("filament.job_id") == Some(&string(&job)))
+                    .collect();
+                (pid, ours)
+            })
+            .filter(|(_, spans)| !spans.is_empty())
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    Run {
+        output,
+        values,
+        spans,
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    let run = run_program(args, Some(LOCAL_FILE), &[]);
+    assert!(
+        run.output.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.output.stdout),
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    run
+}
+
+fn string(s: &str) -> Value {
+    Value::StringValue(s.to_owned())
+}
+
+fn attr<'a>(span: &'a ReadSpan, key: &str) -> &'a Value {
+    span.attribute(key)
+        .unwrap_or_else(|| panic!("{} has no {key}: {:?}", span.name(), span.span.attributes))
+}
+
+fn assert_child_of(child: &ReadSpan, parent: &ReadSpan) {
+    assert_eq!(
+        child.trace_id(),
+        parent.trace_id(),
+        "{} and {}",
+        child.name(),
+        parent.name()
+    );
+    assert_eq!(
+        child.parent_span_id(),
+        parent.span_id(),
+        "{} is a child of {}",
+        child.name(),
+        parent.name()
+    );
+}
+
+#[test]
+fn one_task_makes_a_producer_span_in_the_driver_and_a_consumer_span_in_a_worker() {
+    let run = run(&["one-task"]);
+    assert_eq!(run.value("result"), "3");
+    assert_eq!(run.all().len(), 2, "{:?}", run.names());
+    let (producer_pid, producer) = run.span("cluster_program::add filament.remote");
+    let (consumer_pid, consumer) = run.span("cluster_program::add filament.remote_worker");
+    assert_eq!(producer_pid, run.driver_pid());
+    assert_ne!(consumer_pid, run.driver_pid());
+    assert_eq!(producer.span.kind, SpanKind::Producer as i32);
+    assert_eq!(consumer.span.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        producer.parent_span_id(),
+        "",
+        "a top-level call starts a trace"
+    );
+    assert_child_of(consumer, producer);
+
+    assert_eq!(attr(producer, "filament.remote"), &string("function"));
+    assert_eq!(
+        attr(producer, "filament.function"),
+        &string("cluster_program::add")
+    );
+    assert_eq!(
+        attr(producer, "filament.pid"),
+        &Value::IntValue(producer_pid.into())
+    );
+    assert_eq!(
+        attr(producer, "filament.job_id"),
+        &string(run.value("job_id"))
+    );
+    assert!(
+        producer.attribute("filament.task_id").is_none(),
+        "no task in the driver"
+    );
+    assert_eq!(
+        attr(consumer, "filament.pid"),
+        &Value::IntValue(consumer_pid.into())
+    );
+    assert!(matches!(
+        attr(consumer, "filament.worker_id"),
+        Value::StringValue(_)
+    ));
+    assert!(matches!(
+        attr(consumer, "filament.task_id"),
+        Value::StringValue(_)
+    ));
+    assert_eq!(
+        attr(consumer, "filament.node_id"),
+        attr(producer, "filament.node_id")
+    );
+    assert_eq!(
+        consumer.resource_attribute("filament.role"),
+        Some(&string("worker"))
+    );
+    assert_eq!(
+        producer.resource_attribute("filament.role"),
+        Some(&string("driver"))
+    );
+}
+
+#[test]
+fn creating_an_actor_and_calling_it_once_makes_four_spans() {
+    let run = run(&["actor-one-call"]);
+    assert_eq!(run.value("result"), "1");
+    assert_eq!(
+        run.names(),
+        [
+            "Counter::incr filament.remote",
+            "Counter::incr filament.remote_worker",
+            "Counter::new filament.remote",
+            "Counter::new filament.remote_worker",
+        ]
+    );
+    let (_, create) = run.span("Counter::new filament.remote");
+    let (actor_pid, created) = run.span("Counter::new filament.remote_worker");
+    let (_, call) = run.span("Counter::incr filament.remote");
+    let (call_pid, called) = run.span("Counter::incr filament.remote_worker");
+    assert_child_of(created, create);
+    assert_child_of(called, call);
+    assert_ne!(
+        create.trace_id(),
+        call.trace_id(),
+        "each top-level call is its own trace"
+    );
+    assert_eq!(actor_pid, call_pid, "the actor lives in one process");
+    for span in [create, created, call, called] {
+        assert_eq!(attr(span, "filament.remote"), &string("actor"));
+        assert_eq!(attr(span, "filament.actor_class"), &string("Counter"));
+    }
+    assert_eq!(attr(called, "filament.actor_method"), &string("incr"));
+    assert_eq!(attr(called, "filament.function"), &string("Counter::incr"));
+    assert_eq!(
+        attr(called, "filament.actor_id"),
+        attr(create, "filament.actor_id")
+    );
+}
+
+#[test]
+fn four_calls_run_in_submission_order_and_make_ten_spans_with_the_creation() {
+    let run = run(&["actor-four-calls"]);
+    assert_eq!(run.value("results"), "[11, 13, 16, 20]");
+    assert_eq!(run.all().len(), 10, "{:?}", run.names());
+}
+
+#[test]
+fn a_custom_span_made_in_a_task_is_a_child_of_its_consumer_span() {
+    let run = run(&["custom-span"]);
+    assert_eq!(run.value("result"), "inside foo");
+    let (consumer_pid, consumer) =
+        run.span("cluster_program::with_custom_span filament.remote_worker");
+    let (foo_pid, foo) = run.span("foo");
+    assert_eq!(foo_pid, consumer_pid);
+    assert_child_of(foo, consumer);
+    assert_eq!(foo.span.kind, 1, "INTERNAL");
+}
+
+#[test]
+fn nested_tasks_are_one_trace_across_three_processes() {
+    let run = run(&["nested"]);
+    assert_eq!(run.value("result"), "50");
+    let (p0, outer_producer) = run.span("cluster_program::outer filament.remote");
+    let (p1, outer_consumer) = run.span("cluster_program::outer filament.remote_worker");
+    let (p2, inner_producer) = run.span("cluster_program::add filament.remote");
+    let (p3, inner_consumer) = run.span("cluster_program::add filament.remote_worker");
+    assert_child_of(outer_consumer, outer_producer);
+    assert_child_of(inner_producer, outer_consumer);
+    assert_child_of(inner_consumer, inner_producer);
+    assert_eq!(p0, run.driver_pid());
+    assert_eq!(
+        p1, p2,
+        "the nested submission happens in the outer task's worker"
+    );
+    assert_ne!(p3, p1, "the inner task runs in another worker");
+    assert_ne!(p3, p0);
+    // On a nested PRODUCER, filament.task_id is the enclosing task's.
+    assert_eq!(
+        attr(inner_producer, "filament.task_id"),
+        attr(outer_consumer, "filament.task_id")
+    );
+}
+
+#[test]
+fn object_refs_as_arguments_run_once_their_inputs_exist() {
+    let run = run(&["object-ref-argument"]);
+    assert_eq!(run.value("result"), "11");
+    assert_eq!(run.all().len(), 6);
+}
+
+#[test]
+fn a_panicking_task_fails_get_and_marks_its_consumer_span_error() {
+    let run = run(&["panic"]);
+    assert_eq!(
+        run.value("error"),
+        "task cluster_program::fails panicked: it broke"
+    );
+    let (_, producer) = run.span("cluster_program::fails filament.remote");
+    let (_, consumer) = run.span("cluster_program::fails filament.remote_worker");
+    let status = consumer.span.status.as_ref().unwrap();
+    assert_eq!(status.code, StatusCode::Error as i32);
+    assert_eq!(status.message, "it broke");
+    let event = &consumer.span.events[0];
+    assert_eq!(event.name, "exception");
+    assert_eq!(
+        filament_tests::find(&event.attributes, "exception.message"),
+        Some(&string("it broke"))
+    );
+    let producer_status = producer.span.status.as_ref().map_or(0, |s| s.code);
+    assert_eq!(
+        producer_status,
+        StatusCode::Unset as i32,
+        "the PRODUCER stays UNSET"
+    );
+}
+
+#[test]
+fn a_task_whose_argument_failed_fails_with_the_arguments_error() {
+    let run = run(&["argument-failed"]);
+    assert_eq!(
+        run.value("error"),
+        "task cluster_program::add did not run: its argument 0 failed: task cluster_program::fails panicked: first"
+    );
+}
+
+#[test]
+fn a_worker_dying_mid_task_fails_the_task_naming_it_and_the_pool_replaces_the_worker() {
+    let run = run(&["worker-dies"]);
+    let error = run.value("error");
+    assert!(
+        error.starts_with("task cluster_program::dies failed: worker "),
+        "{error}"
+    );
+    assert!(error.ends_with("died while running it"), "{error}");
+    assert_eq!(run.value("after"), "42");
+}
+
+#[test]
+fn calls_to_a_dead_actor_fail_with_a_clear_error() {
+    let run = run(&["dead-actor"]);
+    assert_eq!(run.value("first"), "1");
+    assert!(
+        run.value("exit_error")
+            .starts_with("task Counter::exit failed: worker ")
+    );
+    let error = run.value("error");
+    assert!(
+        error.starts_with("task Counter::incr failed: actor Counter(")
+            && error.contains(") is dead: its worker "),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
+    let run = run(&["actor-handle-in-task"]);
+    assert_eq!(
+        (run.value("first"), run.value("result"), run.value("last")),
+        ("101", "106", "107"),
+        "calls run in order, from the driver and from the task"
+    );
+    let (_, task) = run.span("cluster_program::call_counter filament.remote_worker");
+    let calls: Vec<&ReadSpan> = run
+        .all()
+        .into_iter()
+        .filter(|s| {
+            s.name() == "Counter::incr filament.remote" && s.parent_span_id() == task.span_id()
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "the task's call is a child of the task");
+    let executed: Vec<&ReadSpan> = run
+        .all()
+        .into_iter()
+        .filter(|s| s.parent_span_id() == calls[0].span_id())
+        .collect();
+    assert_eq!(executed.len(), 1);
+    assert_eq!(executed[0].name(), "Counter::incr filament.remote_worker");
+    assert_eq!(executed[0].trace_id(), task.trace_id());
+}
+
+#[test]
+fn getting_a_result_as_the_wrong_type_is_a_clear_error() {
+    let run = run(&["wrong-type"]);
+    let error = run.value("error");
+    assert!(
+        error.starts_with("the result of cluster_program::add (")
+            && error.contains(") does not deserialize as cluster_program::Triple: "),
+        "{error}"
+    );
+}
+
+#[test]
+fn getting_a_ref_of_another_cluster_is_a_clear_error() {
+    let run = run(&["other-cluster"]);
+    assert!(run.value("error").contains("belongs to another cluster"));
+}
+
+#[test]
+fn wait_splits_done_from_pending() {
+    let run = run(&["wait"]);
+    assert_eq!(run.value("ready"), "2 pending=0");
+}
+
+#[test]
+fn with_no_hook_no_tracing_work_is_done() {
+    let run = run_program(&["nested"], None, &[]);
+    assert!(run.output.status.success(), "{:?}", run.output);
+    assert_eq!(run.value("result"), "50");
+    assert!(
+        run.spans.is_empty(),
+        "no span files: {:?}",
+        run.spans.keys()
+    );
+}
+
+#[test]
+fn a_broken_hook_fails_init_in_the_driver_before_any_worker_starts() {
+    let run = run_program(&["one-task"], Some("filament_test_hooks:not_a_hook"), &[]);
+    assert_eq!(run.output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("error: hook \"filament_test_hooks:not_a_hook\": `not_a_hook` is not a Filament tracing hook"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("filament worker"),
+        "no worker ran: {stderr}"
+    );
+}
+
+#[test]
+fn a_hook_that_fails_only_in_workers_fails_init_within_seconds_without_retrying() {
+    let started = Instant::now();
+    let run = run_program(
+        &["one-task"],
+        Some("filament_test_hooks:fails_in_workers"),
+        &[],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("error: the tracing hook failed in worker ")
+            && stderr.contains("hook \"filament_test_hooks:fails_in_workers\": setup failed: no collector is reachable from worker processes"),
+        "{stderr}"
+    );
+    let attempts = stderr.matches("filament worker: ").count();
+    assert!(
+        attempts <= 2,
+        "each of the 2 workers tried once, no crash loop: {stderr}"
+    );
+}
+
+/// Whether a process is alive (and not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
+    // A normal end: no worker left.
+    let run = run(&["workers"]);
+    assert_eq!(run.value("task_pids"), "2", "tasks ran in both workers");
+    let stdout = String::from_utf8_lossy(&run.output.stdout).into_owned();
+    let pids: Vec<u32> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("worker="))
+        .map(|l| l.split(" pid=").nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    for pid in &pids {
+        assert!(!alive(*pid), "worker {pid} outlived its driver");
+    }
+
+    // Killed: the workers notice the end of their socket and exit.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .args(["workers", "hang"])
+        .env("FILAMENT_SPANS_DIR", dir.path())
+        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+        .env("TEST_WORKERS", "2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
+        if let Some(rest) = line.trim().strip_prefix("worker=") {
+            pids.push(rest.split(" pid=").nth(1).unwrap().parse::<u32>().unwrap());
+        }
+        if line.trim() == "hanging" {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived its killed driver");
+    }
+    // The spans they wrote before are intact.
+    for spans in read_spans_dir(dir.path()).values() {
+        assert!(spans.iter().all(|s| !s.span_id().is_empty()));
+    }
+}
+
+#[test]
+fn no_span_is_lost_or_duplicated_over_ten_thousand_traced_tasks() {
+    let run = run(&["many", "10000"]);
+    assert_eq!(run.value("sum"), "50005000 expected=50005000");
+    let spans = run.all();
+    assert_eq!(spans.len(), 20_000);
+    let ids: HashSet<String> = spans.iter().map(|s| s.span_id()).collect();
+    assert_eq!(ids.len(), 20_000, "span ids are unique");
+    let producers: HashSet<String> = spans
+        .iter()
+        .filter(|s| s.span.kind == SpanKind::Producer as i32)
+        .map(|s| s.span_id())
+        .collect();
+    assert_eq!(producers.len(), 10_000);
+    for consumer in spans
+        .iter()
+        .filter(|s| s.span.kind == SpanKind::Consumer as i32)
+    {
+        assert!(
+            producers.contains(&consumer.parent_span_id()),
+            "every CONSUMER's PRODUCER is present"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! A Filament program with remote functions and actors, for the runtime's end-to-end tests. Its
+//! scenario is its first argument; it prints `key=value` lines the tests read, and its spans go
+//! wherever the tracing hook sends them.
+//!
+//! Exit codes: 0 done, 2 bad arguments, 3 `init` failed (the error on standard error).
+
+use opentelemetry::trace::Tracer;
+use serde::{Deserialize, Serialize};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[filament::remote]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[filament::remote]
+fn with_custom_span() -> String {
+    let tracer = opentelemetry::global::tracer("cluster-program");
+    tracer.in_span("foo", |_cx| "inside foo".to_owned())
+}
+
+#[filament::remote]
+fn outer(x: i64) -> i64 {
+    let inner = add::remote(x, 1);
+    filament::get(&inner).expect("the inner task") * 10
+}
+
+#[filament::remote]
+fn fails(message: String) -> i64 {
+    panic!("{message}")
+}
+
+#[filament::remote]
+fn dies() -> i64 {
+    std::process::exit(7)
+}
+
+#[filament::remote]
+fn noop() {}
+
+#[filament::remote]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[filament::remote]
+fn call_counter(counter: CounterHandle, by: i64) -> i64 {
+    filament::get(&counter.incr(by)).expect("the actor call")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Triple {
+    a: u64,
+    b: String,
+    c: Vec<u64>,
+}
+
+#[filament::actor]
+struct Counter {
+    n: i64,
+}
+
+#[filament::actor]
+impl Counter {
+    fn new(start: i64) -> Self {
+        Counter { n: start }
+    }
+
+    fn incr(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+
+    fn exit(&mut self) -> i64 {
+        std::process::exit(9)
+    }
+}
+
+fn main() -> ExitCode {
+    let mut config = filament::Config::default();
+    if let Ok(workers) = std::env::var("TEST_WORKERS") {
+        config = config.num_workers(workers.parse().expect("TEST_WORKERS is a number"));
+    }
+    let started = Instant::now();
+    let runtime = match filament::init(config) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: {error}");
+            println!("init_failed_after_ms={}", started.elapsed().as_millis());
+            return ExitCode::from(3);
+        }
+    };
+    println!("driver_pid={}", std::process::id());
+    println!("job_id={}", runtime.job_id());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = args.first().map(String::as_str).unwrap_or("");
+    match scenario {
+        "one-task" => println!("result={}", add::remote(1, 2).get().unwrap()),
+        "actor-one-call" => {
+            let counter = Counter::remote(0);
+            println!("result={}", counter.incr(1).get().unwrap());
+        }
+        "actor-four-calls" => {
+            let counter = Counter::remote(10);
+            let calls: Vec<_> = (1..=4).map(|i| counter.incr(i)).collect();
+            println!("results={:?}", filament::get_all(&calls).unwrap());
+        }
+        "custom-span" => println!("result={}", with_custom_span::remote().get().unwrap()),
+        "nested" => println!("result={}", outer::remote(4).get().unwrap()),
+        "object-ref-argument" => {
+            let three = add::remote(1, 2);
+            let five = add::remote(&three, 2);
+            let ten = add::remote(five, &three);
+            println!("result={}", ten.get().unwrap() + three.get().unwrap());
+        }
+        "panic" => match fails::remote("it broke".to_owned()).get() {
+            Ok(v) => println!("unexpected={v}"),
+            Err(error) => println!("error={error}"),
+        },
+        "argument-failed" => {
+            let broken = fails::remote("first".to_owned());
+            match add::remote(&broken, 1).get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+        }
+        "worker-dies" => {
+            match dies::remote().get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+            // The pool replaced the worker: work goes on.
+            println!("after={}", add::remote(20, 22).get().unwrap());
+        }
+        "dead-actor" => {
+            let counter = Counter::remote(0);
+            println!("first={}", counter.incr(1).get().unwrap());
+            match counter.exit().get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("exit_error={error}"),
+            }
+            match counter.incr(1).get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+        }
+        "actor-handle-in-task" => {
+            let counter = Counter::remote(100);
+            let first = counter.incr(1);
+            println!("first={}", first.get().unwrap());
+            println!(
+                "result={}",
+                call_counter::remote(counter.clone(), 5).get().unwrap()
+            );
+            println!("last={}", counter.incr(1).get().unwrap());
+        }
+        "wrong-type" => match add::remote(1, 2).cast::<Triple>().get() {
+            Ok(v) => println!("unexpected={v:?}"),
+            Err(error) => println!("error={error}"),
+        },
+        "other-cluster" => {
+            let old = add::remote(1, 1);
+            old.get().unwrap();
+            drop(runtime);
+            let _second = filament::init(filament::Config::default()).unwrap();
+            match old.get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+            return ExitCode::SUCCESS;
+        }
+        "wait" => {
+            let quick = add::remote(1, 1);
+            quick.get().unwrap();
+            let refs = vec![quick, add::remote(2, 2)];
+            let (ready, pending) = filament::wait(refs, 2, Some(Duration::from_secs(10))).unwrap();
+            println!("ready={} pending={}", ready.len(), pending.len());
+        }
+        "many" => {
+            let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
+            let refs: Vec<_> = (0..n as i64).map(|i| add::remote(i, 1)).collect();
+            let values = filament::get_all(&refs).unwrap();
+            let expected: i64 = (0..n as i64).map(|i| i + 1).sum();
+            println!("sum={} expected={expected}", values.iter().sum::<i64>());
+        }
+        "workers" => {
+            for (worker, pid) in runtime.worker_pids() {
+                println!("worker={worker} pid={pid}");
+            }
+            let pids: Vec<_> = (0..8).map(|_| pid::remote()).collect();
+            let mut seen = filament::get_all(&pids).unwrap();
+            seen.sort();
+            seen.dedup();
+            println!("task_pids={}", seen.len());
+            noop::remote().get().unwrap();
+            if args.get(1).map(String::as_str) == Some("hang") {
+                println!("hanging");
+                std::thread::sleep(Duration::from_secs(600));
+            }
+        }
+        other => {
+            eprintln!("unknown scenario {other:?}");
+            return ExitCode::from(2);
+        }
+    }
+    drop(runtime);
+    ExitCode::SUCCESS
+}
