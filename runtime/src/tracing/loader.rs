@@ -135,31 +135,31 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
                 .map(|(_, path)| path)
         })
         .or_else(|| beside_exe.iter().find(|path| path.exists()));
-    if let Some(path) = found {
-        if let Ok(metadata) = std::fs::metadata(path) {
-            if metadata.is_dir() {
-                return Err(HookError::LoadFailed {
-                    hook,
-                    path: path.clone(),
-                    cause: "it is a directory, not a shared object".into(),
-                });
-            }
-            if let Err(error) = std::fs::File::open(path) {
-                return Err(HookError::LoadFailed {
-                    hook,
-                    path: path.clone(),
-                    cause: format!("cannot read it: {error}"),
-                });
-            }
-            // A relative path without a slash would make dlopen search its own path: anchor it.
-            let anchored = if path.is_absolute() {
-                path.clone()
-            } else {
-                Path::new(".").join(path)
-            };
-            let library = load(path, &anchored.to_string_lossy())?;
-            return Ok((path.clone(), library));
+    if let Some(path) = found
+        && let Ok(metadata) = std::fs::metadata(path)
+    {
+        if metadata.is_dir() {
+            return Err(HookError::LoadFailed {
+                hook,
+                path: path.clone(),
+                cause: "it is a directory, not a shared object".into(),
+            });
         }
+        if let Err(error) = std::fs::File::open(path) {
+            return Err(HookError::LoadFailed {
+                hook,
+                path: path.clone(),
+                cause: format!("cannot read it: {error}"),
+            });
+        }
+        // A relative path without a slash would make dlopen search its own path: anchor it.
+        let anchored = if path.is_absolute() {
+            path.clone()
+        } else {
+            Path::new(".").join(path)
+        };
+        let library = load(path, &anchored.to_string_lossy())?;
+        return Ok((path.clone(), library));
     }
     let searched: Vec<PathBuf> = explicit.into_iter().chain(beside_exe).collect();
     // A soname such as `libc.so.6` may live where only the system loader looks.
