@@ -141,3 +141,46 @@ fn print_subtree(span: &SpanLine, all: &[&SpanLine], depth: usize) {
         print_subtree(child, all, depth + 1);
     }
 }
+
+/// Starts a cluster with the hook from the environment (the local-file hook by default), or prints
+/// the error and exits.
+pub fn init_or_exit() -> (filament::Runtime, String) {
+    let hook = hook_from_env();
+    match filament::init(filament::Config::default().tracing_startup_hook(&hook)) {
+        Ok(runtime) => (runtime, hook),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Stops the cluster (which flushes every process's spans) and, with the local-file hook, prints
+/// the span files of this job and its span trees.
+pub fn finish(runtime: filament::Runtime, hook: &str) {
+    let job = runtime.job_id().to_owned();
+    drop(runtime);
+    if !hook.contains("filament_local_file") {
+        return;
+    }
+    let dir = spans_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .collect();
+    files.sort();
+    let ours: Vec<SpanLine> = read_spans(&files)
+        .into_iter()
+        .filter(|s| s.job == job)
+        .collect();
+    let mut pids: Vec<&str> = ours.iter().map(|s| s.pid.as_str()).collect();
+    pids.sort();
+    pids.dedup();
+    println!("span files of this run in {}:", dir.display());
+    for pid in pids {
+        println!("  {}", dir.join(format!("{pid}.json")).display());
+    }
+    print_trees(&ours);
+}
