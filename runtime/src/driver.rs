@@ -23,6 +23,10 @@ pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
 /// How long a new worker has to connect, handshake and run the tracing hook.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Tasks a pool worker may hold at once: one running, the rest queued in the worker, so that it
+/// never waits for the driver between two tasks.
+const TASKS_IN_FLIGHT_PER_WORKER: i32 = 4;
+
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
 
@@ -41,7 +45,7 @@ struct Object {
 struct WorkerSlot {
     pid: u32,
     outbox: Outbox<ToWorker>,
-    /// Tasks it may still take: 1 per process, plus one per task blocked in `get`.
+    /// Tasks it may still take: `TASKS_IN_FLIGHT_PER_WORKER`, plus one per task blocked in `get`.
     free: i32,
     running: HashSet<ObjectId>,
     actor: Option<ActorId>,
@@ -74,6 +78,9 @@ struct State {
     next_worker: u32,
     replacements: u32,
     shutting_down: bool,
+    /// Connections with messages queued, to write once the lock is released: messages are queued
+    /// in the order the state changed, and no thread writes to a socket holding the lock.
+    outgoing: Vec<Outbox<ToWorker>>,
 }
 
 /// The cluster, seen from the driver.
@@ -195,6 +202,16 @@ impl Driver {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Releases the lock, wakes whoever waits for a change, and sends what was queued meanwhile.
+    fn unlock(&self, mut state: MutexGuard<'_, State>) {
+        let outgoing = std::mem::take(&mut state.outgoing);
+        drop(state);
+        self.changed.notify_all();
+        for outbox in outgoing {
+            outbox.flush();
+        }
+    }
+
     pub(crate) fn next_id(&self) -> ObjectId {
         ObjectId(self.next_id.fetch_add(1, Ordering::Relaxed) & 0x0000_ffff_ffff_ffff)
     }
@@ -288,9 +305,7 @@ impl Driver {
             }
             _ => return,
         };
-        let Ok(outbox) = Outbox::start(write_half, format!("filament-to-worker-{worker}")) else {
-            return;
-        };
+        let outbox = Outbox::new(write_half);
         outbox.send(ToWorker::Welcome {
             hook: self.welcome.hook.clone(),
             config: self.welcome.config.clone(),
@@ -328,7 +343,11 @@ impl Driver {
                 WorkerSlot {
                     pid,
                     outbox,
-                    free: if actor.is_some() { 0 } else { 1 },
+                    free: if actor.is_some() {
+                        0
+                    } else {
+                        TASKS_IN_FLIGHT_PER_WORKER
+                    },
                     running: HashSet::new(),
                     actor,
                 },
@@ -342,8 +361,8 @@ impl Driver {
             if let Some(actor) = actor {
                 self.dispatch_actor(&mut state, actor);
             }
+            self.unlock(state);
         }
-        self.changed.notify_all();
 
         while let Ok(Some(message)) = reader.read::<ToDriver>() {
             self.on_message(worker, message);
@@ -359,8 +378,7 @@ impl Driver {
         } else {
             state.start_failures.push(message);
         }
-        drop(state);
-        self.changed.notify_all();
+        self.unlock(state);
     }
 
     fn on_message(&self, worker: u32, message: ToDriver) {
@@ -384,7 +402,7 @@ impl Driver {
                     .filter(|id| state.objects.get(id).is_some_and(|o| o.value.is_none()))
                     .collect();
                 if missing.is_empty() {
-                    Self::answer_get(&state, worker, request, &ids);
+                    Self::answer_get(&mut state, worker, request, &ids);
                 } else {
                     for id in &missing {
                         if let Some(object) = state.objects.get_mut(id) {
@@ -400,7 +418,9 @@ impl Driver {
                     .filter(|id| state.objects.get(id).is_none_or(|o| o.value.is_some()))
                     .collect();
                 if let Some(slot) = state.workers.get(&worker) {
-                    slot.outbox.send(ToWorker::Ready { request, ready });
+                    slot.outbox.queue(ToWorker::Ready { request, ready });
+                    let outbox = slot.outbox.clone();
+                    state.outgoing.push(outbox);
                 }
             }
             ToDriver::Release(ids) => {
@@ -421,11 +441,10 @@ impl Driver {
             }
             ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
         }
-        drop(state);
-        self.changed.notify_all();
+        self.unlock(state);
     }
 
-    fn answer_get(state: &State, worker: u32, request: u64, ids: &[ObjectId]) {
+    fn answer_get(state: &mut State, worker: u32, request: u64, ids: &[ObjectId]) {
         let results = ids
             .iter()
             .map(|id| {
@@ -446,7 +465,9 @@ impl Driver {
             })
             .collect();
         if let Some(slot) = state.workers.get(&worker) {
-            slot.outbox.send(ToWorker::Got { request, results });
+            slot.outbox.queue(ToWorker::Got { request, results });
+            let outbox = slot.outbox.clone();
+            state.outgoing.push(outbox);
         }
     }
 
@@ -454,8 +475,7 @@ impl Driver {
     pub(crate) fn submit(&self, spec: TaskSpec, from: Option<u32>) {
         let mut state = self.lock();
         self.submit_locked(&mut state, spec, from);
-        drop(state);
-        self.changed.notify_all();
+        self.unlock(state);
     }
 
     fn submit_locked(&self, state: &mut State, spec: TaskSpec, _from: Option<u32>) {
@@ -633,13 +653,15 @@ impl Driver {
                     slot.free -= 1;
                 }
                 slot.running.insert(spec.id);
-                slot.outbox.send(ToWorker::Execute(Execute {
+                slot.outbox.queue(ToWorker::Execute(Execute {
                     id: spec.id,
                     kind: spec.kind,
                     name: spec.name,
                     args,
                     trace_context: spec.trace_context,
                 }));
+                let outbox = slot.outbox.clone();
+                state.outgoing.push(outbox);
             }
             Err(error) => self.complete(state, spec.id, Err(error)),
         }
@@ -877,8 +899,7 @@ impl Driver {
         if replace {
             state.replacements += 1;
         }
-        drop(state);
-        self.changed.notify_all();
+        self.unlock(state);
         self.reap();
         if replace {
             let _ = self.spawn_worker(None);

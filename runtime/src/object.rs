@@ -139,7 +139,7 @@ pub enum TaskError {
         message: String,
     },
     /// The worker process running the task died.
-    #[error("task {task} failed: worker {worker} (pid {pid}) died while running it")]
+    #[error("task {task} failed: worker {worker} (pid {pid}) died before it finished")]
     WorkerDied {
         /// The task's Rust path.
         task: String,

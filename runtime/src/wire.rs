@@ -1,13 +1,13 @@
 //! Messages between the driver and its workers, and how they travel: `[u32 length][postcard body]`
 //! frames over a Unix socket, a size cap checked before allocating, a handshake with magic, protocol
-//! version and registry fingerprint on every connection, and a writer thread per connection that
-//! sends everything queued in one `write`.
+//! version and registry fingerprint on every connection, and writes that batch what queues up.
 
 use crate::object::{Arg, ObjectId, TaskError};
-use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufReader, Read, Write};
+use std::marker::PhantomData;
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 
 /// The first bytes of every connection.
 pub(crate) const MAGIC: [u8; 8] = *b"filament";
@@ -173,48 +173,90 @@ impl FrameReader {
     }
 }
 
-/// Sends messages on a connection from any thread: a queue and a writer thread that writes
-/// everything queued at once.
-#[derive(Debug, Clone)]
+/// Sends messages on a connection from any thread, without a thread of its own: the sender writes
+/// its frame itself when nobody else is writing, and while someone is, frames queue behind and go
+/// out with theirs in one `write` (batching under load, no thread hop when idle).
+#[derive(Debug)]
 pub(crate) struct Outbox<T> {
-    queue: Sender<T>,
+    inner: Arc<OutboxInner>,
+    _messages: PhantomData<fn(T)>,
 }
 
-impl<T: Serialize + Send + 'static> Outbox<T> {
-    /// Starts the writer thread of `stream`. It ends when every `Outbox` clone is dropped or the
-    /// stream fails.
-    pub(crate) fn start(stream: UnixStream, name: String) -> io::Result<Self> {
-        let (queue, messages) = crossbeam_channel::unbounded::<T>();
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || write_loop(stream, messages))?;
-        Ok(Outbox { queue })
+impl<T> Clone for Outbox<T> {
+    fn clone(&self) -> Self {
+        Outbox {
+            inner: Arc::clone(&self.inner),
+            _messages: PhantomData,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OutboxInner {
+    stream: UnixStream,
+    state: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    frames: Vec<u8>,
+    /// A spare buffer, to swap with `frames` instead of allocating.
+    spare: Vec<u8>,
+    writing: bool,
+    broken: bool,
+}
+
+impl<T: Serialize> Outbox<T> {
+    pub(crate) fn new(stream: UnixStream) -> Self {
+        Outbox {
+            inner: Arc::new(OutboxInner {
+                stream,
+                state: Mutex::new(Pending::default()),
+            }),
+            _messages: PhantomData,
+        }
     }
 
-    /// Queues a message; false if the connection is gone.
+    /// Sends a message; false if the connection is gone.
     pub(crate) fn send(&self, message: T) -> bool {
-        self.queue.send(message).is_ok()
+        self.queue(message) && self.flush()
     }
-}
 
-fn write_loop<T: Serialize>(mut stream: UnixStream, messages: Receiver<T>) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
-    while let Ok(first) = messages.recv() {
-        buffer.clear();
-        let mut next = Some(first);
-        while let Some(message) = next {
-            if encode_frame(&message, &mut buffer).is_err() {
-                return;
-            }
-            next = if buffer.len() < 1 << 20 {
-                messages.try_recv().ok()
-            } else {
-                None
-            };
+    /// Queues a message without writing it: cheap enough to call holding other locks, and messages
+    /// queued in some order go out in that order. [`Outbox::flush`] writes them.
+    pub(crate) fn queue(&self, message: T) -> bool {
+        let mut pending = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        !pending.broken && encode_frame(&message, &mut pending.frames).is_ok()
+    }
+
+    /// Writes what is queued, unless another thread is writing (it writes these too); false if the
+    /// connection is gone.
+    pub(crate) fn flush(&self) -> bool {
+        let mut pending = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.broken {
+            return false;
         }
-        if stream.write_all(&buffer).is_err() {
-            return;
+        if pending.writing || pending.frames.is_empty() {
+            return true;
+        }
+        pending.writing = true;
+        loop {
+            let mut batch = std::mem::take(&mut pending.frames);
+            pending.frames = std::mem::take(&mut pending.spare);
+            drop(pending);
+            let written = (&self.inner.stream).write_all(&batch);
+            batch.clear();
+            pending = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            pending.spare = batch;
+            if written.is_err() {
+                pending.broken = true;
+                pending.writing = false;
+                return false;
+            }
+            if pending.frames.is_empty() {
+                pending.writing = false;
+                return true;
+            }
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Write);
 }

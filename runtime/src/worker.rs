@@ -81,8 +81,7 @@ fn serve(marker: &str) -> Result<(), String> {
         }
         other => return Err(format!("no welcome from the driver: {other:?}")),
     };
-    let outbox =
-        Outbox::start(write_half, "filament-to-driver".into()).map_err(|e| e.to_string())?;
+    let outbox = Outbox::new(write_half);
 
     let worker_id = format!("{worker}");
     let mut tracing_guard = None;
@@ -99,9 +98,6 @@ fn serve(marker: &str) -> Result<(), String> {
             Ok(guard) => tracing_guard = Some(guard),
             Err(error) => {
                 outbox.send(ToDriver::HookStatus(Err(error.to_string())));
-                drop(outbox);
-                // Give the writer thread a moment to deliver the failure before exiting.
-                std::thread::sleep(Duration::from_millis(50));
                 return Err(error.to_string());
             }
         }
