@@ -280,6 +280,17 @@ fn nested_tasks_are_one_trace_across_three_processes() {
 }
 
 #[test]
+fn tasks_submitted_inside_a_user_span_continue_its_trace() {
+    let run = run(&["in-user-span"]);
+    assert_eq!(run.value("result"), "5");
+    let (_, user) = run.span("driver-work");
+    let (_, producer) = run.span("cluster_program::add filament.remote");
+    let (_, consumer) = run.span("cluster_program::add filament.remote_worker");
+    assert_child_of(producer, user);
+    assert_child_of(consumer, producer);
+}
+
+#[test]
 fn object_refs_as_arguments_run_once_their_inputs_exist() {
     let run = run(&["object-ref-argument"]);
     assert_eq!(run.value("result"), "11");
@@ -468,12 +479,7 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
     // A normal end: no worker left.
     let run = run(&["workers"]);
     assert_eq!(run.value("task_pids"), "2", "tasks ran in both workers");
-    let stdout = String::from_utf8_lossy(&run.output.stdout).into_owned();
-    let pids: Vec<u32> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("worker="))
-        .map(|l| l.split(" pid=").nth(1).unwrap().parse().unwrap())
-        .collect();
+    let pids = worker_pids(&String::from_utf8_lossy(&run.output.stdout));
     assert_eq!(pids.len(), 2);
     for pid in &pids {
         assert!(!alive(*pid), "worker {pid} outlived its driver");
@@ -514,6 +520,30 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
     for spans in read_spans_dir(dir.path()).values() {
         assert!(spans.iter().all(|s| !s.span_id().is_empty()));
     }
+}
+
+#[test]
+fn workers_exit_when_the_driver_panics() {
+    let run = run_program(&["driver-panics"], Some(LOCAL_FILE), &[]);
+    assert!(!run.output.status.success());
+    assert!(String::from_utf8_lossy(&run.output.stderr).contains("the driver panics"));
+    let pids = worker_pids(&String::from_utf8_lossy(&run.output.stdout));
+    assert_eq!(pids.len(), 2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived its panicked driver");
+    }
+}
+
+fn worker_pids(stdout: &str) -> Vec<u32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("worker="))
+        .map(|l| l.split(" pid=").nth(1).unwrap().parse().unwrap())
+        .collect()
 }
 
 #[test]

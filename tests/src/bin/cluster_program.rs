@@ -155,6 +155,18 @@ fn main() -> ExitCode {
             );
             println!("last={}", counter.incr(1).get().unwrap());
         }
+        "in-user-span" => {
+            let tracer = opentelemetry::global::tracer("cluster-program");
+            let result = tracer.in_span("driver-work", |_cx| add::remote(2, 3).get().unwrap());
+            println!("result={result}");
+        }
+        "driver-panics" => {
+            for (worker, pid) in runtime.worker_pids() {
+                println!("worker={worker} pid={pid}");
+            }
+            noop::remote().get().unwrap();
+            panic!("the driver panics");
+        }
         "wrong-type" => match add::remote(1, 2).cast::<Triple>().get() {
             Ok(v) => println!("unexpected={v:?}"),
             Err(error) => println!("error={error}"),
