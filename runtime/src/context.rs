@@ -47,7 +47,7 @@ impl Context {
 
     /// Submits a task; the caller holds one reference to its result.
     fn submit(&self, mut spec: TaskSpec) {
-        crate::spans::on_submit(&mut spec);
+        let _producer = crate::spans::on_submit(&mut spec);
         match self {
             Context::Driver(d) => d.submit(spec, None),
             Context::Worker(w) => w.submit(spec),

@@ -23,9 +23,12 @@ pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
 /// How long a new worker has to connect, handshake and run the tracing hook.
 const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long `get` spins, yielding, before it sleeps until a task completes.
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
+
 /// Tasks a pool worker may hold at once: one running, the rest queued in the worker, so that it
 /// never waits for the driver between two tasks.
-const TASKS_IN_FLIGHT_PER_WORKER: i32 = 4;
+const TASKS_IN_FLIGHT_PER_WORKER: i32 = 8;
 
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
@@ -87,6 +90,8 @@ struct State {
 pub(crate) struct Driver {
     pub(crate) cluster: u64,
     next_id: AtomicU64,
+    /// Tasks completed so far (changed under the state lock): waiters spin on it before sleeping.
+    completions: AtomicU64,
     state: Mutex<State>,
     changed: Condvar,
     socket_dir: PathBuf,
@@ -144,6 +149,7 @@ impl Driver {
         let driver = Arc::new(Driver {
             cluster,
             next_id: AtomicU64::new(1),
+            completions: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             socket_dir,
@@ -364,8 +370,21 @@ impl Driver {
             self.unlock(state);
         }
 
-        while let Ok(Some(message)) = reader.read::<ToDriver>() {
-            self.on_message(worker, message);
+        // Messages that arrived together are handled under one lock, and what they cause is sent
+        // in one write per worker.
+        'connection: while let Ok(Some(message)) = reader.read::<ToDriver>() {
+            let mut state = self.lock();
+            self.on_message(&mut state, worker, message);
+            while reader.has_buffered() {
+                match reader.read::<ToDriver>() {
+                    Ok(Some(message)) => self.on_message(&mut state, worker, message),
+                    Ok(None) | Err(_) => {
+                        self.unlock(state);
+                        break 'connection;
+                    }
+                }
+            }
+            self.unlock(state);
         }
         self.on_worker_exit(worker, pid);
     }
@@ -381,8 +400,7 @@ impl Driver {
         self.unlock(state);
     }
 
-    fn on_message(&self, worker: u32, message: ToDriver) {
-        let mut state = self.lock();
+    fn on_message(&self, state: &mut State, worker: u32, message: ToDriver) {
         match message {
             ToDriver::Done { id, result } => {
                 if let Some(slot) = state.workers.get_mut(&worker)
@@ -391,10 +409,10 @@ impl Driver {
                 {
                     slot.free += 1;
                 }
-                self.complete(&mut state, id, result.map(Arc::new));
-                self.dispatch(&mut state);
+                self.complete(state, id, result.map(Arc::new));
+                self.dispatch(state);
             }
-            ToDriver::Submit(spec) => self.submit_locked(&mut state, spec, Some(worker)),
+            ToDriver::Submit(spec) => self.submit_locked(state, spec, Some(worker)),
             ToDriver::Get { request, ids } => {
                 let missing: Vec<ObjectId> = ids
                     .iter()
@@ -402,7 +420,7 @@ impl Driver {
                     .filter(|id| state.objects.get(id).is_some_and(|o| o.value.is_none()))
                     .collect();
                 if missing.is_empty() {
-                    Self::answer_get(&mut state, worker, request, &ids);
+                    Self::answer_get(state, worker, request, &ids);
                 } else {
                     for id in &missing {
                         if let Some(object) = state.objects.get_mut(id) {
@@ -425,14 +443,14 @@ impl Driver {
             }
             ToDriver::Release(ids) => {
                 for id in ids {
-                    Self::release_locked(&mut state, id);
+                    Self::release_locked(state, id);
                 }
             }
             ToDriver::Blocked => {
                 if let Some(slot) = state.workers.get_mut(&worker) {
                     slot.free += 1;
                 }
-                self.dispatch(&mut state);
+                self.dispatch(state);
             }
             ToDriver::Unblocked => {
                 if let Some(slot) = state.workers.get_mut(&worker) {
@@ -441,7 +459,6 @@ impl Driver {
             }
             ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
         }
-        self.unlock(state);
     }
 
     fn answer_get(state: &mut State, worker: u32, request: u64, ids: &[ObjectId]) {
@@ -718,6 +735,7 @@ impl Driver {
             _ => None,
         };
         object.value = Some(result);
+        self.completions.fetch_add(1, Ordering::Release);
         let dependents = std::mem::take(&mut object.dependents);
         let waiters = std::mem::take(&mut object.remote_waiters);
         let free = object.refs == 0;
@@ -797,36 +815,50 @@ impl Driver {
 
     /// Waits for every object and returns their names and results.
     pub(crate) fn get(&self, ids: &[ObjectId]) -> Result<Vec<crate::object::Fetched>, GetError> {
+        let mut fetched = Vec::with_capacity(ids.len());
         let mut state = self.lock();
         loop {
-            let mut all = true;
-            for id in ids {
+            // Results never go back to pending: resume where the last look stopped, so that a
+            // get of many costs one look per object, not one per object per wake-up.
+            while let Some(id) = ids.get(fetched.len()) {
                 match state.objects.get(id) {
                     None => return Err(GetError::OtherCluster { id: *id }),
-                    Some(object) if object.value.is_none() => {
-                        all = false;
-                        break;
-                    }
-                    Some(_) => {}
+                    Some(Object {
+                        name,
+                        value: Some(value),
+                        ..
+                    }) => fetched.push((name.clone(), value.clone())),
+                    Some(_) => break,
                 }
             }
-            if all {
-                return Ok(ids
-                    .iter()
-                    .map(|id| {
-                        let object = &state.objects[id];
-                        (
-                            object.name.clone(),
-                            object.value.clone().expect("checked above"),
-                        )
-                    })
-                    .collect());
+            if fetched.len() == ids.len() {
+                return Ok(fetched);
             }
             if state.shutting_down {
                 return Err(GetError::ShutDown { id: ids[0] });
             }
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.wait_for_completion(state);
         }
+    }
+
+    /// Waits until some task completes. Spins briefly first: a result that arrives within
+    /// microseconds costs no sleep and wake-up (the dominant cost of a short round trip).
+    fn wait_for_completion<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let seen = self.completions.load(Ordering::Acquire);
+        drop(state);
+        let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
+        while Instant::now() < spin_until {
+            if self.completions.load(Ordering::Acquire) != seen {
+                return self.lock();
+            }
+            std::thread::yield_now();
+        }
+        // Completions are counted under the lock, so none can slip between this look and the wait.
+        let state = self.lock();
+        if self.completions.load(Ordering::Acquire) != seen {
+            return state;
+        }
+        self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
     }
 
     /// Which objects are done, once `num_returns` are or the timeout passed.

@@ -201,6 +201,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         }
         tracing_guard = Some(tracing.install()?);
         spans::enable(spans::ProcessFacts {
+            pid: std::process::id(),
             job_id: job_id.clone(),
             node_id: node_id.clone(),
             worker_id: None,

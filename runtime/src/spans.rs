@@ -7,24 +7,42 @@ use opentelemetry::global::BoxedSpan;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Facts every span of this process carries.
 #[derive(Debug, Clone)]
 pub(crate) struct ProcessFacts {
+    pub(crate) pid: u32,
     pub(crate) job_id: String,
     pub(crate) node_id: String,
     pub(crate) worker_id: Option<String>,
 }
 
-static FACTS: OnceLock<ProcessFacts> = OnceLock::new();
+/// The attributes every span of this process carries, made once (their strings shared, not copied).
+static PROCESS_ATTRIBUTES: OnceLock<Vec<KeyValue>> = OnceLock::new();
+
+fn shared(value: &str) -> opentelemetry::Value {
+    opentelemetry::Value::String(opentelemetry::StringValue::from(Arc::<str>::from(value)))
+}
 
 /// Turns task tracing on for this process (a hook was installed).
 pub(crate) fn enable(facts: ProcessFacts) {
-    let _ = FACTS.set(facts);
+    let _ = PROCESS_ATTRIBUTES.get_or_init(|| {
+        let mut attributes = vec![
+            KeyValue::new("filament.pid", i64::from(facts.pid)),
+            KeyValue::new("filament.job_id", shared(&facts.job_id)),
+            KeyValue::new("filament.node_id", shared(&facts.node_id)),
+        ];
+        if let Some(worker) = &facts.worker_id {
+            attributes.push(KeyValue::new("filament.worker_id", shared(worker)));
+        }
+        attributes
+    });
+    *TRACER.write().unwrap_or_else(|p| p.into_inner()) =
+        Some(Arc::new(opentelemetry::global::tracer("filament")));
     ENABLED.store(true, Ordering::Release);
 }
 
@@ -59,13 +77,23 @@ impl Extractor for Reader<'_> {
     }
 }
 
-fn tracer() -> opentelemetry::global::BoxedTracer {
-    opentelemetry::global::tracer("filament")
+/// The runtime's tracer, made when tracing is switched on (after the hook installed the provider)
+/// rather than looked up for every span.
+static TRACER: RwLock<Option<Arc<opentelemetry::global::BoxedTracer>>> = RwLock::new(None);
+
+fn tracer() -> Arc<opentelemetry::global::BoxedTracer> {
+    if let Some(tracer) = TRACER.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Arc::clone(tracer);
+    }
+    Arc::new(opentelemetry::global::tracer("filament"))
 }
 
-fn attributes(spec_name: &str, kind: &TaskKind, actor_class: Option<&str>) -> Vec<KeyValue> {
-    let facts = FACTS.get();
-    let mut attributes = Vec::with_capacity(10);
+fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
+    let process = PROCESS_ATTRIBUTES
+        .get()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut attributes = Vec::with_capacity(7 + process.len());
     match kind {
         TaskKind::Function { .. } => {
             attributes.push(KeyValue::new("filament.remote", "function"));
@@ -73,46 +101,48 @@ fn attributes(spec_name: &str, kind: &TaskKind, actor_class: Option<&str>) -> Ve
         TaskKind::CreateActor { actor, .. } | TaskKind::ActorCall { actor, .. } => {
             attributes.push(KeyValue::new("filament.remote", "actor"));
             let (class, method) = spec_name.rsplit_once("::").unwrap_or((spec_name, ""));
-            attributes.push(KeyValue::new(
-                "filament.actor_class",
-                actor_class.unwrap_or(class).to_owned(),
-            ));
+            attributes.push(KeyValue::new("filament.actor_class", class.to_owned()));
             attributes.push(KeyValue::new("filament.actor_method", method.to_owned()));
             attributes.push(KeyValue::new("filament.actor_id", format!("{actor:016x}")));
         }
     }
     attributes.push(KeyValue::new("filament.function", spec_name.to_owned()));
-    attributes.push(KeyValue::new("filament.pid", i64::from(std::process::id())));
-    if let Some(facts) = facts {
-        attributes.push(KeyValue::new("filament.job_id", facts.job_id.clone()));
-        attributes.push(KeyValue::new("filament.node_id", facts.node_id.clone()));
-        if let Some(worker) = &facts.worker_id {
-            attributes.push(KeyValue::new("filament.worker_id", worker.clone()));
-        }
-    }
+    attributes.extend_from_slice(process);
     if let Some(task) = CURRENT_TASK.with(|t| t.get()) {
         attributes.push(KeyValue::new("filament.task_id", task.to_string()));
     }
     attributes
 }
 
+/// The PRODUCER span of a submission; it ends when dropped, once the task is on its way.
+pub(crate) struct Submission(Option<Context>);
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if let Some(cx) = self.0.take() {
+            cx.span().end();
+        }
+    }
+}
+
 /// Makes the PRODUCER span of a submission, child of the caller's current span, and puts its
-/// context into the envelope. The span covers the submission only.
-pub(crate) fn on_submit(spec: &mut TaskSpec) {
+/// context into the envelope. The span covers the submission only: drop the returned value once
+/// the task is sent (its export then overlaps the task's run instead of delaying it).
+pub(crate) fn on_submit(spec: &mut TaskSpec) -> Submission {
     if !enabled() {
-        return;
+        return Submission(None);
     }
     let tracer = tracer();
     let span = tracer
         .span_builder(format!("{} filament.remote", spec.name))
         .with_kind(SpanKind::Producer)
-        .with_attributes(attributes(&spec.name, &spec.kind, None))
-        .start_with_context(&tracer, &Context::current());
+        .with_attributes(attributes(&spec.name, &spec.kind))
+        .start_with_context(&*tracer, &Context::current());
     let cx = Context::current_with_span(span);
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&cx, &mut Carrier(&mut spec.trace_context));
     });
-    cx.span().end();
+    Submission(Some(cx))
 }
 
 /// The CONSUMER span of an execution, current while the task runs.
@@ -143,8 +173,8 @@ pub(crate) fn on_execute(
     let span: BoxedSpan = tracer
         .span_builder(format!("{name} filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes(name, kind, None))
-        .start_with_context(&tracer, &parent);
+        .with_attributes(attributes(name, kind))
+        .start_with_context(&*tracer, &parent);
     let cx = parent.with_span(span);
     let guard = cx.clone().attach();
     Execution {
@@ -154,12 +184,14 @@ pub(crate) fn on_execute(
 }
 
 impl Execution {
-    /// Ends the span; a panicked task's span gets status ERROR and an `exception` event.
-    pub(crate) fn finish(self, panic_message: Option<&str>) {
+    /// Records how the task ended (a panicked task's span gets status ERROR and an `exception`
+    /// event) and leaves the task's context; the span ends when the returned value is dropped.
+    pub(crate) fn finish(self, panic_message: Option<&str>) -> Finished {
         CURRENT_TASK.with(|t| t.set(self.previous_task));
         let Some((cx, guard)) = self.span else {
-            return;
+            return Finished(None);
         };
+        drop(guard);
         let span = cx.span();
         if let Some(message) = panic_message {
             span.add_event(
@@ -171,7 +203,17 @@ impl Execution {
             );
             span.set_status(Status::error(message.to_owned()));
         }
-        span.end();
-        drop(guard);
+        Finished(Some(cx))
+    }
+}
+
+/// A task's CONSUMER span, ended when dropped.
+pub(crate) struct Finished(Option<Context>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(cx) = self.0.take() {
+            cx.span().end();
+        }
     }
 }

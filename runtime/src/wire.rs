@@ -151,6 +151,11 @@ impl FrameReader {
         self.reader.get_ref()
     }
 
+    /// Whether bytes of a next message are already read from the socket.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// The next message; `Ok(None)` at a clean end of stream.
     pub(crate) fn read<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
         let mut length = [0u8; 4];

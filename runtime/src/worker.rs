@@ -6,14 +6,14 @@ use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
 use crate::wire::{self, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The worker's side of the connection, shared by its threads.
@@ -27,12 +27,29 @@ pub(crate) struct WorkerCore {
     next_request: AtomicU64,
     /// Local reference counts of objects this process holds; at zero the driver is told.
     refs: Mutex<HashMap<ObjectId, u32>>,
-    /// Executor threads waiting for a task; a task that blocks in `get` starts another when none is.
+    /// The connection's reading end. Threads take turns: the one holding it reads one message and,
+    /// if it is a task it may run, runs it itself while another thread takes over reading (no
+    /// hand-off between a reader and an executor on the way from the socket to the task).
+    reader: Mutex<FrameReader>,
+    execution: Mutex<Execution>,
+    /// Threads not running a task (reading, or waiting to read).
     idle: AtomicUsize,
-    tasks: Receiver<Execute>,
     /// The actor this process hosts, once created.
     actor: Mutex<Option<Box<dyn Any + Send>>>,
-    hosts_actor: std::sync::atomic::AtomicBool,
+    hosts_actor: AtomicBool,
+    /// Set when the driver says stop or goes away; the main thread waits for it.
+    stopped: (Mutex<bool>, Condvar),
+    /// Signalled when a task has finished, span included: stopping waits for running tasks' spans.
+    finished: Condvar,
+}
+
+/// Which tasks run: at most `allowed` at once (1, plus one per task blocked in `get`; always 1 in
+/// an actor's process), the rest queued in arrival order.
+#[derive(Default)]
+struct Execution {
+    queue: VecDeque<Execute>,
+    running: usize,
+    allowed: usize,
 }
 
 /// Runs this process as worker `marker` (`<socket>:<id>`) and exits; never returns.
@@ -102,6 +119,7 @@ fn serve(marker: &str) -> Result<(), String> {
             }
         }
         spans::enable(spans::ProcessFacts {
+            pid: std::process::id(),
             job_id,
             node_id,
             worker_id: Some(worker_id),
@@ -109,7 +127,6 @@ fn serve(marker: &str) -> Result<(), String> {
     }
     outbox.send(ToDriver::HookStatus(Ok(())));
 
-    let (task_sender, tasks) = crossbeam_channel::unbounded();
     let core = Arc::new(WorkerCore {
         cluster,
         worker,
@@ -118,42 +135,39 @@ fn serve(marker: &str) -> Result<(), String> {
         requests: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
+        reader: Mutex::new(reader),
+        execution: Mutex::new(Execution {
+            allowed: 1,
+            ..Execution::default()
+        }),
         idle: AtomicUsize::new(0),
-        tasks,
         actor: Mutex::new(None),
-        hosts_actor: std::sync::atomic::AtomicBool::new(false),
+        hosts_actor: AtomicBool::new(false),
+        stopped: (Mutex::new(false), Condvar::new()),
+        finished: Condvar::new(),
     });
     crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
-    core.start_executor();
-
-    loop {
-        match reader.read::<ToWorker>() {
-            Ok(Some(ToWorker::Execute(task))) => {
-                if matches!(task.kind, TaskKind::CreateActor { .. }) {
-                    core.hosts_actor.store(true, Ordering::Relaxed);
-                }
-                if task_sender.send(task).is_err() {
-                    break;
-                }
-            }
-            Ok(Some(reply @ (ToWorker::Got { .. } | ToWorker::Ready { .. }))) => {
-                let request = match &reply {
-                    ToWorker::Got { request, .. } | ToWorker::Ready { request, .. } => *request,
-                    _ => unreachable!("matched above"),
-                };
-                let waiter = core
-                    .requests
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&request);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(reply);
-                }
-            }
-            Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => break,
-            Ok(Some(ToWorker::Welcome { .. } | ToWorker::Refused(_))) => {}
-        }
+    // Two threads: one runs a task while the other reads the next message.
+    core.start_thread();
+    core.start_thread();
+    let (stopped, changed) = &core.stopped;
+    let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());
+    while !*done {
+        done = changed.wait(done).unwrap_or_else(|p| p.into_inner());
     }
+    drop(done);
+    // Tasks whose results went out may still be ending their spans: let them, briefly.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut execution = core.lock_execution();
+    while execution.running > 0 && Instant::now() < deadline {
+        execution = core
+            .finished
+            .wait_timeout(execution, Duration::from_millis(10))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    drop(execution);
+
     crate::context::set(None);
     if let Some(guard) = tracing_guard {
         let _ = guard.shutdown();
@@ -167,28 +181,108 @@ impl WorkerCore {
         ObjectId((u64::from(self.worker & 0xffff) << 48) | counter)
     }
 
-    fn start_executor(self: &Arc<Self>) {
+    fn start_thread(self: &Arc<Self>) {
         let core = Arc::clone(self);
+        self.idle.fetch_add(1, Ordering::AcqRel);
         let _ = std::thread::Builder::new()
-            .name("filament-executor".into())
-            .spawn(move || core.execute_loop());
+            .name("filament-worker".into())
+            .spawn(move || core.thread_loop());
     }
 
-    fn execute_loop(self: Arc<Self>) {
+    /// A worker thread: runs queued tasks while it may, else reads the next message.
+    fn thread_loop(self: Arc<Self>) {
         loop {
-            self.idle.fetch_add(1, Ordering::AcqRel);
-            let task = self.tasks.recv();
-            self.idle.fetch_sub(1, Ordering::AcqRel);
-            let Ok(task) = task else {
-                return;
-            };
-            let id = task.id;
-            let result = self.execute(task);
-            self.outbox.send(ToDriver::Done { id, result });
+            if let Some(task) = self.claim_queued() {
+                self.run(task);
+                continue;
+            }
+            let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let message = reader.read::<ToWorker>();
+            match message {
+                Ok(Some(ToWorker::Execute(task))) => {
+                    if matches!(task.kind, TaskKind::CreateActor { .. }) {
+                        self.hosts_actor.store(true, Ordering::Relaxed);
+                    }
+                    // Claimed or queued before the next reader can read the next task: tasks
+                    // start in the order they arrived (an actor's calls, after its creation).
+                    let mut execution = self.lock_execution();
+                    if execution.running < execution.allowed && execution.queue.is_empty() {
+                        execution.running += 1;
+                        drop(execution);
+                        drop(reader);
+                        self.run(task);
+                    } else {
+                        execution.queue.push_back(task);
+                    }
+                }
+                Ok(Some(reply @ (ToWorker::Got { .. } | ToWorker::Ready { .. }))) => {
+                    drop(reader);
+                    let request = match &reply {
+                        ToWorker::Got { request, .. } | ToWorker::Ready { request, .. } => *request,
+                        _ => unreachable!("matched above"),
+                    };
+                    let waiter = self
+                        .requests
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&request);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.send(reply);
+                    }
+                }
+                Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => {
+                    let (stopped, changed) = &self.stopped;
+                    *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                    changed.notify_all();
+                    return;
+                }
+                Ok(Some(ToWorker::Welcome { .. } | ToWorker::Refused(_))) => {}
+            }
         }
     }
 
-    fn execute(&self, task: Execute) -> Result<Vec<u8>, TaskError> {
+    fn lock_execution(&self) -> std::sync::MutexGuard<'_, Execution> {
+        self.execution.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next queued task, if one may run now (it then counts as running).
+    fn claim_queued(&self) -> Option<Execute> {
+        let mut execution = self.lock_execution();
+        if execution.running < execution.allowed {
+            let task = execution.queue.pop_front()?;
+            execution.running += 1;
+            Some(task)
+        } else {
+            None
+        }
+    }
+
+    /// Runs a claimed task and reports its result.
+    fn run(&self, task: Execute) {
+        self.idle.fetch_sub(1, Ordering::AcqRel);
+        let id = task.id;
+        let (result, span) = self.execute(task);
+        let more = {
+            let execution = self.lock_execution();
+            execution.running <= execution.allowed && !execution.queue.is_empty()
+        };
+        // With more tasks to run right away, the result goes out with the next one's (any later
+        // send writes it too); otherwise now.
+        if more {
+            self.outbox.queue(ToDriver::Done { id, result });
+        } else {
+            self.outbox.send(ToDriver::Done { id, result });
+        }
+        // The span ends (and is exported) while the result travels.
+        drop(span);
+        self.lock_execution().running -= 1;
+        self.finished.notify_all();
+        self.idle.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs a task; returns its result and its still open CONSUMER span, which the caller ends
+    /// once the result is on its way.
+    fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::Finished) {
         let execution = spans::on_execute(task.id, &task.name, &task.kind, &task.trace_context);
         let name = task.name.as_str();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -238,17 +332,15 @@ impl WorkerCore {
             }
         }));
         match outcome {
-            Ok(result) => {
-                execution.finish(None);
-                result
-            }
+            Ok(result) => (result, execution.finish(None)),
             Err(payload) => {
                 let message = filament_plugin_api::processor::panic_message(&*payload);
-                execution.finish(Some(&message));
-                Err(TaskError::Panicked {
+                let finished = execution.finish(Some(&message));
+                let error = TaskError::Panicked {
                     task: name.to_owned(),
                     message,
-                })
+                };
+                (Err(error), finished)
             }
         }
     }
@@ -293,18 +385,33 @@ impl WorkerCore {
         answer.recv().ok()
     }
 
-    /// Blocks in `get`: lets the driver send this process another task meanwhile (not to an actor,
-    /// whose calls run one at a time), with a thread to run it.
+    /// Blocks in `get`: makes sure a thread is left to read the answer and, except in an actor's
+    /// process (whose calls run one at a time), lets one more task run meanwhile and tells the driver
+    /// it may send one.
     fn blocked<T>(self: &Arc<Self>, wait: impl FnOnce() -> T) -> T {
-        if self.hosts_actor.load(Ordering::Relaxed) {
-            return wait();
+        let actor = self.hosts_actor.load(Ordering::Relaxed);
+        let mut queued = false;
+        if !actor {
+            let mut execution = self.lock_execution();
+            execution.allowed += 1;
+            queued = !execution.queue.is_empty();
+            drop(execution);
+            self.outbox.send(ToDriver::Blocked);
         }
-        if self.idle.load(Ordering::Acquire) == 0 {
-            self.start_executor();
+        // A task queued here may be the very one this task waits for: a new thread runs it (the
+        // idle ones may all be waiting for a message that only its result would bring), and one
+        // thread must stay idle to read the answer.
+        if queued {
+            self.start_thread();
         }
-        self.outbox.send(ToDriver::Blocked);
+        while self.idle.load(Ordering::Acquire) < if queued { 2 } else { 1 } {
+            self.start_thread();
+        }
         let result = wait();
-        self.outbox.send(ToDriver::Unblocked);
+        if !actor {
+            self.lock_execution().allowed -= 1;
+            self.outbox.send(ToDriver::Unblocked);
+        }
         result
     }
 

@@ -11,8 +11,7 @@
 //!
 //! Each span is written when it ends, with one appending `write` of the whole line: a reader sees it
 //! at once, and a crash never leaves half a line. Nothing is buffered in the process, so nothing is
-//! lost at exit; shutdown also syncs the file to disk. A failed write drops that span, counts it,
-//! and warns once.
+//! lost when it exits, however it exits. A failed write drops that span, counts it, and warns once.
 
 #![warn(missing_docs)]
 
@@ -97,7 +96,7 @@ impl std::error::Error for SpanFileError {}
 pub struct SpanFile {
     path: PathBuf,
     file: File,
-    line: Mutex<Vec<u8>>,
+    line: Mutex<LineWriter>,
     exported: AtomicU64,
     dropped: AtomicU64,
     warned: AtomicBool,
@@ -123,7 +122,7 @@ impl SpanFile {
         Ok(SpanFile {
             path,
             file,
-            line: Mutex::new(Vec::with_capacity(2048)),
+            line: Mutex::new(LineWriter::default()),
             exported: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             warned: AtomicBool::new(false),
@@ -138,11 +137,25 @@ impl SpanFile {
 
     /// Appends one `TracesData` as one line, with a single `write`.
     pub fn write_traces_data(&self, data: &trace::TracesData) -> io::Result<()> {
-        let mut line = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        let line = &mut writer.buffer;
         line.clear();
         serde_json::to_writer(&mut *line, data).map_err(io::Error::other)?;
         line.push(b'\n');
-        let written = (&self.file).write(&line)?;
+        self.write_line(line)
+    }
+
+    /// Appends one span as one line, with a single `write`: the same bytes as
+    /// [`write_traces_data`](Self::write_traces_data) of [`traces_data`], but the resource's and the
+    /// scope's JSON, the same for most spans of a process, are encoded once and reused.
+    pub fn write_span(&self, span: &SpanRecord<'_>) -> io::Result<()> {
+        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        writer.encode(span).map_err(io::Error::other)?;
+        self.write_line(&writer.buffer)
+    }
+
+    fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        let written = (&self.file).write(line)?;
         if written != line.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -180,7 +193,7 @@ impl SpanProcessor for SpanFile {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.count(self.write_traces_data(&traces_data(span)));
+        self.count(self.write_span(span));
     }
 
     fn force_flush(&self, _timeout: Duration) -> Result<(), ProcessorError> {
@@ -189,12 +202,13 @@ impl SpanProcessor for SpanFile {
     }
 
     fn shutdown(&self, _timeout: Duration) -> Result<(), ProcessorError> {
+        // Every line is already in the kernel's hands, which keeps it across the process's exit.
+        // No fsync: it would make a cluster's shutdown wait for the disk (hundreds of ms for a big
+        // file) to guard only against the machine itself crashing.
         if self.shut_down.swap(true, Ordering::Relaxed) {
             return Err(ProcessorError::AlreadyShutdown);
         }
-        self.file
-            .sync_data()
-            .map_err(|e| ProcessorError::failed(format!("syncing {}: {e}", self.path.display())))
+        Ok(())
     }
 
     fn stats(&self) -> ProcessorStats {
@@ -274,9 +288,130 @@ fn status_code(code: StatusCode) -> trace::status::StatusCode {
     }
 }
 
+/// The encoding state of a span file: a reused line buffer, and the JSON of the resource and the
+/// scopes seen last, keyed by a fingerprint of their content.
+#[derive(Debug, Default)]
+struct LineWriter {
+    buffer: Vec<u8>,
+    resource: Option<(u64, Vec<u8>)>,
+    scopes: Vec<(u64, Vec<u8>)>,
+}
+
+/// Scopes whose JSON is kept; a process rarely has more tracers than this.
+const SCOPES_KEPT: usize = 16;
+
+impl LineWriter {
+    /// Encodes `span` as one OTLP/JSON `TracesData` line into the buffer. The envelope is written
+    /// here; the resource, the scope and the span are encoded by `opentelemetry-proto`'s serde.
+    fn encode(&mut self, span: &SpanRecord<'_>) -> serde_json::Result<()> {
+        let resource_key = fingerprint(&span.resource.attributes, &[]);
+        if self.resource.as_ref().map(|(key, _)| *key) != Some(resource_key) {
+            self.resource = Some((resource_key, serde_json::to_vec(&proto_resource(span))?));
+        }
+        let scope = &span.scope;
+        let scope_key = fingerprint(
+            &scope.attributes,
+            &[scope.name.as_str(), scope.version.as_str()],
+        );
+        let index = match self.scopes.iter().position(|(key, _)| *key == scope_key) {
+            Some(index) => index,
+            None => {
+                if self.scopes.len() == SCOPES_KEPT {
+                    self.scopes.remove(0);
+                }
+                self.scopes
+                    .push((scope_key, serde_json::to_vec(&proto_scope(span))?));
+                self.scopes.len() - 1
+            }
+        };
+        let resource = self.resource.as_ref().map(|(_, json)| json.as_slice());
+        let line = &mut self.buffer;
+        line.clear();
+        line.extend_from_slice(br#"{"resourceSpans":[{"resource":"#);
+        line.extend_from_slice(resource.unwrap_or(b"null"));
+        line.extend_from_slice(br#","scopeSpans":[{"scope":"#);
+        line.extend_from_slice(&self.scopes[index].1);
+        line.extend_from_slice(br#","spans":["#);
+        serde_json::to_writer(&mut *line, &proto_span(span))?;
+        line.extend_from_slice(br#"],"schemaUrl":"#);
+        serde_json::to_writer(&mut *line, scope.schema_url.as_str())?;
+        line.extend_from_slice(br#"}],"schemaUrl":"#);
+        serde_json::to_writer(&mut *line, span.resource.schema_url.as_str())?;
+        line.extend_from_slice(b"}]}\n");
+        Ok(())
+    }
+}
+
+/// FNV-1a over attributes and a few strings: which resource or scope this is.
+fn fingerprint(attributes: &[KeyValue<'_>], strings: &[&str]) -> u64 {
+    fn eat(hash: u64, bytes: &[u8]) -> u64 {
+        let hash = bytes.iter().fold(hash, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        // A separator, so that ("ab", "c") and ("a", "bc") differ.
+        (hash ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3)
+    }
+    let mut hash = 0xcbf2_9ce4_8422_2325;
+    for string in strings {
+        hash = eat(hash, string.as_bytes());
+    }
+    for kv in attributes {
+        hash = eat(hash, kv.key.as_str().as_bytes());
+        hash = match &kv.value {
+            Value::Bool(b) => eat(hash, &[1, u8::from(*b)]),
+            Value::I64(i) => eat(eat(hash, &[2]), &i.to_le_bytes()),
+            Value::F64(f) => eat(eat(hash, &[3]), &f.to_bits().to_le_bytes()),
+            Value::Str(s) => eat(eat(hash, &[4]), s.as_str().as_bytes()),
+            Value::BoolArray(a) => a
+                .iter()
+                .fold(eat(hash, &[5]), |h, b| eat(h, &[u8::from(*b)])),
+            Value::I64Array(a) => a
+                .iter()
+                .fold(eat(hash, &[6]), |h, i| eat(h, &i.to_le_bytes())),
+            Value::F64Array(a) => a
+                .iter()
+                .fold(eat(hash, &[7]), |h, f| eat(h, &f.to_bits().to_le_bytes())),
+            Value::StrArray(a) => a
+                .iter()
+                .fold(eat(hash, &[8]), |h, s| eat(h, s.as_str().as_bytes())),
+        };
+    }
+    hash
+}
+
+fn proto_resource(span: &SpanRecord<'_>) -> resource::Resource {
+    resource::Resource {
+        attributes: attributes(&span.resource.attributes),
+        ..Default::default()
+    }
+}
+
+fn proto_scope(span: &SpanRecord<'_>) -> common::InstrumentationScope {
+    common::InstrumentationScope {
+        name: span.scope.name.as_str().to_owned(),
+        version: span.scope.version.as_str().to_owned(),
+        attributes: attributes(&span.scope.attributes),
+        dropped_attributes_count: 0,
+    }
+}
+
 /// One span as the OTLP `TracesData` of a file exporter line: its resource, its scope, the span.
 pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
-    let proto_span = trace::Span {
+    trace::TracesData {
+        resource_spans: vec![trace::ResourceSpans {
+            resource: Some(proto_resource(span)),
+            scope_spans: vec![trace::ScopeSpans {
+                scope: Some(proto_scope(span)),
+                spans: vec![proto_span(span)],
+                schema_url: span.scope.schema_url.as_str().to_owned(),
+            }],
+            schema_url: span.resource.schema_url.as_str().to_owned(),
+        }],
+    }
+}
+
+fn proto_span(span: &SpanRecord<'_>) -> trace::Span {
+    trace::Span {
         trace_id: span.trace_id.0.to_vec(),
         span_id: span.span_id.0.to_vec(),
         trace_state: span.trace_state.as_str().to_owned(),
@@ -320,24 +455,109 @@ pub fn traces_data(span: &SpanRecord<'_>) -> trace::TracesData {
             message: span.status.description.as_str().to_owned(),
             code: status_code(span.status.code) as i32,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filament_plugin_api::{
+        Event, Link, Resource, Scope, SpanId, SpanKind, Status, StatusCode, TraceId,
     };
-    trace::TracesData {
-        resource_spans: vec![trace::ResourceSpans {
-            resource: Some(resource::Resource {
-                attributes: attributes(&span.resource.attributes),
-                ..Default::default()
-            }),
-            scope_spans: vec![trace::ScopeSpans {
-                scope: Some(common::InstrumentationScope {
-                    name: span.scope.name.as_str().to_owned(),
-                    version: span.scope.version.as_str().to_owned(),
-                    attributes: attributes(&span.scope.attributes),
-                    dropped_attributes_count: 0,
-                }),
-                spans: vec![proto_span],
-                schema_url: span.scope.schema_url.as_str().to_owned(),
-            }],
-            schema_url: span.resource.schema_url.as_str().to_owned(),
-        }],
+
+    fn record<'a>(
+        attributes: &'a [KeyValue<'a>],
+        events: &'a [Event<'a>],
+        links: &'a [Link<'a>],
+        resource: &'a [KeyValue<'a>],
+        scope: &'a str,
+    ) -> SpanRecord<'a> {
+        SpanRecord {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: SpanId([3; 8]),
+            parent_is_remote: true,
+            trace_flags: 1,
+            trace_state: "k=v".into(),
+            name: "a \"quoted\" name".into(),
+            kind: SpanKind::Consumer,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_000_001_000,
+            attributes: attributes.into(),
+            dropped_attributes_count: 1,
+            events: events.into(),
+            dropped_events_count: 0,
+            links: links.into(),
+            dropped_links_count: 2,
+            status: Status {
+                code: StatusCode::Error,
+                description: "boom".into(),
+            },
+            scope: Scope {
+                name: scope.into(),
+                version: "1.0".into(),
+                schema_url: "".into(),
+                attributes: (&[][..]).into(),
+            },
+            resource: Resource {
+                attributes: resource.into(),
+                schema_url: "https://example.test/schema".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_line_with_cached_resource_and_scope_is_the_full_encoding_byte_for_byte() {
+        let strings = ["x".into(), "y".into()];
+        let attributes = [
+            KeyValue::new("s", Value::Str("text".into())),
+            KeyValue::new("i", Value::I64(-7)),
+            KeyValue::new("f", Value::F64(0.5)),
+            KeyValue::new("b", Value::Bool(true)),
+            KeyValue::new("sa", Value::StrArray((&strings[..]).into())),
+        ];
+        let event_attributes = [KeyValue::new(
+            "exception.message",
+            Value::Str("it broke".into()),
+        )];
+        let events = [Event {
+            name: "exception".into(),
+            time_unix_nano: 1_700_000_000_000_000_500,
+            attributes: (&event_attributes[..]).into(),
+            dropped_attributes_count: 0,
+        }];
+        let links = [Link {
+            trace_id: TraceId([4; 16]),
+            span_id: SpanId([5; 8]),
+            trace_flags: 1,
+            trace_state: "".into(),
+            is_remote: false,
+            attributes: (&[][..]).into(),
+            dropped_attributes_count: 0,
+        }];
+        let first_resource = [KeyValue::new("service.name", Value::Str("a".into()))];
+        let second_resource = [KeyValue::new("service.name", Value::Str("b".into()))];
+
+        let mut writer = LineWriter::default();
+        let cases = [
+            record(&attributes, &events, &links, &first_resource, "one"),
+            record(&attributes, &events, &links, &first_resource, "one"),
+            record(&attributes, &[], &[], &first_resource, "two"),
+            record(&attributes, &events, &links, &second_resource, "one"),
+        ];
+        for span in &cases {
+            writer.encode(span).unwrap();
+            let mut expected = serde_json::to_vec(&traces_data(span)).unwrap();
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8(writer.buffer.clone()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        assert_eq!(
+            writer.scopes.len(),
+            2,
+            "scopes one and two, each encoded once"
+        );
     }
 }
