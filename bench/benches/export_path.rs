@@ -3,8 +3,9 @@
 //! - **floor**: an `opentelemetry_sdk` tracer provider whose only span processor does nothing: what
 //!   making a span costs before anyone exports it;
 //! - **native**: the same provider with a span processor in the host that turns each `SpanData` into
-//!   an OTLP `TracesData` with `opentelemetry-proto`'s own transform and writes it with the local-file
-//!   plugin's writer (`SpanFile::write_traces_data`, linked as an rlib): the same exporter, native;
+//!   OTLP with `opentelemetry-proto`'s own transform and writes it with the local-file plugin's
+//!   encoder and writer (`SpanFile::write_otlp_span`, linked as an rlib; the resource and scope
+//!   encoded once, as the plugin does): the same exporter, native;
 //! - **abi**: the real path, `filament::tracing::Tracing` loading `libfilament_local_file.so`: host
 //!   provider → bridge → borrowed `SpanRecord` → plugin processor across the ABI → the same writer.
 //!
@@ -20,10 +21,10 @@
 //! never judges timings; it panics only if a variant lost or garbled spans.
 
 use filament::tracing::{ProcessRole, Tracing, TracingGuard};
-use filament_local_file::SpanFile;
+use filament_local_file::{OtlpSpan, SpanFile};
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, TracesData};
+use opentelemetry_proto::tonic::trace::v1::TracesData;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -93,6 +94,8 @@ struct NativeFileProcessor {
     file: SpanFile,
     /// The provider's resource, converted once (the provider hands it over in `set_resource`).
     resource: ResourceAttributesWithSchema,
+    /// Changes when the resource does.
+    resource_key: u64,
     failures: Arc<AtomicU64>,
 }
 
@@ -100,10 +103,28 @@ impl SpanProcessor for NativeFileProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let data = TracesData {
-            resource_spans: vec![ResourceSpans::new(span, &self.resource)],
-        };
-        if self.file.write_traces_data(&data).is_err() {
+        // The plugin's own encoder, fed from the SDK's span through `opentelemetry-proto`'s
+        // transform: the resource and scope encoded once, as the plugin does.
+        // The scope is cheap to clone (static names, no attributes); the span is converted by
+        // value, as the transform wants it.
+        let scope = span.instrumentation_scope.clone();
+        let scope_key = fnv1a(&[scope.name(), scope.version().unwrap_or_default()]);
+        let scope_schema_url = scope.schema_url().unwrap_or_default().to_owned();
+        let proto_scope = || (scope, None).into();
+        let proto_span = opentelemetry_proto::tonic::trace::v1::Span::from(span);
+        let written = self.file.write_otlp_span(OtlpSpan {
+            resource_key: self.resource_key,
+            resource: || opentelemetry_proto::tonic::resource::v1::Resource {
+                attributes: self.resource.attributes.0.clone(),
+                ..Default::default()
+            },
+            resource_schema_url: self.resource.schema_url.as_deref().unwrap_or_default(),
+            scope_key,
+            scope: proto_scope,
+            scope_schema_url: &scope_schema_url,
+            span: &proto_span,
+        });
+        if written.is_err() {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -118,7 +139,17 @@ impl SpanProcessor for NativeFileProcessor {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = resource.into();
+        self.resource_key += 1;
     }
+}
+
+/// FNV-1a of a few strings, separated: the native processor's scope key.
+fn fnv1a(strings: &[&str]) -> u64 {
+    strings.iter().fold(0xcbf2_9ce4_8422_2325, |hash, s| {
+        s.bytes().chain([0xff]).fold(hash, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    })
 }
 
 /// The attributes the runtime gives a worker process's resource (see `filament::tracing`'s
@@ -253,6 +284,7 @@ fn native() -> Variant {
         .with_span_processor(NativeFileProcessor {
             file,
             resource: ResourceAttributesWithSchema::default(),
+            resource_key: 0,
             failures: Arc::clone(&failures),
         })
         .build();

@@ -204,6 +204,9 @@ pub struct Resource<'a> {
     pub attributes: RSlice<'a, KeyValue<'a>>,
     /// The schema URL; empty when there is none.
     pub schema_url: RStr<'a>,
+    /// Names this resource within the process, so that a processor can cache what it derives
+    /// from it: spans with equal non-zero ids have equal resources. 0 when the host does not say.
+    pub id: u64,
 }
 
 /// A finished span, borrowed for the duration of one call.

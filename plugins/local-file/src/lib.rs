@@ -154,6 +154,18 @@ impl SpanFile {
         self.write_line(&writer.buffer)
     }
 
+    /// Appends one span given in OTLP form, with the same encoder as
+    /// [`write_span`](Self::write_span): for a host that exports natively, without the ABI.
+    pub fn write_otlp_span<R, S>(&self, parts: OtlpSpan<'_, R, S>) -> io::Result<()>
+    where
+        R: FnOnce() -> resource::Resource,
+        S: FnOnce() -> common::InstrumentationScope,
+    {
+        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
+        writer.encode_parts(parts).map_err(io::Error::other)?;
+        self.write_line(&writer.buffer)
+    }
+
     fn write_line(&self, line: &[u8]) -> io::Result<()> {
         let written = (&self.file).write(line)?;
         if written != line.len() {
@@ -301,26 +313,50 @@ struct LineWriter {
 const SCOPES_KEPT: usize = 16;
 
 impl LineWriter {
-    /// Encodes `span` as one OTLP/JSON `TracesData` line into the buffer. The envelope is written
-    /// here; the resource, the scope and the span are encoded by `opentelemetry-proto`'s serde.
+    /// Encodes `span` as one OTLP/JSON `TracesData` line into the buffer.
     fn encode(&mut self, span: &SpanRecord<'_>) -> serde_json::Result<()> {
-        let resource_key = fingerprint(&span.resource.attributes, &[]);
-        if self.resource.as_ref().map(|(key, _)| *key) != Some(resource_key) {
-            self.resource = Some((resource_key, serde_json::to_vec(&proto_resource(span))?));
-        }
         let scope = &span.scope;
-        let scope_key = fingerprint(
-            &scope.attributes,
-            &[scope.name.as_str(), scope.version.as_str()],
-        );
-        let index = match self.scopes.iter().position(|(key, _)| *key == scope_key) {
+        self.encode_parts(OtlpSpan {
+            resource_key: match span.resource.id {
+                0 => fingerprint(&span.resource.attributes, &[]),
+                id => id,
+            },
+            resource: || proto_resource(span),
+            resource_schema_url: span.resource.schema_url.as_str(),
+            scope_key: fingerprint(
+                &scope.attributes,
+                &[scope.name.as_str(), scope.version.as_str()],
+            ),
+            scope: || proto_scope(span),
+            scope_schema_url: scope.schema_url.as_str(),
+            span: &proto_span(span),
+        })
+    }
+
+    /// Encodes one line from its OTLP parts. The envelope is written here; the resource, the
+    /// scope and the span are encoded by `opentelemetry-proto`'s serde, the first two only when
+    /// their fingerprint is new.
+    fn encode_parts<R, S>(&mut self, parts: OtlpSpan<'_, R, S>) -> serde_json::Result<()>
+    where
+        R: FnOnce() -> resource::Resource,
+        S: FnOnce() -> common::InstrumentationScope,
+    {
+        if self.resource.as_ref().map(|(key, _)| *key) != Some(parts.resource_key) {
+            let json = serde_json::to_vec(&(parts.resource)())?;
+            self.resource = Some((parts.resource_key, json));
+        }
+        let index = match self
+            .scopes
+            .iter()
+            .position(|(key, _)| *key == parts.scope_key)
+        {
             Some(index) => index,
             None => {
                 if self.scopes.len() == SCOPES_KEPT {
                     self.scopes.remove(0);
                 }
-                self.scopes
-                    .push((scope_key, serde_json::to_vec(&proto_scope(span))?));
+                let json = serde_json::to_vec(&(parts.scope)())?;
+                self.scopes.push((parts.scope_key, json));
                 self.scopes.len() - 1
             }
         };
@@ -332,14 +368,34 @@ impl LineWriter {
         line.extend_from_slice(br#","scopeSpans":[{"scope":"#);
         line.extend_from_slice(&self.scopes[index].1);
         line.extend_from_slice(br#","spans":["#);
-        serde_json::to_writer(&mut *line, &proto_span(span))?;
+        serde_json::to_writer(&mut *line, parts.span)?;
         line.extend_from_slice(br#"],"schemaUrl":"#);
-        serde_json::to_writer(&mut *line, scope.schema_url.as_str())?;
+        serde_json::to_writer(&mut *line, parts.scope_schema_url)?;
         line.extend_from_slice(br#"}],"schemaUrl":"#);
-        serde_json::to_writer(&mut *line, span.resource.schema_url.as_str())?;
+        serde_json::to_writer(&mut *line, parts.resource_schema_url)?;
         line.extend_from_slice(b"}]}\n");
         Ok(())
     }
+}
+
+/// One span in OTLP form, with its resource and scope as builders keyed by a fingerprint of their
+/// content: [`SpanFile::write_otlp_span`] builds and encodes them only when the key is new.
+#[derive(Debug)]
+pub struct OtlpSpan<'a, R, S> {
+    /// Identifies the resource: equal keys, equal resources.
+    pub resource_key: u64,
+    /// Builds the resource.
+    pub resource: R,
+    /// The resource's schema URL.
+    pub resource_schema_url: &'a str,
+    /// Identifies the scope: equal keys, equal scopes.
+    pub scope_key: u64,
+    /// Builds the scope.
+    pub scope: S,
+    /// The scope's schema URL.
+    pub scope_schema_url: &'a str,
+    /// The span.
+    pub span: &'a trace::Span,
 }
 
 /// FNV-1a over attributes and a few strings: which resource or scope this is.
@@ -502,6 +558,7 @@ mod tests {
             resource: Resource {
                 attributes: resource.into(),
                 schema_url: "https://example.test/schema".into(),
+                id: 0,
             },
         }
     }

@@ -165,8 +165,9 @@ pub struct ProcessorReport {
 /// The host-side processor that forwards to every plugin processor.
 pub(crate) struct Bridge {
     sinks: Sinks,
+    /// The provider's resource, as every span's record shows it.
+    resource: HostResource,
     any_wants_on_start: bool,
-    resource: opentelemetry_sdk::Resource,
 }
 
 impl fmt::Debug for Bridge {
@@ -196,7 +197,7 @@ impl Bridge {
         let bridge = Bridge {
             any_wants_on_start: sinks.sinks.iter().any(|s| s.wants_on_start),
             sinks: sinks.clone(),
-            resource: opentelemetry_sdk::Resource::builder_empty().build(),
+            resource: HostResource::default(),
         };
         (bridge, sinks)
     }
@@ -252,7 +253,16 @@ impl SpanProcessor for Bridge {
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.resource = resource.clone();
+        /// Resource ids of this process: a new one for every resource set.
+        static NEXT_RESOURCE_ID: AtomicU64 = AtomicU64::new(1);
+        self.resource = HostResource {
+            attributes: resource
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+            id: NEXT_RESOURCE_ID.fetch_add(1, Ordering::Relaxed),
+        };
     }
 }
 
@@ -273,9 +283,18 @@ fn kind(kind: &otel_trace::SpanKind) -> SpanKind {
 }
 
 /// Every attribute of a span, its events, links, scope and resource, in one fixed order.
+/// The provider's resource, kept as a list: walked for every span, it is cheaper than the SDK's
+/// map, and its id lets plugins cache what they derive from it.
+#[derive(Debug, Default)]
+pub(crate) struct HostResource {
+    attributes: Vec<(opentelemetry::Key, opentelemetry::Value)>,
+    schema_url: String,
+    id: u64,
+}
+
 fn all_attributes<'a>(
     span: &'a SpanData,
-    resource: &'a opentelemetry_sdk::Resource,
+    resource: &'a HostResource,
 ) -> impl Iterator<Item = (&'a str, &'a opentelemetry::Value)> {
     let kv = |kv: &'a opentelemetry::KeyValue| (kv.key.as_str(), &kv.value);
     span.attributes
@@ -292,14 +311,14 @@ fn all_attributes<'a>(
                 .flat_map(move |l| l.attributes.iter().map(kv)),
         )
         .chain(span.instrumentation_scope.attributes().map(kv))
-        .chain(resource.iter().map(|(k, v)| (k.as_str(), v)))
+        .chain(resource.attributes.iter().map(|(k, v)| (k.as_str(), v)))
 }
 
 /// Builds the borrowed record of a span and hands it to `f`. Copies no string: the record borrows
 /// `span` and `resource`; only the arrays of attribute views (and of string-array items) are new.
 pub(crate) fn with_record<R>(
     span: &SpanData,
-    resource: &opentelemetry_sdk::Resource,
+    resource: &HostResource,
     f: impl FnOnce(&SpanRecord<'_>) -> R,
 ) -> R {
     use opentelemetry::{Array, Value as OValue};
@@ -314,7 +333,7 @@ pub(crate) fn with_record<R>(
             .sum::<usize>()
         + span.links.iter().map(|l| l.attributes.len()).sum::<usize>()
         + span.instrumentation_scope.attributes().count()
-        + resource.len();
+        + resource.attributes.len();
     let mut string_arrays: Vec<(usize, Vec<RStr<'_>>)> = Vec::new();
     let mut views: Vec<KeyValue<'_>> = Vec::with_capacity(count);
     for (key, value) in all_attributes(span, resource) {
@@ -361,7 +380,7 @@ pub(crate) fn with_record<R>(
         .map(|l| take(l.attributes.len()))
         .collect();
     let scope_range = take(span.instrumentation_scope.attributes().count());
-    let resource_range = take(resource.len());
+    let resource_range = take(resource.attributes.len());
     let views = views.as_slice();
 
     let events: Vec<Event<'_>> = span
@@ -432,7 +451,8 @@ pub(crate) fn with_record<R>(
         },
         resource: Resource {
             attributes: views[resource_range].into(),
-            schema_url: resource.schema_url().unwrap_or_default().into(),
+            schema_url: resource.schema_url.as_str().into(),
+            id: resource.id,
         },
     };
     f(&record)
