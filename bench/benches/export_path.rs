@@ -21,6 +21,7 @@
 //! never judges timings; it panics only if a variant lost or garbled spans.
 
 use filament::tracing::{ProcessRole, Tracing, TracingGuard};
+use filament_bench::{median, min};
 use filament_local_file::{OtlpSpan, SpanFile};
 use opentelemetry::trace::{Span as _, SpanKind, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, StringValue};
@@ -338,20 +339,9 @@ fn make_spans(tracer: &SdkTracer, n: usize, task_ids: &[StringValue]) {
 
 /// Lines and bytes of a span file, and its last line.
 fn count_lines(path: &Path) -> (u64, u64, Option<String>) {
+    let (lines, bytes) = filament_bench::count_lines(path);
     let mut file =
         File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let mut buffer = vec![0u8; 1 << 20];
-    let (mut lines, mut bytes) = (0u64, 0u64);
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        if read == 0 {
-            break;
-        }
-        bytes += read as u64;
-        lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
-    }
     if bytes == 0 {
         return (0, 0, None);
     }
@@ -476,21 +466,6 @@ fn verify(native: &Variant, abi: &Variant) {
         native_line, abi_line,
         "the native and the abi variants wrote different spans"
     );
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-fn min(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn report(plan: Plan, variants: &[Variant; 3], elapsed: Duration) {

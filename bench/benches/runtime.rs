@@ -33,8 +33,7 @@
 //! cluster fails, or a traced cluster wrote fewer spans than it ran tasks.
 
 use filament::{Config, Runtime};
-use std::fs::File;
-use std::io::Read;
+use filament_bench::{median, min};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -328,26 +327,13 @@ impl Cluster {
 /// and the bytes of all.
 fn count_lines_in(dir: &Path) -> (u64, u64, u64) {
     let driver_file = format!("{}.json", std::process::id());
-    let mut buffer = vec![0u8; 1 << 20];
     let (mut driver, mut workers, mut bytes) = (0u64, 0u64, 0u64);
     let entries =
         std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.expect("a directory entry");
-        let path = entry.path();
-        let mut file =
-            File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-        let mut lines = 0u64;
-        loop {
-            let read = file
-                .read(&mut buffer)
-                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-            if read == 0 {
-                break;
-            }
-            bytes += read as u64;
-            lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
-        }
+        let (lines, file_bytes) = filament_bench::count_lines(&entry.path());
+        bytes += file_bytes;
         if entry.file_name().to_str() == Some(driver_file.as_str()) {
             driver += lines;
         } else {
@@ -435,23 +421,6 @@ fn memory(plan: Plan, tracing: Tracing, samples: &mut Samples) -> Memory {
         rss,
         seconds,
     }
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.is_empty() {
-        f64::NAN
-    } else if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
-}
-
-fn min(samples: &[f64]) -> f64 {
-    samples.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 fn list(samples: &[f64], scale: impl Fn(f64) -> f64, decimals: usize) -> String {
