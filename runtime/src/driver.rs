@@ -81,6 +81,11 @@ struct State {
     next_worker: u32,
     replacements: u32,
     shutting_down: bool,
+    /// Objects that threads of this process wait for in `get` or `wait`, and how many threads.
+    awaited: HashMap<ObjectId, u32>,
+    /// Whether something a waiting thread waits for happened: the lock's release wakes them then
+    /// only (a batch's results do not wake a `get` once per result).
+    wake: bool,
     /// Connections with messages queued, to write once the lock is released: messages are queued
     /// in the order the state changed, and no thread writes to a socket holding the lock.
     outgoing: Vec<Outbox<ToWorker>>,
@@ -211,8 +216,11 @@ impl Driver {
     /// Releases the lock, wakes whoever waits for a change, and sends what was queued meanwhile.
     fn unlock(&self, mut state: MutexGuard<'_, State>) {
         let outgoing = std::mem::take(&mut state.outgoing);
+        let wake = std::mem::take(&mut state.wake);
         drop(state);
-        self.changed.notify_all();
+        if wake {
+            self.changed.notify_all();
+        }
         for outbox in outgoing {
             outbox.flush();
         }
@@ -367,6 +375,7 @@ impl Driver {
             if let Some(actor) = actor {
                 self.dispatch_actor(&mut state, actor);
             }
+            state.wake = true;
             self.unlock(state);
         }
 
@@ -397,6 +406,7 @@ impl Driver {
         } else {
             state.start_failures.push(message);
         }
+        state.wake = true;
         self.unlock(state);
     }
 
@@ -736,6 +746,9 @@ impl Driver {
         };
         object.value = Some(result);
         self.completions.fetch_add(1, Ordering::Release);
+        if state.awaited.contains_key(&id) {
+            state.wake = true;
+        }
         let dependents = std::mem::take(&mut object.dependents);
         let waiters = std::mem::take(&mut object.remote_waiters);
         let free = object.refs == 0;
@@ -837,28 +850,56 @@ impl Driver {
             if state.shutting_down {
                 return Err(GetError::ShutDown { id: ids[0] });
             }
-            state = self.wait_for_completion(state);
+            let awaited = ids[fetched.len()];
+            let last = fetched.len() + 1 == ids.len();
+            state = self.wait_for(state, &[awaited], last);
         }
     }
 
-    /// Waits until some task completes. Spins briefly first: a result that arrives within
-    /// microseconds costs no sleep and wake-up (the dominant cost of a short round trip).
-    fn wait_for_completion<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    /// Waits until one of `ids` completes (or the runtime stops), for at most `timeout`. When
+    /// `spin`, it first spins (yielding) briefly: a result that arrives within microseconds then
+    /// costs no sleep and wake-up, the dominant cost of a short round trip. Only the wait for a
+    /// last result spins: a `get` of many would otherwise keep a core busy the whole batch long.
+    fn wait_for<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        ids: &[ObjectId],
+        spin: bool,
+    ) -> MutexGuard<'a, State> {
+        self.await_objects(&mut state, ids);
         let seen = self.completions.load(Ordering::Acquire);
-        drop(state);
-        let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
-        while Instant::now() < spin_until {
-            if self.completions.load(Ordering::Acquire) != seen {
-                return self.lock();
+        if spin {
+            drop(state);
+            let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
+            while Instant::now() < spin_until && self.completions.load(Ordering::Acquire) == seen {
+                std::thread::yield_now();
             }
-            std::thread::yield_now();
+            state = self.lock();
         }
         // Completions are counted under the lock, so none can slip between this look and the wait.
-        let state = self.lock();
-        if self.completions.load(Ordering::Acquire) != seen {
-            return state;
+        if self.completions.load(Ordering::Acquire) == seen && !state.shutting_down {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
+        Self::forget_awaited(&mut state, ids);
+        state
+    }
+
+    /// Registers `ids` as awaited, so that their completion wakes this thread.
+    fn await_objects(&self, state: &mut State, ids: &[ObjectId]) {
+        for id in ids {
+            *state.awaited.entry(*id).or_insert(0) += 1;
+        }
+    }
+
+    fn forget_awaited(state: &mut State, ids: &[ObjectId]) {
+        for id in ids {
+            if let Some(count) = state.awaited.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    state.awaited.remove(id);
+                }
+            }
+        }
     }
 
     /// Which objects are done, once `num_returns` are or the timeout passed.
@@ -878,11 +919,19 @@ impl Driver {
             if done.iter().filter(|d| **d).count() >= num_returns || state.shutting_down {
                 return done;
             }
+            let pending: Vec<ObjectId> = ids
+                .iter()
+                .zip(&done)
+                .filter(|(_, done)| !**done)
+                .map(|(id, _)| *id)
+                .collect();
+            self.await_objects(&mut state, &pending);
             match deadline {
                 None => state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
+                        Self::forget_awaited(&mut state, &pending);
                         return done;
                     }
                     state = self
@@ -892,6 +941,7 @@ impl Driver {
                         .0;
                 }
             }
+            Self::forget_awaited(&mut state, &pending);
         }
     }
 
