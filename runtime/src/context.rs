@@ -48,9 +48,21 @@ impl Context {
     /// Submits a task; the caller holds one reference to its result.
     fn submit(&self, mut spec: TaskSpec) {
         let _producer = crate::spans::on_submit(&mut spec);
+        let moved: Vec<ObjectId> = spec
+            .args
+            .iter()
+            .filter_map(|arg| match arg {
+                Arg::Moved(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
         match self {
             Context::Driver(d) => d.submit(spec, None),
             Context::Worker(w) => w.submit(spec),
+        }
+        // The submission holds them now: the references given with the arguments can go.
+        for id in moved {
+            release(self.cluster(), id);
         }
     }
 }

@@ -242,6 +242,10 @@ impl Driver {
         state: &mut State,
         actor: Option<ActorId>,
     ) -> Result<u32, InitError> {
+        // A replacement decided just before shutdown must not start after it took the children.
+        if state.shutting_down {
+            return Err(InitError::Worker("the cluster is shutting down".into()));
+        }
         state.next_worker += 1;
         let id = state.next_worker;
         state.starting.insert(id, actor);
@@ -521,8 +525,8 @@ impl Driver {
         let mut missing = 0;
         let mut unknown = None;
         for (index, arg) in spec.args.iter().enumerate() {
-            if let Arg::Ref(dep) = arg {
-                match state.objects.get_mut(dep) {
+            if let Some(dep) = arg.object() {
+                match state.objects.get_mut(&dep) {
                     Some(object) => {
                         object.refs += 1;
                         if object.value.is_none() {
@@ -530,7 +534,7 @@ impl Driver {
                             missing += 1;
                         }
                     }
-                    None => unknown = Some((index, *dep)),
+                    None => unknown = Some((index, dep)),
                 }
             }
         }
@@ -615,8 +619,8 @@ impl Driver {
     /// Drops the holds a task had on its arguments.
     fn release_args(&self, state: &mut State, spec: &TaskSpec) {
         for arg in &spec.args {
-            if let Arg::Ref(dep) = arg {
-                Self::release_locked(state, *dep);
+            if let Some(dep) = arg.object() {
+                Self::release_locked(state, dep);
             }
         }
     }
@@ -628,18 +632,20 @@ impl Driver {
             .enumerate()
             .map(|(index, arg)| match arg {
                 Arg::Value(bytes) => Ok(bytes.clone()),
-                Arg::Ref(dep) => match state.objects.get(dep).and_then(|o| o.value.as_ref()) {
-                    Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
-                    Some(Err(error)) => Err(TaskError::ArgumentFailed {
-                        task: spec.name.clone(),
-                        index,
-                        cause: Box::new(error.clone()),
-                    }),
-                    None => Err(TaskError::Invalid {
-                        task: spec.name.clone(),
-                        message: format!("argument {index} ({dep}) is not ready"),
-                    }),
-                },
+                Arg::Ref(dep) | Arg::Moved(dep) => {
+                    match state.objects.get(dep).and_then(|o| o.value.as_ref()) {
+                        Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
+                        Some(Err(error)) => Err(TaskError::ArgumentFailed {
+                            task: spec.name.clone(),
+                            index,
+                            cause: Box::new(error.clone()),
+                        }),
+                        None => Err(TaskError::Invalid {
+                            task: spec.name.clone(),
+                            message: format!("argument {index} ({dep}) is not ready"),
+                        }),
+                    }
+                }
             })
             .collect()
     }
@@ -999,11 +1005,18 @@ impl Driver {
         {
             let mut state = self.lock();
             state.shutting_down = true;
-            for slot in state.workers.values() {
-                slot.outbox.send(ToWorker::Shutdown);
+            let outboxes: Vec<Outbox<ToWorker>> = state
+                .workers
+                .values()
+                .map(|slot| slot.outbox.clone())
+                .collect();
+            for outbox in &outboxes {
+                outbox.queue(ToWorker::Shutdown);
             }
+            state.outgoing.extend(outboxes);
+            state.wake = true;
+            self.unlock(state);
         }
-        self.changed.notify_all();
         // Wake the accept loop so it sees the flag.
         let _ = UnixStream::connect(&self.socket);
         let deadline = Instant::now() + grace;

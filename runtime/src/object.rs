@@ -92,6 +92,19 @@ pub enum Arg {
     Value(Vec<u8>),
     /// The result of another task.
     Ref(ObjectId),
+    /// The result of another task, whose reference the caller gave up with the argument: the
+    /// caller releases it once the submission holds the object.
+    Moved(ObjectId),
+}
+
+impl Arg {
+    /// The object this argument refers to, if it is a reference.
+    pub(crate) fn object(&self) -> Option<ObjectId> {
+        match self {
+            Arg::Value(_) => None,
+            Arg::Ref(id) | Arg::Moved(id) => Some(*id),
+        }
+    }
 }
 
 /// What a remote function or actor method accepts for a parameter of type `T`: a `T`, or an
@@ -121,8 +134,11 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 
 impl<T> IntoArg<T> for ObjectRef<T> {
     fn into_arg(self) -> Arg {
-        // The submission holds the object until the task has its value.
-        Arg::Ref(self.id)
+        // Dropping the reference here could free the object before the submission holds it:
+        // the reference lives on, and the submitter releases it after submitting.
+        let id = self.id;
+        std::mem::forget(self);
+        Arg::Moved(id)
     }
 }
 

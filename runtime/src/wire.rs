@@ -116,14 +116,25 @@ pub(crate) enum ToDriver {
 }
 
 /// Writes one frame into a buffer.
+/// Appends one frame to a buffer. On failure the buffer is as it was: frames queued before are
+/// kept whole.
 pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Lets postcard append to a borrowed buffer.
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl Extend<u8> for Append<'_> {
+        fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+            self.0.extend(bytes);
+        }
+    }
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    let mut out_writer = std::mem::take(out);
-    out_writer = postcard::to_extend(message, out_writer).map_err(io::Error::other)?;
-    *out = out_writer;
+    if let Err(error) = postcard::to_extend(message, Append(out)) {
+        out.truncate(start);
+        return Err(io::Error::other(error));
+    }
     let length = out.len() - start - 4;
     if length > MAX_FRAME {
+        out.truncate(start);
         return Err(io::Error::other(format!(
             "message of {length} bytes exceeds the {MAX_FRAME}-byte frame limit"
         )));

@@ -262,17 +262,9 @@ impl WorkerCore {
         self.idle.fetch_sub(1, Ordering::AcqRel);
         let id = task.id;
         let (result, span) = self.execute(task);
-        let more = {
-            let execution = self.lock_execution();
-            execution.running <= execution.allowed && !execution.queue.is_empty()
-        };
-        // With more tasks to run right away, the result goes out with the next one's (any later
-        // send writes it too); otherwise now.
-        if more {
-            self.outbox.queue(ToDriver::Done { id, result });
-        } else {
-            self.outbox.send(ToDriver::Done { id, result });
-        }
+        // Sent now, whatever runs next: a result must not wait for the next task to finish.
+        // (Results of threads finishing together still go out in one write.)
+        self.outbox.send(ToDriver::Done { id, result });
         // The span ends (and is exported) while the result travels.
         drop(span);
         self.lock_execution().running -= 1;
@@ -363,13 +355,19 @@ impl WorkerCore {
     }
 
     pub(crate) fn release(&self, id: ObjectId) {
-        let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = refs.get_mut(&id) {
-            *count -= 1;
-            if *count == 0 {
-                refs.remove(&id);
-                self.outbox.send(ToDriver::Release(vec![id]));
+        let released = {
+            let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+            match refs.get_mut(&id) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => refs.remove(&id).is_some(),
+                None => false,
             }
+        };
+        if released {
+            self.outbox.send(ToDriver::Release(vec![id]));
         }
     }
 

@@ -298,6 +298,13 @@ fn object_refs_as_arguments_run_once_their_inputs_exist() {
 }
 
 #[test]
+fn a_ref_passed_by_value_after_its_result_arrived_still_reaches_the_task() {
+    let run = run(&["moved-ref"]);
+    assert_eq!(run.value("driver"), "4");
+    assert_eq!(run.value("worker"), "4");
+}
+
+#[test]
 fn a_panicking_task_fails_get_and_marks_its_consumer_span_error() {
     let run = run(&["panic"]);
     assert_eq!(

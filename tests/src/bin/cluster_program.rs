@@ -44,6 +44,14 @@ fn pid() -> u32 {
     std::process::id()
 }
 
+/// Gets a result, then passes the ref itself (by value) to another task.
+#[filament::remote]
+fn moves_a_ref() -> i64 {
+    let three = add::remote(1, 2);
+    three.get().unwrap();
+    add::remote(three, 1).get().unwrap()
+}
+
 #[filament::remote]
 fn call_counter(counter: CounterHandle, by: i64) -> i64 {
     filament::get(&counter.incr(by)).expect("the actor call")
@@ -113,6 +121,12 @@ fn main() -> ExitCode {
             let five = add::remote(&three, 2);
             let ten = add::remote(five, &three);
             println!("result={}", ten.get().unwrap() + three.get().unwrap());
+        }
+        "moved-ref" => {
+            let three = add::remote(1, 2);
+            three.get().unwrap();
+            println!("driver={}", add::remote(three, 1).get().unwrap());
+            println!("worker={}", moves_a_ref::remote().get().unwrap());
         }
         "panic" => match fails::remote("it broke".to_owned()).get() {
             Ok(v) => println!("unexpected={v}"),
