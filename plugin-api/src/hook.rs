@@ -55,8 +55,21 @@ pub struct HookEntry {
     ) -> RResult<(), RString>,
 }
 
-/// What a hook exports next to its entry. The first three fields' layout never changes, so any
-/// version of the host can read them before trusting anything else.
+/// The part of every [`HookHeader`] that never changes, of any ABI version: what a host reads
+/// before it trusts anything else.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HookHeaderPrefix {
+    /// Always [`HOOK_MAGIC`].
+    pub magic: [u8; 16],
+    /// The ABI major version the hook was built against.
+    pub abi_major: u32,
+    /// The ABI minor version the hook was built against.
+    pub abi_minor: u32,
+}
+
+/// What a hook exports next to its entry. It starts with a [`HookHeaderPrefix`], whose layout
+/// never changes, so any version of the host can read it before trusting anything else.
 #[repr(C)]
 #[derive(Debug)]
 pub struct HookHeader {

@@ -725,7 +725,17 @@ impl Driver {
             return;
         };
         slot.dead = Some(cause.clone());
-        slot.worker = None;
+        // Its process has nothing left to do.
+        if let Some(worker) = slot.worker.take()
+            && let Some(process) = state.workers.get(&worker)
+        {
+            process.outbox.queue(ToWorker::Shutdown);
+            let outbox = process.outbox.clone();
+            state.outgoing.push(outbox);
+        }
+        let Some(slot) = state.actors.get_mut(&actor) else {
+            return;
+        };
         let class = slot.class.clone();
         let queued: Vec<TaskSpec> = slot.queue.drain(..).collect();
         for spec in queued {

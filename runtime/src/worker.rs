@@ -190,11 +190,14 @@ impl WorkerCore {
     }
 
     /// A worker thread: runs queued tasks while it may, else reads the next message.
-    fn thread_loop(self: Arc<Self>) {
+    fn thread_loop(self: &Arc<Self>) {
         loop {
             if let Some(task) = self.claim_queued() {
                 self.run(task);
                 continue;
+            }
+            if self.retire_if_surplus() {
+                return;
             }
             let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
             let message = reader.read::<ToWorker>();
@@ -257,9 +260,26 @@ impl WorkerCore {
         }
     }
 
+    /// Threads kept when idle: one reading, one ready to run what it reads.
+    const IDLE_THREADS: usize = 2;
+
+    /// Ends this thread if more than [`Self::IDLE_THREADS`] are idle (after a burst of tasks
+    /// blocked in `get`, which each lent a thread).
+    fn retire_if_surplus(&self) -> bool {
+        self.idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |idle| {
+                (idle > Self::IDLE_THREADS).then(|| idle - 1)
+            })
+            .is_ok()
+    }
+
     /// Runs a claimed task and reports its result.
-    fn run(&self, task: Execute) {
-        self.idle.fetch_sub(1, Ordering::AcqRel);
+    fn run(self: &Arc<Self>, task: Execute) {
+        // The last idle thread is the one that reads: if it is this one, another takes over, or a
+        // task blocked in `get` would never see its answer.
+        if self.idle.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.start_thread();
+        }
         let id = task.id;
         let (result, span) = self.execute(task);
         // Sent now, whatever runs next: a result must not wait for the next task to finish.
@@ -304,15 +324,22 @@ impl WorkerCore {
                         message: format!("no actor type {class} in this binary"),
                     }),
                 },
-                TaskKind::ActorCall { method, .. } => match registry().methods.get(method.as_str())
-                {
+                TaskKind::ActorCall {
+                    method,
+                    actor: actor_id,
+                } => match registry().methods.get(method.as_str()) {
                     Some(m) => {
                         let mut actor = self.actor.lock().unwrap_or_else(|p| p.into_inner());
                         match actor.as_mut() {
                             Some(instance) => (m.call)(instance.as_mut(), args),
-                            None => Err(TaskError::Invalid {
+                            // Calls sent on before the driver learnt that the constructor failed.
+                            None => Err(TaskError::ActorDied {
                                 task: name.to_owned(),
-                                message: "the actor was not created in this process".into(),
+                                actor: format!(
+                                    "{}({actor_id:016x})",
+                                    name.rsplit_once("::").map_or(name, |(class, _)| class)
+                                ),
+                                cause: "its constructor failed".into(),
                             }),
                         }
                     }
@@ -397,12 +424,9 @@ impl WorkerCore {
             self.outbox.send(ToDriver::Blocked);
         }
         // A task queued here may be the very one this task waits for: a new thread runs it (the
-        // idle ones may all be waiting for a message that only its result would bring), and one
-        // thread must stay idle to read the answer.
-        if queued {
-            self.start_thread();
-        }
-        while self.idle.load(Ordering::Acquire) < if queued { 2 } else { 1 } {
+        // idle ones may all be waiting for a message that only its result would bring). And a
+        // thread must be idle to read the answer (`run` keeps one).
+        if queued || self.idle.load(Ordering::Acquire) == 0 {
             self.start_thread();
         }
         let result = wait();

@@ -368,6 +368,19 @@ fn calls_to_a_dead_actor_fail_with_a_clear_error() {
 }
 
 #[test]
+fn calls_to_an_actor_whose_constructor_panicked_fail_naming_the_actor() {
+    let run = run(&["failing-constructor"]);
+    for i in 0..3 {
+        let error = run.value(&format!("error{i}"));
+        assert!(
+            error.starts_with("task Fragile::value failed: actor Fragile(")
+                && error.contains(") is dead: its constructor failed"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
     let run = run(&["actor-handle-in-task"]);
     assert_eq!(

@@ -10,7 +10,7 @@
 //! processes, and abi_stable caches layout checks by reference into the library).
 
 use super::{HookError, HookSpec};
-use filament_plugin_api::{HookEntry, HookHeader, hook};
+use filament_plugin_api::{AbiMismatch, HookEntry, HookHeader, hook, hook::HookHeaderPrefix};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,8 @@ use std::sync::Mutex;
 /// Extra directories to search for hook libraries given by bare name, `:`-separated.
 pub const PLUGIN_PATH_ENV: &str = "FILAMENT_PLUGIN_PATH";
 
-/// `dlopen` flag: never unload the library, even if its handle is closed.
+/// `dlopen` flag: never unload the library, even if its handle is closed. libloading does not
+/// export it; this is its value on Linux (glibc and musl alike).
 const RTLD_NODELETE: i32 = 0x1000;
 
 /// Every library ever loaded, kept so that none is unloaded.
@@ -53,20 +54,37 @@ pub(crate) fn load_hook(spec: &HookSpec) -> Result<CheckedHook, HookError> {
     })?;
     let header_ptr = header_address.cast::<HookHeader>();
 
-    // SAFETY: the symbol `__filament_hook_header__<symbol>` exists, and only `export_hook!` makes
-    // symbols of that name: it is a static of at least 16 bytes whose first field is the magic. We
-    // read those bytes alone (unaligned, by value) before trusting the rest of the layout.
-    let magic = unsafe { header_ptr.cast::<[u8; 16]>().read_unaligned() };
-    if magic != hook::HOOK_MAGIC {
+    // SAFETY: a symbol named `__filament_hook_header__<symbol>` exists. That name is reserved for
+    // `export_hook!`, which makes it a `HookHeader`, starting with the never-changing prefix; a
+    // library the user chose as their hook is trusted not to misuse the name (the size of a data
+    // symbol is not checked). The prefix is read by value and unaligned, trusting nothing more.
+    let prefix = unsafe { header_ptr.cast::<HookHeaderPrefix>().read_unaligned() };
+    if prefix.magic != hook::HOOK_MAGIC {
         return Err(HookError::NotAHook {
             hook,
             symbol: spec.symbol.clone(),
             reason: format!("`{header_name}` does not carry the Filament hook magic"),
         });
     }
-    // SAFETY: the magic matched, so this is a `HookHeader` made by `export_hook!`, whose first three
-    // fields never change layout; `check` reads the major version before the rest. The library is
-    // never unloaded (RTLD_NODELETE, and its handle is kept in `LOADED`), so `'static` holds.
+    if prefix.abi_major != hook::ABI_MAJOR {
+        return Err(HookError::Incompatible {
+            hook,
+            cause: AbiMismatch::MajorVersion {
+                host: hook::ABI_MAJOR,
+                hook: prefix.abi_major,
+            },
+        });
+    }
+    if !header_ptr.is_aligned() {
+        return Err(HookError::NotAHook {
+            hook,
+            symbol: spec.symbol.clone(),
+            reason: format!("`{header_name}` is not aligned as a header"),
+        });
+    }
+    // SAFETY: the magic and the major version match, so this is a whole `HookHeader` of this
+    // host's ABI, made by `export_hook!`, and the pointer is aligned. The library is never
+    // unloaded (opened with RTLD_NODELETE), so the reference may be `'static`.
     let header: &'static HookHeader = unsafe { &*header_ptr };
     let entry = header.check().map_err(|cause| HookError::Incompatible {
         hook: hook.clone(),

@@ -85,6 +85,23 @@ impl Counter {
     }
 }
 
+#[filament::actor]
+struct Fragile {
+    value: i64,
+}
+
+#[filament::actor]
+impl Fragile {
+    fn new(value: i64) -> Self {
+        assert!(value >= 0, "a negative value: {value}");
+        Fragile { value }
+    }
+
+    fn value(&self) -> i64 {
+        self.value
+    }
+}
+
 fn main() -> ExitCode {
     let mut config = filament::Config::default();
     if let Ok(workers) = std::env::var("TEST_WORKERS") {
@@ -127,6 +144,16 @@ fn main() -> ExitCode {
             three.get().unwrap();
             println!("driver={}", add::remote(three, 1).get().unwrap());
             println!("worker={}", moves_a_ref::remote().get().unwrap());
+        }
+        "failing-constructor" => {
+            let fragile = Fragile::remote(-1);
+            let calls: Vec<_> = (0..3).map(|_| fragile.value()).collect();
+            for (i, call) in calls.iter().enumerate() {
+                match call.get() {
+                    Ok(v) => println!("unexpected{i}={v}"),
+                    Err(error) => println!("error{i}={error}"),
+                }
+            }
         }
         "panic" => match fails::remote("it broke".to_owned()).get() {
             Ok(v) => println!("unexpected={v}"),
