@@ -78,6 +78,10 @@ struct State {
     starting: HashMap<u32, Option<ActorId>>,
     /// Why a worker failed to start (its tracing hook, usually).
     start_failures: Vec<String>,
+    /// `init` returned: later start failures no longer fail it.
+    started: bool,
+    /// Why the pool has no worker left, once that happened.
+    pool_lost: Option<String>,
     next_worker: u32,
     replacements: u32,
     shutting_down: bool,
@@ -101,7 +105,8 @@ pub(crate) struct Driver {
     changed: Condvar,
     socket_dir: PathBuf,
     socket: PathBuf,
-    children: Mutex<Vec<Child>>,
+    /// Worker processes started and not yet reaped, by worker id.
+    children: Mutex<Vec<(u32, Child)>>,
     welcome: WelcomeInfo,
 }
 
@@ -176,6 +181,14 @@ impl Driver {
                 cause: e.to_string(),
             })?;
 
+        let watching = Arc::clone(&driver);
+        std::thread::Builder::new()
+            .name("filament-reaper".into())
+            .spawn(move || watching.watch_children())
+            .map_err(|e| InitError::Io {
+                what: "starting the reaper thread".into(),
+                cause: e.to_string(),
+            })?;
         for _ in 0..workers {
             driver.spawn_worker(None)?;
         }
@@ -205,6 +218,7 @@ impl Driver {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        state.started = true;
         drop(state);
         Ok(driver)
     }
@@ -262,7 +276,7 @@ impl Driver {
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(child);
+            .push((id, child));
         Ok(id)
     }
 
@@ -408,6 +422,7 @@ impl Driver {
         if let Some(actor) = actor {
             self.kill_actor(&mut state, actor, message.clone());
         } else {
+            self.fail_if_no_workers(&mut state, &message);
             state.start_failures.push(message);
         }
         state.wake = true;
@@ -560,6 +575,9 @@ impl Driver {
                     state.parked.insert(id, spec);
                 }
                 self.dispatch(state);
+                if let Some(cause) = state.pool_lost.clone() {
+                    self.fail_if_no_workers(state, &cause);
+                }
             }
             TaskKind::CreateActor { actor, .. } => {
                 let actor = *actor;
@@ -997,17 +1015,71 @@ impl Driver {
         if replace {
             state.replacements += 1;
         }
+        if !replace {
+            self.fail_if_no_workers(
+                &mut state,
+                &format!("worker {worker} (pid {pid}) died and was the last"),
+            );
+        }
         self.unlock(state);
-        self.reap();
-        if replace {
-            let _ = self.spawn_worker(None);
+        if replace && let Err(error) = self.spawn_worker(None) {
+            let mut state = self.lock();
+            self.fail_if_no_workers(&mut state, &error.to_string());
+            self.unlock(state);
         }
     }
 
-    /// Collects the exit status of workers that ended.
-    fn reap(&self) {
-        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-        children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+    /// Once the pool has no worker left or starting, tasks waiting for one fail (and so do later
+    /// ones) instead of waiting forever.
+    fn fail_if_no_workers(&self, state: &mut State, cause: &str) {
+        let pool_alive = state.workers.values().any(|w| w.actor.is_none());
+        let pool_starting = state.starting.values().any(Option::is_none);
+        if !state.started || pool_alive || pool_starting {
+            return;
+        }
+        let cause = state
+            .pool_lost
+            .get_or_insert_with(|| format!("no worker is left: {cause}"))
+            .clone();
+        let parked: Vec<TaskSpec> = state.parked.drain().map(|(_, spec)| spec).collect();
+        let stranded: Vec<TaskSpec> = state.ready.drain(..).chain(parked).collect();
+        for spec in stranded {
+            state.waiting.remove(&spec.id);
+            let error = TaskError::NoWorkers {
+                task: spec.name.clone(),
+                cause: cause.clone(),
+            };
+            self.release_args(state, &spec);
+            self.complete(state, spec.id, Err(error));
+        }
+    }
+
+    /// Reaps worker processes that ended, every few milliseconds until shutdown. One that ended
+    /// before it connected fails what waited for it (an actor's calls, `init`), rather than
+    /// leaving them waiting.
+    fn watch_children(self: Arc<Self>) {
+        while !self.lock().shutting_down {
+            let mut ended = Vec::new();
+            self.children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain_mut(|(worker, child)| match child.try_wait() {
+                    Ok(Some(status)) => {
+                        ended.push((*worker, child.id(), status));
+                        false
+                    }
+                    _ => true,
+                });
+            for (worker, pid, status) in ended {
+                if self.lock().starting.contains_key(&worker) {
+                    self.worker_start_failed(
+                        worker,
+                        format!("worker {worker} (pid {pid}) ended ({status}) before it connected"),
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops every worker: asks them to exit, then kills what is left after `grace`.
@@ -1033,10 +1105,10 @@ impl Driver {
         let mut children =
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
         while !children.is_empty() && Instant::now() < deadline {
-            children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+            children.retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
             std::thread::sleep(Duration::from_millis(5));
         }
-        for mut child in children {
+        for (_, mut child) in children {
             let _ = child.kill();
             let _ = child.wait();
         }

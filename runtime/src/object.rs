@@ -192,6 +192,14 @@ pub enum TaskError {
         /// What is wrong.
         message: String,
     },
+    /// No worker process is left to run the task.
+    #[error("task {task} cannot run: {cause}")]
+    NoWorkers {
+        /// The task's Rust path.
+        task: String,
+        /// Why no worker is left.
+        cause: String,
+    },
     /// The runtime shut down before the task finished.
     #[error("task {task} was cancelled: the runtime shut down")]
     Cancelled {

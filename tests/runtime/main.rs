@@ -381,6 +381,24 @@ fn calls_to_an_actor_whose_constructor_panicked_fail_naming_the_actor() {
 }
 
 #[test]
+fn calls_to_an_actor_whose_process_died_before_connecting_fail() {
+    // Workers 1 and 2 are the pool; the actor's process is worker 3.
+    let run = run_program(
+        &["actor-one-call"],
+        Some(LOCAL_FILE),
+        &[("TEST_CRASH_WORKER", "3")],
+    );
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    // The program unwraps the call's result: the error's debug form is on standard error.
+    assert!(
+        stderr.contains("ActorDied { task: \"Counter::incr\", actor: \"Counter(")
+            && stderr.contains("cause: \"worker 3 (pid ")
+            && stderr.contains("ended (exit status: 1) before it connected"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
     let run = run(&["actor-handle-in-task"]);
     assert_eq!(

@@ -103,6 +103,14 @@ impl Fragile {
 }
 
 fn main() -> ExitCode {
+    // Fault injection: the worker process with this id dies before it connects to its driver.
+    if let (Ok(marker), Ok(id)) = (
+        std::env::var("FILAMENT_WORKER"),
+        std::env::var("TEST_CRASH_WORKER"),
+    ) && marker.ends_with(&format!(":{id}"))
+    {
+        std::process::exit(1);
+    }
     let mut config = filament::Config::default();
     if let Ok(workers) = std::env::var("TEST_WORKERS") {
         config = config.num_workers(workers.parse().expect("TEST_WORKERS is a number"));
