@@ -57,7 +57,7 @@ impl Context {
             })
             .collect();
         match self {
-            Context::Driver(d) => d.submit(spec, None),
+            Context::Driver(d) => d.submit(spec),
             Context::Worker(w) => w.submit(spec),
         }
         // The submission holds them now: the references given with the arguments can go.

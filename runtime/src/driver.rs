@@ -441,7 +441,7 @@ impl Driver {
                 self.complete(state, id, result.map(Arc::new));
                 self.dispatch(state);
             }
-            ToDriver::Submit(spec) => self.submit_locked(state, spec, Some(worker)),
+            ToDriver::Submit(spec) => self.submit_locked(state, spec),
             ToDriver::Get { request, ids } => {
                 let missing: Vec<ObjectId> = ids
                     .iter()
@@ -518,13 +518,13 @@ impl Driver {
     }
 
     /// Submits a task from this process; the caller holds one reference to the result.
-    pub(crate) fn submit(&self, spec: TaskSpec, from: Option<u32>) {
+    pub(crate) fn submit(&self, spec: TaskSpec) {
         let mut state = self.lock();
-        self.submit_locked(&mut state, spec, from);
+        self.submit_locked(&mut state, spec);
         self.unlock(state);
     }
 
-    fn submit_locked(&self, state: &mut State, spec: TaskSpec, _from: Option<u32>) {
+    fn submit_locked(&self, state: &mut State, spec: TaskSpec) {
         let id = spec.id;
         state.objects.insert(
             id,
