@@ -986,20 +986,31 @@ impl Driver {
             return;
         };
         let shutting_down = state.shutting_down;
+        // An actor already dead (its constructor failed, and its process was told to stop) takes
+        // the calls it was sent with it: they fail for the actor's reason, not the process's.
+        let dead_actor = slot.actor.and_then(|actor| {
+            let actor_slot = state.actors.get(&actor)?;
+            let cause = actor_slot.dead.clone()?;
+            Some((format!("{}({actor:016x})", actor_slot.class), cause))
+        });
         for id in slot.running {
             let name = state
                 .objects
                 .get(&id)
                 .map(|o| o.name.clone())
                 .unwrap_or_default();
-            let error = if shutting_down {
-                TaskError::Cancelled { task: name }
-            } else {
-                TaskError::WorkerDied {
+            let error = match &dead_actor {
+                Some((actor, cause)) => TaskError::ActorDied {
+                    task: name,
+                    actor: actor.clone(),
+                    cause: cause.clone(),
+                },
+                None if shutting_down => TaskError::Cancelled { task: name },
+                None => TaskError::WorkerDied {
                     task: name,
                     worker: worker.to_string(),
                     pid,
-                }
+                },
             };
             self.complete(&mut state, id, Err(error));
         }
