@@ -262,7 +262,7 @@ fn a_failing_hook_in_a_list_fails_the_list_after_the_earlier_hooks_ran() {
 }
 
 #[test]
-fn hooks_in_a_list_run_in_order_and_all_take_effect() {
+fn hooks_in_a_list_all_take_effect() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.txt");
     let hooks = format!("{},{LOCAL_FILE}", test_hooks("reports_process"));
@@ -279,6 +279,27 @@ fn hooks_in_a_list_run_in_order_and_all_take_effect() {
             .contains("role=other")
     );
     assert_eq!(read_span_file(&own_span_file(dir.path())).len(), 3);
+}
+
+#[test]
+fn hooks_in_a_list_run_in_the_order_given() {
+    // Both configure the provider; whichever runs second is refused, and says so.
+    let first = test_hooks("configure_twice");
+    let second = test_hooks("configure_resource");
+    let error = refused(&format!("{first},{second}"));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "hook \"{second}\": setup failed: the tracer provider was already configured in this process; the first configuration is kept"
+        )
+    );
+    let error = refused(&format!("{second},{first}"));
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("hook \"{first}\": setup failed: ")),
+        "{error}"
+    );
 }
 
 #[test]
