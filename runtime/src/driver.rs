@@ -27,8 +27,10 @@ const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 
 /// Tasks a pool worker may hold at once: one running, the rest queued in the worker, so that it
-/// never waits for the driver between two tasks.
-const TASKS_IN_FLIGHT_PER_WORKER: i32 = 8;
+/// never waits for the driver between two tasks, and results and new tasks travel in batches
+/// (8 gave 40–65k traced tasks/s on two cores, 32 gives 75–85k). The price: tasks queued behind a
+/// long one wait for it even if another worker falls idle (no work stealing yet).
+const TASKS_IN_FLIGHT_PER_WORKER: i32 = 32;
 
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
