@@ -39,8 +39,12 @@ pub(crate) struct WorkerCore {
     hosts_actor: AtomicBool,
     /// Set when the driver says stop or goes away; the main thread waits for it.
     stopped: (Mutex<bool>, Condvar),
-    /// Signalled when a task has finished, span included: stopping waits for running tasks' spans.
+    /// Signalled, once stopping, when a task has finished, span included: stopping waits for
+    /// running tasks' spans.
     finished: Condvar,
+    stopping: AtomicBool,
+    /// Threads ending a finished task's span.
+    exporting: AtomicUsize,
 }
 
 /// Which tasks run: at most `allowed` at once (1, plus one per task blocked in `get`; always 1 in
@@ -145,6 +149,8 @@ fn serve(marker: &str) -> Result<(), String> {
         hosts_actor: AtomicBool::new(false),
         stopped: (Mutex::new(false), Condvar::new()),
         finished: Condvar::new(),
+        stopping: AtomicBool::new(false),
+        exporting: AtomicUsize::new(0),
     });
     crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
     // Two threads: one runs a task while the other reads the next message.
@@ -159,7 +165,9 @@ fn serve(marker: &str) -> Result<(), String> {
     // Tasks whose results went out may still be ending their spans: let them, briefly.
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut execution = core.lock_execution();
-    while execution.running > 0 && Instant::now() < deadline {
+    while (execution.running > 0 || core.exporting.load(Ordering::Acquire) > 0)
+        && Instant::now() < deadline
+    {
         execution = core
             .finished
             .wait_timeout(execution, Duration::from_millis(10))
@@ -235,6 +243,7 @@ impl WorkerCore {
                 }
                 Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => {
                     let (stopped, changed) = &self.stopped;
+                    self.stopping.store(true, Ordering::Release);
                     *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
                     changed.notify_all();
                     return;
@@ -285,11 +294,18 @@ impl WorkerCore {
         // Sent now, whatever runs next: a result must not wait for the next task to finish.
         // (Results of threads finishing together still go out in one write.)
         self.outbox.send(ToDriver::Done { id, result });
-        // The span ends (and is exported) while the result travels.
-        drop(span);
+        // The task is over: the next one may start (an actor's next call included) while this
+        // thread ends and exports the span, and the result travels.
+        self.exporting.fetch_add(1, Ordering::AcqRel);
         self.lock_execution().running -= 1;
-        self.finished.notify_all();
         self.idle.fetch_add(1, Ordering::AcqRel);
+        drop(span);
+        self.exporting.fetch_sub(1, Ordering::AcqRel);
+        // Only a stopping worker waits for this; a condvar's notify is a system call otherwise
+        // spent on every task.
+        if self.stopping.load(Ordering::Acquire) {
+            self.finished.notify_all();
+        }
     }
 
     /// Runs a task; returns its result and its still open CONSUMER span, which the caller ends
