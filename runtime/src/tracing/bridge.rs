@@ -325,6 +325,7 @@ pub(crate) fn with_record<R>(
 
     // One pass builds every attribute view; string arrays need arrays of views of their own, made
     // in the same pass and patched in once they all exist (the views borrow them).
+    let scope_attributes = span.instrumentation_scope.attributes().count();
     let count = span.attributes.len()
         + span
             .events
@@ -332,7 +333,7 @@ pub(crate) fn with_record<R>(
             .map(|e| e.attributes.len())
             .sum::<usize>()
         + span.links.iter().map(|l| l.attributes.len()).sum::<usize>()
-        + span.instrumentation_scope.attributes().count()
+        + scope_attributes
         + resource.attributes.len();
     let mut string_arrays: Vec<(usize, Vec<RStr<'_>>)> = Vec::new();
     let mut views: Vec<KeyValue<'_>> = Vec::with_capacity(count);
@@ -379,7 +380,7 @@ pub(crate) fn with_record<R>(
         .iter()
         .map(|l| take(l.attributes.len()))
         .collect();
-    let scope_range = take(span.instrumentation_scope.attributes().count());
+    let scope_range = take(scope_attributes);
     let resource_range = take(resource.attributes.len());
     let views = views.as_slice();
 
