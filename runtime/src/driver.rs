@@ -92,6 +92,8 @@ struct State {
     /// Whether something a waiting thread waits for happened: the lock's release wakes them then
     /// only (a batch's results do not wake a `get` once per result).
     wake: bool,
+    /// Workers reserved under the lock, whose processes start once it is released.
+    launches: Vec<u32>,
     /// Connections with messages queued, to write once the lock is released: messages are queued
     /// in the order the state changed, and no thread writes to a socket holding the lock.
     outgoing: Vec<Outbox<ToWorker>>,
@@ -232,6 +234,7 @@ impl Driver {
     /// Releases the lock, wakes whoever waits for a change, and sends what was queued meanwhile.
     fn unlock(&self, mut state: MutexGuard<'_, State>) {
         let outgoing = std::mem::take(&mut state.outgoing);
+        let launches = std::mem::take(&mut state.launches);
         let wake = std::mem::take(&mut state.wake);
         drop(state);
         if wake {
@@ -239,6 +242,11 @@ impl Driver {
         }
         for outbox in outgoing {
             outbox.flush();
+        }
+        for worker in launches {
+            if let Err(error) = self.launch_worker(worker) {
+                self.worker_start_failed(worker, error.to_string());
+            }
         }
     }
 
@@ -248,23 +256,27 @@ impl Driver {
 
     /// Starts a worker process: this executable, re-executed with the worker marker.
     fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, InitError> {
-        let mut state = self.lock();
-        self.spawn_worker_locked(&mut state, actor)
+        let id = self.reserve_worker(&mut self.lock(), actor)?;
+        self.launch_worker(id)?;
+        Ok(id)
     }
 
-    /// [`Driver::spawn_worker`] with the state already locked.
-    fn spawn_worker_locked(
-        &self,
-        state: &mut State,
-        actor: Option<ActorId>,
-    ) -> Result<u32, InitError> {
-        // A replacement decided just before shutdown must not start after it took the children.
+    /// Numbers a new worker and records it as starting (for `actor`, if any); the process itself
+    /// is started by [`Driver::launch_worker`], outside the lock (a fork and exec take about a
+    /// millisecond, which every driver thread would wait for).
+    fn reserve_worker(&self, state: &mut State, actor: Option<ActorId>) -> Result<u32, InitError> {
+        // A replacement decided just before shutdown must not start after it.
         if state.shutting_down {
             return Err(InitError::Worker("the cluster is shutting down".into()));
         }
         state.next_worker += 1;
         let id = state.next_worker;
         state.starting.insert(id, actor);
+        Ok(id)
+    }
+
+    /// Starts the process of a reserved worker.
+    fn launch_worker(&self, id: u32) -> Result<(), InitError> {
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
@@ -275,11 +287,12 @@ impl Driver {
                 what: format!("starting worker {id}"),
                 cause: e.to_string(),
             })?;
+        // Started after shutdown took the children, it finds no driver and exits by itself.
         self.children
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((id, child));
-        Ok(id)
+        Ok(())
     }
 
     fn accept_loop(self: Arc<Self>, listener: UnixListener) {
@@ -596,9 +609,10 @@ impl Driver {
                 if missing > 0 {
                     state.waiting.insert(id, (missing, Some(actor)));
                 }
-                // The process starts in the background; calls queue until it is ready.
-                if let Err(error) = self.spawn_worker_locked(state, Some(actor)) {
-                    self.kill_actor(state, actor, error.to_string());
+                // The process starts once the lock is released; calls queue until it is ready.
+                match self.reserve_worker(state, Some(actor)) {
+                    Ok(worker) => state.launches.push(worker),
+                    Err(error) => self.kill_actor(state, actor, error.to_string()),
                 }
             }
             TaskKind::ActorCall { actor, .. } => {
