@@ -194,7 +194,10 @@ impl Driver {
                 cause: e.to_string(),
             })?;
         for _ in 0..workers {
-            driver.spawn_worker(None)?;
+            if let Err(error) = driver.spawn_worker(None) {
+                driver.shutdown(Duration::from_secs(2));
+                return Err(error);
+            }
         }
         let deadline = Instant::now() + WORKER_START_TIMEOUT;
         let mut state = driver.lock();

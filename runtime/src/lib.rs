@@ -169,6 +169,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.driver.shutdown(Duration::from_secs(2));
         context::set(None);
+        spans::disable();
         if let Some(guard) = self.tracing.take() {
             let _ = guard.shutdown();
         }
@@ -218,7 +219,8 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         config.tracing_config.into_iter().collect(),
         job_id.clone(),
         node_id,
-    )?;
+    )
+    .inspect_err(|_| spans::disable())?;
     context::set(Some(context::Context::Driver(std::sync::Arc::clone(
         &driver,
     ))));

@@ -46,6 +46,12 @@ pub(crate) fn enable(facts: ProcessFacts) {
     ENABLED.store(true, Ordering::Release);
 }
 
+/// Turns task tracing off (the runtime stopped; a later `init` may have no hook).
+pub(crate) fn disable() {
+    ENABLED.store(false, Ordering::Release);
+    *TRACER.write().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
 pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }

@@ -443,9 +443,15 @@ fn getting_a_ref_of_another_cluster_is_a_clear_error() {
 }
 
 #[test]
-fn wait_splits_done_from_pending() {
+fn wait_splits_done_from_pending_and_honours_its_timeout() {
     let run = run(&["wait"]);
-    assert_eq!(run.value("ready"), "2 pending=0");
+    assert_eq!(run.value("first_ready"), "1 first_pending=1");
+    assert_eq!(
+        run.value("ready_value"),
+        "2",
+        "the done one is the quick task"
+    );
+    assert_eq!(run.value("then_ready"), "2 then_pending=0");
 }
 
 #[test]

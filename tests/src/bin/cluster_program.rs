@@ -40,6 +40,12 @@ fn dies() -> i64 {
 fn noop() {}
 
 #[filament::remote]
+fn sleeps(millis: u64) -> i64 {
+    std::thread::sleep(Duration::from_millis(millis));
+    0
+}
+
+#[filament::remote]
 fn pid() -> u32 {
     std::process::id()
 }
@@ -234,9 +240,19 @@ fn main() -> ExitCode {
         "wait" => {
             let quick = add::remote(1, 1);
             quick.get().unwrap();
-            let refs = vec![quick, add::remote(2, 2)];
-            let (ready, pending) = filament::wait(refs, 2, Some(Duration::from_secs(10))).unwrap();
-            println!("ready={} pending={}", ready.len(), pending.len());
+            let refs = vec![sleeps::remote(1000), quick];
+            // Asked for both within 100 ms: only the quick one is done.
+            let (ready, pending) =
+                filament::wait(refs, 2, Some(Duration::from_millis(100))).unwrap();
+            println!(
+                "first_ready={} first_pending={}",
+                ready.len(),
+                pending.len()
+            );
+            println!("ready_value={}", ready[0].get().unwrap());
+            let all: Vec<_> = ready.into_iter().chain(pending).collect();
+            let (ready, pending) = filament::wait(all, 2, None).unwrap();
+            println!("then_ready={} then_pending={}", ready.len(), pending.len());
         }
         "many" => {
             let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
