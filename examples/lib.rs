@@ -142,12 +142,29 @@ fn print_subtree(span: &SpanLine, all: &[&SpanLine], depth: usize) {
     }
 }
 
-/// Starts a cluster with the hook from the environment (the local-file hook by default), or prints
-/// the error and exits.
+/// Starts a cluster with the hook from the environment (the local-file hook by default), or
+/// attaches to the standing cluster `FILAMENT_ADDRESS` names (whose hook it then uses); prints the
+/// error and exits if that fails. Returns the runtime and the hooks it runs.
 pub fn init_or_exit() -> (filament::Runtime, String) {
-    let hook = hook_from_env();
-    match filament::init(filament::Config::default().tracing_startup_hook(&hook)) {
-        Ok(runtime) => (runtime, hook),
+    let config = filament::Config::default();
+    let config = if config.address.is_some() {
+        config
+    } else {
+        config.tracing_startup_hook(hook_from_env())
+    };
+    match filament::init(config) {
+        Ok(runtime) => {
+            let hooks: Vec<String> = runtime
+                .tracing()
+                .map(|t| t.hooks().iter().map(ToString::to_string).collect())
+                .unwrap_or_default();
+            let hook = if hooks.is_empty() {
+                "none".to_owned()
+            } else {
+                hooks.join(",")
+            };
+            (runtime, hook)
+        }
         Err(error) => {
             eprintln!("error: {error}");
             std::process::exit(1);

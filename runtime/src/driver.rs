@@ -1,15 +1,19 @@
-//! The driver's side of an embedded cluster: it starts the worker processes (its own executable,
-//! re-executed in worker mode), keeps every object, resolves arguments, schedules tasks on workers
-//! with free slots and actor calls on their actor's process in submission order, and notices workers
-//! that die.
+//! The driver's side of a job: it has the worker processes started (its own executable, re-executed
+//! in worker mode: by itself in an embedded cluster, by the nodes of a standing cluster), keeps every
+//! object, resolves arguments, schedules tasks on workers with free slots and actor calls on their
+//! actor's process in submission order, and notices workers that die.
 
 use crate::InitError;
+use crate::cluster::client::{self, Attached, HeadEvent};
+use crate::cluster::proto::{ProcessStatus, ToHead};
 use crate::object::{Arg, GetError, ObjectId, TaskError};
 use crate::registry::registry;
 use crate::wire::{
-    self, ActorId, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
+    self, ActorId, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
+    TracingStats,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +39,9 @@ const TASKS_IN_FLIGHT_PER_WORKER: i32 = 32;
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
 
+/// How often an attached driver tells the head how its processes' tracing is doing (when it changed).
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
 struct Object {
     /// The task's Rust path, for errors.
     name: String,
@@ -54,6 +61,8 @@ struct WorkerSlot {
     free: i32,
     running: HashSet<ObjectId>,
     actor: Option<ActorId>,
+    /// Its tracing, as it last reported.
+    stats: TracingStats,
 }
 
 struct ActorSlot {
@@ -92,11 +101,51 @@ struct State {
     /// Whether something a waiting thread waits for happened: the lock's release wakes them then
     /// only (a batch's results do not wake a `get` once per result).
     wake: bool,
-    /// Workers reserved under the lock, whose processes start once it is released.
-    launches: Vec<u32>,
+    /// Workers reserved under the lock (and whether each hosts an actor), whose processes start
+    /// once it is released.
+    launches: Vec<(u32, bool)>,
     /// Connections with messages queued, to write once the lock is released: messages are queued
     /// in the order the state changed, and no thread writes to a socket holding the lock.
     outgoing: Vec<Outbox<ToWorker>>,
+    /// Why the standing cluster this driver is attached to is gone, once it is.
+    cluster_lost: Option<String>,
+    /// Workers that left at shutdown, with their last report: the job's final counts.
+    departed: Vec<ProcessStatus>,
+}
+
+/// Where workers come from and connect.
+enum Launcher {
+    /// An embedded cluster: this process starts them; they connect to a Unix socket.
+    Local {
+        socket_dir: PathBuf,
+        socket: PathBuf,
+    },
+    /// A standing cluster: the head has nodes start them; they connect over TCP with the token.
+    Cluster {
+        head: Outbox<ToHead>,
+        token: String,
+        listening: SocketAddr,
+    },
+}
+
+/// How a driver's cluster is made.
+pub(crate) enum Mode {
+    Embedded,
+    Attached(Attached),
+}
+
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Conn::tcp(s)),
+        }
+    }
 }
 
 /// The cluster, seen from the driver.
@@ -107,11 +156,12 @@ pub(crate) struct Driver {
     completions: AtomicU64,
     state: Mutex<State>,
     changed: Condvar,
-    socket_dir: PathBuf,
-    socket: PathBuf,
+    launcher: Launcher,
     /// Worker processes started and not yet reaped, by worker id.
     children: Mutex<Vec<(u32, Child)>>,
     welcome: WelcomeInfo,
+    /// The driver's own tracing, for the head's `status`.
+    tracing: Option<crate::tracing::Reporter>,
 }
 
 #[derive(Clone)]
@@ -136,38 +186,64 @@ fn random_u64() -> u64 {
 }
 
 impl Driver {
-    /// Starts the cluster: the socket, `workers` worker processes, each running the tracing hook.
-    /// Returns once every worker is ready, or the first worker's failure.
+    /// Starts the job's cluster: the socket workers connect to, `workers` worker processes (started
+    /// here, or by the standing cluster's nodes), each running the tracing hook. Returns once every
+    /// worker is ready, or the first worker's failure.
     pub(crate) fn start(
         workers: usize,
         hook: Option<String>,
         config: Vec<(String, String)>,
         job_id: String,
         node_id: String,
+        mode: Mode,
+        tracing: Option<crate::tracing::Reporter>,
     ) -> Result<Arc<Driver>, InitError> {
         let cluster = random_u64();
-        let socket_dir = std::env::temp_dir().join(format!(
-            "filament-{}-{:08x}",
-            std::process::id(),
-            cluster as u32
-        ));
-        std::fs::create_dir_all(&socket_dir).map_err(|e| InitError::Io {
-            what: format!("creating {}", socket_dir.display()),
-            cause: e.to_string(),
-        })?;
-        let socket = socket_dir.join("driver.sock");
-        let listener = UnixListener::bind(&socket).map_err(|e| InitError::Io {
-            what: format!("listening on {}", socket.display()),
-            cause: e.to_string(),
-        })?;
+        let (launcher, listener, head) = match mode {
+            Mode::Embedded => {
+                let socket_dir = std::env::temp_dir().join(format!(
+                    "filament-{}-{:08x}",
+                    std::process::id(),
+                    cluster as u32
+                ));
+                std::fs::create_dir_all(&socket_dir).map_err(|e| InitError::Io {
+                    what: format!("creating {}", socket_dir.display()),
+                    cause: e.to_string(),
+                })?;
+                let socket = socket_dir.join("driver.sock");
+                let listener = UnixListener::bind(&socket).map_err(|e| InitError::Io {
+                    what: format!("listening on {}", socket.display()),
+                    cause: e.to_string(),
+                })?;
+                (
+                    Launcher::Local { socket_dir, socket },
+                    Listener::Unix(listener),
+                    None,
+                )
+            }
+            Mode::Attached(attached) => {
+                let listening = attached.listener.local_addr().map_err(|e| InitError::Io {
+                    what: "reading the workers' address".into(),
+                    cause: e.to_string(),
+                })?;
+                (
+                    Launcher::Cluster {
+                        head: attached.outbox,
+                        token: attached.token,
+                        listening,
+                    },
+                    Listener::Tcp(attached.listener),
+                    Some((attached.reader, attached.address)),
+                )
+            }
+        };
         let driver = Arc::new(Driver {
             cluster,
             next_id: AtomicU64::new(1),
             completions: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            socket_dir,
-            socket,
+            launcher,
             children: Mutex::new(Vec::new()),
             welcome: WelcomeInfo {
                 hook,
@@ -175,7 +251,26 @@ impl Driver {
                 job_id,
                 node_id,
             },
+            tracing,
         });
+        if let Some((reader, address)) = head {
+            let listening = Arc::clone(&driver);
+            std::thread::Builder::new()
+                .name("filament-head-link".into())
+                .spawn(move || listening.follow_head(reader, address))
+                .map_err(|e| InitError::Io {
+                    what: "starting the head link thread".into(),
+                    cause: e.to_string(),
+                })?;
+            let reporting = Arc::downgrade(&driver);
+            std::thread::Builder::new()
+                .name("filament-job-stats".into())
+                .spawn(move || Driver::report_stats(reporting))
+                .map_err(|e| InitError::Io {
+                    what: "starting the stats thread".into(),
+                    cause: e.to_string(),
+                })?;
+        }
         let accepting = Arc::clone(&driver);
         std::thread::Builder::new()
             .name("filament-accept".into())
@@ -246,8 +341,8 @@ impl Driver {
         for outbox in outgoing {
             outbox.flush();
         }
-        for worker in launches {
-            if let Err(error) = self.launch_worker(worker) {
+        for (worker, actor) in launches {
+            if let Err(error) = self.launch_worker(worker, actor) {
                 self.worker_start_failed(worker, error.to_string());
             }
         }
@@ -260,7 +355,7 @@ impl Driver {
     /// Starts a worker process: this executable, re-executed with the worker marker.
     fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, InitError> {
         let id = self.reserve_worker(&mut self.lock(), actor)?;
-        self.launch_worker(id)?;
+        self.launch_worker(id, actor.is_some())?;
         Ok(id)
     }
 
@@ -272,18 +367,33 @@ impl Driver {
         if state.shutting_down {
             return Err(InitError::Worker("the cluster is shutting down".into()));
         }
+        if let Some(cause) = &state.cluster_lost {
+            return Err(InitError::Worker(cause.clone()));
+        }
         state.next_worker += 1;
         let id = state.next_worker;
         state.starting.insert(id, actor);
         Ok(id)
     }
 
-    /// Starts the process of a reserved worker.
-    fn launch_worker(&self, id: u32) -> Result<(), InitError> {
+    /// Starts the process of a reserved worker, or asks the head to have a node start it.
+    fn launch_worker(&self, id: u32, actor: bool) -> Result<(), InitError> {
+        let socket = match &self.launcher {
+            Launcher::Local { socket, .. } => socket,
+            Launcher::Cluster { head, .. } => {
+                return if head.send(ToHead::StartWorker { worker: id, actor }) {
+                    Ok(())
+                } else {
+                    Err(InitError::Worker(format!(
+                        "worker {id} cannot be started: the cluster's head is gone"
+                    )))
+                };
+            }
+        };
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
-            .env(WORKER_ENV, format!("{}:{id}", self.socket.display()))
+            .env(WORKER_ENV, format!("{}:{id}", socket.display()))
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| InitError::Io {
@@ -298,9 +408,11 @@ impl Driver {
         Ok(())
     }
 
-    fn accept_loop(self: Arc<Self>, listener: UnixListener) {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
+    fn accept_loop(self: Arc<Self>, listener: Listener) {
+        loop {
+            let Ok(stream) = listener.accept() else {
+                continue;
+            };
             if self.lock().shutting_down {
                 return;
             }
@@ -312,7 +424,7 @@ impl Driver {
     }
 
     /// Handshake, then the worker's messages until it goes away.
-    fn serve_worker(self: Arc<Self>, stream: UnixStream) {
+    fn serve_worker(self: Arc<Self>, stream: Conn) {
         let _ = stream.set_read_timeout(Some(WORKER_START_TIMEOUT));
         let Ok(write_half) = stream.try_clone() else {
             return;
@@ -323,9 +435,14 @@ impl Driver {
                 magic,
                 protocol,
                 fingerprint,
+                token,
                 worker,
                 pid,
             })) => {
+                let wrong_token = match &self.launcher {
+                    Launcher::Cluster { token: ours, .. } => token != *ours,
+                    Launcher::Local { .. } => false,
+                };
                 let refusal = if magic != wire::MAGIC {
                     Some("not a Filament worker".to_owned())
                 } else if protocol != wire::PROTOCOL_VERSION {
@@ -333,17 +450,22 @@ impl Driver {
                         "protocol version {protocol}, the driver speaks {}",
                         wire::PROTOCOL_VERSION
                     ))
+                } else if wrong_token {
+                    eprintln!(
+                        "filament: refused a connection from {}: wrong or missing cluster token",
+                        write_half.peer()
+                    );
+                    Some("wrong or missing cluster token".to_owned())
                 } else if fingerprint != registry().fingerprint {
                     Some("its remote functions and actors differ from the driver's: a different binary".to_owned())
                 } else {
                     None
                 };
                 if let Some(reason) = refusal {
-                    let mut out = Vec::new();
-                    if wire::encode_frame(&ToWorker::Refused(reason.clone()), &mut out).is_ok() {
-                        use std::io::Write;
-                        let mut w = &write_half;
-                        let _ = w.write_all(&out);
+                    let _ = wire::write_message(&write_half, &ToWorker::Refused(reason.clone()));
+                    if wrong_token {
+                        // Not one of this job's workers: nothing waits for it.
+                        return;
                     }
                     self.worker_start_failed(
                         worker,
@@ -400,6 +522,10 @@ impl Driver {
                     },
                     running: HashSet::new(),
                     actor,
+                    stats: TracingStats {
+                        hook: self.welcome.hook.as_ref().map(|_| Ok(())),
+                        ..TracingStats::default()
+                    },
                 },
             );
             if let Some(actor) = actor
@@ -502,6 +628,11 @@ impl Driver {
             ToDriver::Unblocked => {
                 if let Some(slot) = state.workers.get_mut(&worker) {
                     slot.free -= 1;
+                }
+            }
+            ToDriver::Stats(stats) => {
+                if let Some(slot) = state.workers.get_mut(&worker) {
+                    slot.stats = stats;
                 }
             }
             ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
@@ -614,7 +745,7 @@ impl Driver {
                 }
                 // The process starts once the lock is released; calls queue until it is ready.
                 match self.reserve_worker(state, Some(actor)) {
-                    Ok(worker) => state.launches.push(worker),
+                    Ok(worker) => state.launches.push((worker, true)),
                     Err(error) => self.kill_actor(state, actor, error.to_string()),
                 }
             }
@@ -1005,6 +1136,10 @@ impl Driver {
             return;
         };
         let shutting_down = state.shutting_down;
+        if shutting_down {
+            let last = Self::process_status(&state, worker, &slot);
+            state.departed.push(last);
+        }
         // An actor already dead (its constructor failed, and its process was told to stop) takes
         // the calls it was sent with it: they fail for the actor's reason, not the process's.
         let dead_actor = slot.actor.and_then(|actor| {
@@ -1025,6 +1160,10 @@ impl Driver {
                     cause: cause.clone(),
                 },
                 None if shutting_down => TaskError::Cancelled { task: name },
+                None if state.cluster_lost.is_some() => TaskError::NoWorkers {
+                    task: name,
+                    cause: state.cluster_lost.clone().unwrap_or_default(),
+                },
                 None => TaskError::WorkerDied {
                     task: name,
                     worker: worker.to_string(),
@@ -1040,8 +1179,10 @@ impl Driver {
                 format!("its worker {worker} (pid {pid}) died"),
             );
         }
-        let replace =
-            slot.actor.is_none() && !shutting_down && state.replacements < MAX_REPLACEMENTS;
+        let replace = slot.actor.is_none()
+            && !shutting_down
+            && state.cluster_lost.is_none()
+            && state.replacements < MAX_REPLACEMENTS;
         if replace {
             state.replacements += 1;
         }
@@ -1062,14 +1203,25 @@ impl Driver {
     /// Once the pool has no worker left or starting, tasks waiting for one fail (and so do later
     /// ones) instead of waiting forever.
     fn fail_if_no_workers(&self, state: &mut State, cause: &str) {
+        self.fail_if_no_workers_because(state, cause, false);
+    }
+
+    /// [`Driver::fail_if_no_workers`]; `lost`: the pool is lost whatever is left of it.
+    fn fail_if_no_workers_because(&self, state: &mut State, cause: &str, lost: bool) {
         let pool_alive = state.workers.values().any(|w| w.actor.is_none());
         let pool_starting = state.starting.values().any(Option::is_none);
-        if !state.started || pool_alive || pool_starting {
+        if !lost && (!state.started || pool_alive || pool_starting) {
             return;
         }
         let cause = state
             .pool_lost
-            .get_or_insert_with(|| format!("no worker is left: {cause}"))
+            .get_or_insert_with(|| {
+                if lost {
+                    cause.to_owned()
+                } else {
+                    format!("no worker is left: {cause}")
+                }
+            })
             .clone();
         let parked: Vec<TaskSpec> = state.parked.drain().map(|(_, spec)| spec).collect();
         let stranded: Vec<TaskSpec> = state.ready.drain(..).chain(parked).collect();
@@ -1130,7 +1282,10 @@ impl Driver {
             self.unlock(state);
         }
         // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.socket);
+        match &self.launcher {
+            Launcher::Local { socket, .. } => drop(UnixStream::connect(socket)),
+            Launcher::Cluster { listening, .. } => drop(TcpStream::connect(listening)),
+        }
         let deadline = Instant::now() + grace;
         let mut children =
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
@@ -1142,6 +1297,109 @@ impl Driver {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.socket_dir);
+        match &self.launcher {
+            Launcher::Local { socket_dir, .. } => drop(std::fs::remove_dir_all(socket_dir)),
+            // The job ends with the connection: the head has the nodes end what is left of it.
+            Launcher::Cluster { head, .. } => {
+                // Workers leave once their spans are flushed, with a last report of them: the
+                // head keeps the job's final counts.
+                let deadline = Instant::now() + grace;
+                while !self.lock().workers.is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                head.send(ToHead::JobStats(self.job_processes()));
+                head.close();
+            }
+        }
+    }
+
+    /// Follows what the head says about this job's workers until it goes away; then the job
+    /// cannot go on, and every task waiting or to come fails, saying why.
+    fn follow_head(self: Arc<Self>, mut reader: FrameReader, address: String) {
+        let cause = loop {
+            match client::next_event(&mut reader, &address) {
+                Ok(HeadEvent::WorkerFailed { worker, message }) => {
+                    if self.lock().starting.contains_key(&worker) {
+                        self.worker_start_failed(worker, message);
+                    }
+                }
+                Err(cause) => break cause,
+            }
+        };
+        let mut state = self.lock();
+        if state.shutting_down {
+            return;
+        }
+        eprintln!("filament: {cause}; the job's tasks fail from now on");
+        state.cluster_lost = Some(cause.clone());
+        let starting: Vec<u32> = state.starting.keys().copied().collect();
+        let outboxes: Vec<Outbox<ToWorker>> =
+            state.workers.values().map(|w| w.outbox.clone()).collect();
+        self.fail_if_no_workers_because(&mut state, &cause, true);
+        state.wake = true;
+        self.unlock(state);
+        for worker in starting {
+            self.worker_start_failed(worker, cause.clone());
+        }
+        // Their tasks fail as their connections end (see `on_worker_exit`).
+        for outbox in outboxes {
+            outbox.close();
+        }
+    }
+
+    /// The driver and its live workers, with their tracing.
+    fn job_processes(&self) -> Vec<ProcessStatus> {
+        let mut processes = vec![ProcessStatus {
+            worker: None,
+            pid: std::process::id(),
+            kind: "driver".into(),
+            tracing: TracingStats::of(self.tracing.as_ref()),
+        }];
+        let state = self.lock();
+        processes.extend(state.departed.iter().cloned());
+        let mut workers: Vec<_> = state.workers.iter().collect();
+        workers.sort_by_key(|(id, _)| **id);
+        for (id, slot) in workers {
+            processes.push(Self::process_status(&state, *id, slot));
+        }
+        processes
+    }
+
+    fn process_status(state: &State, id: u32, slot: &WorkerSlot) -> ProcessStatus {
+        let kind = match slot.actor.and_then(|a| state.actors.get(&a)) {
+            Some(actor) => format!("actor {}", actor.class),
+            None => "worker".to_owned(),
+        };
+        ProcessStatus {
+            worker: Some(id),
+            pid: slot.pid,
+            kind,
+            tracing: slot.stats.clone(),
+        }
+    }
+
+    /// Tells the head, every [`STATS_INTERVAL`] while the driver lives, how the tracing of the
+    /// job's processes is doing, when that changed.
+    fn report_stats(driver: std::sync::Weak<Driver>) {
+        let mut last = Vec::new();
+        loop {
+            std::thread::sleep(STATS_INTERVAL);
+            let Some(driver) = driver.upgrade() else {
+                return;
+            };
+            let Launcher::Cluster { head, .. } = &driver.launcher else {
+                return;
+            };
+            if driver.lock().shutting_down {
+                return;
+            }
+            let processes = driver.job_processes();
+            if processes != last {
+                if !head.send(ToHead::JobStats(processes.clone())) {
+                    return;
+                }
+                last = processes;
+            }
+        }
     }
 }

@@ -27,6 +27,8 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod cluster;
 mod context;
 mod driver;
 mod object;
@@ -76,6 +78,10 @@ pub struct Config {
     /// Configuration values hooks read through their handle in every process (before the
     /// environment), e.g. `FILAMENT_SPANS_DIR`.
     pub tracing_config: BTreeMap<String, String>,
+    /// A standing cluster to attach to instead of starting an embedded one: `auto` (the one
+    /// `filament start` started on this machine) or the head's `host:port`. By default
+    /// `FILAMENT_ADDRESS`; `None`: an embedded cluster.
+    pub address: Option<String>,
 }
 
 impl Default for Config {
@@ -87,6 +93,9 @@ impl Default for Config {
                 .ok()
                 .filter(|hook| !hook.trim().is_empty()),
             tracing_config: BTreeMap::new(),
+            address: std::env::var(cluster::session::ADDRESS_ENV)
+                .ok()
+                .filter(|address| !address.trim().is_empty()),
         }
     }
 }
@@ -101,6 +110,12 @@ impl Config {
     /// Sets the tracing startup hook(s).
     pub fn tracing_startup_hook(mut self, hook: impl Into<String>) -> Self {
         self.tracing_startup_hook = Some(hook.into());
+        self
+    }
+
+    /// Attaches to a standing cluster (`auto`, or the head's `host:port`).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
         self
     }
 
@@ -121,6 +136,21 @@ pub enum InitError {
     /// A worker failed to start, e.g. its tracing hook failed there.
     #[error("{0}")]
     Worker(String),
+    /// The standing cluster could not be attached to: no head, a wrong token, a head that went
+    /// away.
+    #[error("cannot attach to the cluster: {0}")]
+    Cluster(String),
+    /// The driver asked for a tracing hook other than the one the cluster was started with.
+    #[error(
+        "this driver's tracing hook {driver:?} differs from the cluster's ({cluster}); \
+         drop it to use the cluster's, or start the cluster with it"
+    )]
+    HookMismatch {
+        /// The hook the driver was given.
+        driver: String,
+        /// The cluster's hook (`none` if it has none).
+        cluster: String,
+    },
     /// The runtime is already running in this process.
     #[error("filament is already initialized in this process")]
     AlreadyInitialized,
@@ -189,7 +219,20 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     if context::current().is_some() {
         return Err(InitError::AlreadyInitialized);
     }
-    let job_id = format!("{:08x}", std::process::id());
+    let mut config = config;
+    let attached = match &config.address {
+        Some(address) => {
+            let attached = cluster::client::attach(address).map_err(InitError::Cluster)?;
+            config.tracing_startup_hook =
+                cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
+            Some(attached)
+        }
+        None => None,
+    };
+    let job_id = match &attached {
+        Some(attached) => attached.job_id.clone(),
+        None => format!("{:08x}", std::process::id()),
+    };
     let node_id = node_id();
     let mut tracing_guard = None;
     if let Some(hook) = &config.tracing_startup_hook {
@@ -208,17 +251,24 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             worker_id: None,
         });
     }
-    let workers = config.num_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
+    let workers = config.num_workers.unwrap_or_else(|| match &attached {
+        Some(attached) => attached.cpus.max(1) as usize,
+        None => std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(2)
+            .unwrap_or(2),
     });
+    let mode = match attached {
+        Some(attached) => driver::Mode::Attached(attached),
+        None => driver::Mode::Embedded,
+    };
     let driver = driver::Driver::start(
         workers,
         config.tracing_startup_hook.clone(),
         config.tracing_config.into_iter().collect(),
         job_id.clone(),
         node_id,
+        mode,
+        tracing_guard.as_ref().map(tracing::TracingGuard::reporter),
     )
     .inspect_err(|_| spans::disable())?;
     context::set(Some(context::Context::Driver(std::sync::Arc::clone(
@@ -229,6 +279,29 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         tracing: tracing_guard,
         job_id,
     })
+}
+
+/// The hook of a driver attached to a cluster: the cluster's. A driver may name it too (the same
+/// libraries and symbols, however spelled), but not another one.
+fn cluster_hook(
+    driver: Option<String>,
+    cluster: Option<String>,
+) -> Result<Option<String>, InitError> {
+    let Some(driver) = driver else {
+        return Ok(cluster);
+    };
+    let same = match &cluster {
+        Some(cluster) => tracing::resolve(&driver)? == tracing::resolve(cluster)?,
+        None => false,
+    };
+    if same {
+        Ok(cluster)
+    } else {
+        Err(InitError::HookMismatch {
+            driver,
+            cluster: cluster.unwrap_or_else(|| "none".into()),
+        })
+    }
 }
 
 /// This machine's id: `/etc/machine-id` when there is one.

@@ -1,13 +1,16 @@
 //! Messages between the driver and its workers, and how they travel: `[u32 length][postcard body]`
-//! frames over a Unix socket, a size cap checked before allocating, a handshake with magic, protocol
-//! version and registry fingerprint on every connection, and writes that batch what queues up.
+//! frames over a Unix socket (embedded cluster) or TCP (standing cluster), a size cap checked before
+//! allocating, a handshake with magic, protocol version, registry fingerprint and (over TCP) the
+//! cluster token on every connection, and writes that batch what queues up.
 
 use crate::object::{Arg, ObjectId, TaskError};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufReader, Read, Write};
 use std::marker::PhantomData;
+use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The first bytes of every connection.
 pub(crate) const MAGIC: [u8; 8] = *b"filament";
@@ -15,6 +18,90 @@ pub(crate) const MAGIC: [u8; 8] = *b"filament";
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// No frame may be larger than this (1 GiB): a corrupt length is an error, not an allocation.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+
+/// A connection: a Unix socket within a machine, TCP between machines.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Conn {
+    /// A TCP connection, with Nagle's delay off (frames are small and latency matters).
+    pub(crate) fn tcp(stream: TcpStream) -> Conn {
+        let _ = stream.set_nodelay(true);
+        Conn::Tcp(stream)
+    }
+
+    pub(crate) fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+        })
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_read_timeout(timeout),
+            Conn::Tcp(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// Ends both directions: a thread blocked reading it sees the end of the stream.
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            Conn::Unix(s) => s.shutdown(Shutdown::Both),
+            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+
+    /// The peer, for logs.
+    pub(crate) fn peer(&self) -> String {
+        match self {
+            Conn::Unix(_) => "a local process".to_owned(),
+            Conn::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "an unknown peer".to_owned()),
+        }
+    }
+}
+
+impl Read for &Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => (&*s).read(buf),
+            Conn::Tcp(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for &Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Unix(s) => (&*s).write(buf),
+            Conn::Tcp(s) => (&*s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes one message as a frame, directly (handshakes, one-off requests).
+pub(crate) fn write_message<T: Serialize>(conn: &Conn, message: &T) -> io::Result<()> {
+    let mut out = Vec::new();
+    encode_frame(message, &mut out)?;
+    let mut writer = conn;
+    writer.write_all(&out)
+}
 
 /// The id of an actor.
 pub(crate) type ActorId = u64;
@@ -89,6 +176,8 @@ pub(crate) enum ToDriver {
         magic: [u8; 8],
         protocol: u32,
         fingerprint: u64,
+        /// The cluster token; empty on a Unix socket (whose folder only the user can enter).
+        token: String,
         worker: u32,
         pid: u32,
     },
@@ -113,6 +202,41 @@ pub(crate) enum ToDriver {
     Blocked,
     /// A blocked task goes on.
     Unblocked,
+    /// What the worker's tracing did so far (sent when it changed, at most twice a second).
+    Stats(TracingStats),
+}
+
+/// A process's tracing, as `filament status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TracingStats {
+    /// `None`: no hook. `Some(Ok)`: loaded. `Some(Err)`: failed, and why.
+    pub(crate) hook: Option<Result<(), String>>,
+    /// Spans the plugins' processors took (or, if they count, say they exported).
+    pub(crate) exported: u64,
+    /// Spans lost: failed or panicking processor calls, and what the processors say they dropped.
+    pub(crate) dropped: u64,
+}
+
+impl TracingStats {
+    /// The counts of a process's tracing now.
+    pub(crate) fn of(reporter: Option<&crate::tracing::Reporter>) -> TracingStats {
+        let Some(reporter) = reporter else {
+            return TracingStats::default();
+        };
+        let mut stats = TracingStats {
+            hook: Some(Ok(())),
+            ..TracingStats::default()
+        };
+        for report in reporter.processors() {
+            stats.exported += if report.plugin.exported > 0 {
+                report.plugin.exported
+            } else {
+                report.delivered
+            };
+            stats.dropped += report.failures + report.plugin.dropped;
+        }
+        stats
+    }
 }
 
 /// Writes one frame into a buffer.
@@ -145,12 +269,12 @@ pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::
 
 /// Reads frames from a stream.
 pub(crate) struct FrameReader {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<Conn>,
     buffer: Vec<u8>,
 }
 
 impl FrameReader {
-    pub(crate) fn new(stream: UnixStream) -> Self {
+    pub(crate) fn new(stream: Conn) -> Self {
         FrameReader {
             reader: BufReader::with_capacity(64 * 1024, stream),
             buffer: Vec::new(),
@@ -158,7 +282,7 @@ impl FrameReader {
     }
 
     /// The underlying stream.
-    pub(crate) fn stream(&self) -> &UnixStream {
+    pub(crate) fn stream(&self) -> &Conn {
         self.reader.get_ref()
     }
 
@@ -209,7 +333,7 @@ impl<T> Clone for Outbox<T> {
 
 #[derive(Debug)]
 struct OutboxInner {
-    stream: UnixStream,
+    stream: Conn,
     state: Mutex<Pending>,
 }
 
@@ -223,7 +347,7 @@ struct Pending {
 }
 
 impl<T: Serialize> Outbox<T> {
-    pub(crate) fn new(stream: UnixStream) -> Self {
+    pub(crate) fn new(stream: Conn) -> Self {
         Outbox {
             inner: Arc::new(OutboxInner {
                 stream,
@@ -231,6 +355,17 @@ impl<T: Serialize> Outbox<T> {
             }),
             _messages: PhantomData,
         }
+    }
+
+    /// Ends the connection: the peer sees the end of the stream, and so does a thread of this
+    /// process reading it.
+    pub(crate) fn close(&self) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .broken = true;
+        self.inner.stream.shutdown();
     }
 
     /// Sends a message; false if the connection is gone.

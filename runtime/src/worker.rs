@@ -5,11 +5,14 @@
 use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
-use crate::wire::{self, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker};
+use crate::wire::{
+    self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker, TracingStats,
+};
 use crossbeam_channel::Sender;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
+use std::io::Read;
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -56,7 +59,11 @@ struct Execution {
     allowed: usize,
 }
 
-/// Runs this process as worker `marker` (`<socket>:<id>`) and exits; never returns.
+/// How often a worker tells its driver how its tracing is doing (when that changed).
+const STATS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runs this process as worker `marker` (`<socket>:<id>` or `tcp:<host:port>:<id>`) and exits;
+/// never returns.
 pub(crate) fn run(marker: &str) -> ! {
     match serve(marker) {
         Ok(()) => std::process::exit(0),
@@ -72,21 +79,46 @@ fn serve(marker: &str) -> Result<(), String> {
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?;
-    let mut hello = Vec::new();
-    wire::encode_frame(
+    // Started by a node of a standing cluster: its standard input is a pipe from the node, whose
+    // end means the node is gone.
+    if std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some() {
+        let _ = std::thread::Builder::new()
+            .name("filament-node-watch".into())
+            .spawn(|| {
+                let mut sink = [0u8; 64];
+                while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+                eprintln!("filament worker: its node is gone; exiting");
+                std::process::exit(1);
+            });
+    }
+    let (stream, token) = match socket.strip_prefix("tcp:") {
+        Some(address) => (
+            Conn::tcp(
+                TcpStream::connect(address)
+                    .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))?,
+            ),
+            std::env::var(crate::cluster::session::TOKEN_ENV).unwrap_or_default(),
+        ),
+        None => (
+            Conn::Unix(
+                UnixStream::connect(socket)
+                    .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
+            ),
+            String::new(),
+        ),
+    };
+    wire::write_message(
+        &stream,
         &ToDriver::Hello {
             magic: wire::MAGIC,
             protocol: wire::PROTOCOL_VERSION,
             fingerprint: registry().fingerprint,
+            token,
             worker,
             pid: std::process::id(),
         },
-        &mut hello,
     )
     .map_err(|e| e.to_string())?;
-    stream.write_all(&hello).map_err(|e| e.to_string())?;
     let write_half = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(stream);
     let (hook, config, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
@@ -103,6 +135,8 @@ fn serve(marker: &str) -> Result<(), String> {
         other => return Err(format!("no welcome from the driver: {other:?}")),
     };
     let outbox = Outbox::new(write_half);
+    // A node's worker belongs to that node, not the driver's machine.
+    let node_id = std::env::var(crate::cluster::node::NODE_ID_ENV).unwrap_or(node_id);
 
     let worker_id = format!("{worker}");
     let mut tracing_guard = None;
@@ -156,10 +190,22 @@ fn serve(marker: &str) -> Result<(), String> {
     // Two threads: one runs a task while the other reads the next message.
     core.start_thread();
     core.start_thread();
+    let reporter = tracing_guard.as_ref().map(|g| g.reporter());
+    let mut reported = TracingStats::default();
     let (stopped, changed) = &core.stopped;
     let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());
     while !*done {
-        done = changed.wait(done).unwrap_or_else(|p| p.into_inner());
+        done = changed
+            .wait_timeout(done, STATS_INTERVAL)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if reporter.is_some() {
+            let stats = TracingStats::of(reporter.as_ref());
+            if stats != reported {
+                core.outbox.send(ToDriver::Stats(stats.clone()));
+                reported = stats;
+            }
+        }
     }
     drop(done);
     // Tasks whose results went out may still be ending their spans: let them, briefly.
@@ -179,6 +225,9 @@ fn serve(marker: &str) -> Result<(), String> {
     crate::context::set(None);
     if let Some(guard) = tracing_guard {
         let _ = guard.shutdown();
+        // The last word on this process's spans, flushed ones included.
+        core.outbox
+            .send(ToDriver::Stats(TracingStats::of(reporter.as_ref())));
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ static LOADED: Mutex<Vec<Library>> = Mutex::new(Vec::new());
 #[derive(Debug, Clone)]
 pub(crate) struct CheckedHook {
     pub(crate) spec: HookSpec,
+    /// The library file it was loaded from, canonical.
+    pub(crate) path: PathBuf,
     pub(crate) entry: HookEntry,
 }
 
@@ -103,6 +105,7 @@ pub(crate) fn load_hook(spec: &HookSpec) -> Result<CheckedHook, HookError> {
     keep_loaded(library);
     Ok(CheckedHook {
         spec: spec.clone(),
+        path: std::fs::canonicalize(&path).unwrap_or(path),
         entry,
     })
 }

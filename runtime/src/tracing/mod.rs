@@ -70,6 +70,15 @@ pub fn check(hooks: &str) -> Result<Vec<HookSpec>, HookError> {
     Ok(specs)
 }
 
+/// The libraries and symbols `hooks` names, each library found, checked and given by its
+/// canonical path: two hook strings that name the same hooks differently resolve the same.
+pub(crate) fn resolve(hooks: &str) -> Result<Vec<(std::path::PathBuf, String)>, HookError> {
+    parse_hooks(hooks)?
+        .iter()
+        .map(|spec| loader::load_hook(spec).map(|hook| (hook.path, hook.spec.symbol)))
+        .collect()
+}
+
 /// Tracing for one process, built from a hook string and facts about the process.
 #[derive(Debug, Clone)]
 pub struct Tracing {
@@ -262,6 +271,11 @@ impl TracingGuard {
         self.sinks.as_ref().map(Sinks::reports).unwrap_or_default()
     }
 
+    /// A handle that reads [`TracingGuard::processors`] from anywhere, for as long as it lives.
+    pub(crate) fn reporter(&self) -> Reporter {
+        Reporter(self.sinks.clone())
+    }
+
     /// Asks every plugin processor to export what it buffers.
     pub fn force_flush(&self) -> Result<(), ShutdownError> {
         match (&self.provider, &self.sinks) {
@@ -317,6 +331,16 @@ impl TracingGuard {
                 Err(ShutdownError::Timeout(timeout))
             }
         }
+    }
+}
+
+/// Reads a process's processor reports without holding its [`TracingGuard`].
+#[derive(Clone)]
+pub(crate) struct Reporter(Option<Sinks>);
+
+impl Reporter {
+    pub(crate) fn processors(&self) -> Vec<ProcessorReport> {
+        self.0.as_ref().map(Sinks::reports).unwrap_or_default()
     }
 }
 

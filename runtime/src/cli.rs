@@ -1,0 +1,426 @@
+//! The `filament` command: `start` a head or a node, `status`, `stop`. The binary calls [`main`].
+
+use crate::cluster::proto::{self, FromHead, Peer};
+use crate::cluster::{self, ClusterStatus, session};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long `start` waits for its daemon to be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `stop` lets daemons and their workers exit after SIGTERM before killing them.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "filament",
+    version,
+    about = "A standing Filament cluster: a head that drivers attach to, nodes that join it",
+    after_help = "Session files (address, token, logs) live in $FILAMENT_TEMP_DIR, \
+                  else /tmp/filament; session_latest links to the current one."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Starts the head of a cluster (--head), or a node that joins one (--address).
+    Start(StartArgs),
+    /// Shows the cluster: nodes, jobs, and each process's tracing.
+    Status(StatusArgs),
+    /// Stops every head, node and worker this machine started.
+    Stop,
+    /// Runs a head or node in the foreground (what `start` runs in the background).
+    #[command(name = "__daemon", hide = true)]
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    /// Start the head of a new cluster.
+    #[arg(long, required_unless_present = "address", conflicts_with = "address")]
+    head: bool,
+    /// Join the cluster whose head listens at HOST:PORT (token: $FILAMENT_CLUSTER_TOKEN, else
+    /// this machine's session).
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+    /// The interface the head listens on.
+    #[arg(long, default_value = "127.0.0.1", requires = "head")]
+    host: String,
+    /// The port the head listens on (0: any free port).
+    #[arg(long, default_value_t = 6379, requires = "head")]
+    port: u16,
+    /// CPUs this node offers (default: the machine's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    num_cpus: Option<u32>,
+    /// The tracing startup hook(s) of the cluster, `library:symbol[,library:symbol…]`: checked
+    /// and run now, then in every process of every job.
+    #[arg(long, value_name = "HOOK", requires = "head")]
+    tracing_startup_hook: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The head: `auto` (this machine's session) or HOST:PORT.
+    #[arg(long, default_value = "auto")]
+    address: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct DaemonArgs {
+    #[arg(long)]
+    session: PathBuf,
+    #[arg(long)]
+    head: bool,
+    #[arg(long)]
+    address: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 6379)]
+    port: u16,
+    #[arg(long)]
+    num_cpus: u32,
+    #[arg(long)]
+    tracing_startup_hook: Option<String>,
+}
+
+/// Runs the `filament` command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, outcome) = match cli.command {
+        Cmd::Start(args) => ("start", start(args)),
+        Cmd::Status(args) => ("status", status(&args.address, args.json)),
+        Cmd::Stop => ("stop", stop()),
+        Cmd::Daemon(args) => ("daemon", daemon(args)),
+    };
+    match outcome {
+        Ok(message) => {
+            if !message.is_empty() {
+                println!("{message}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("filament {name}: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+fn start(args: StartArgs) -> Result<String, String> {
+    let root = session::root();
+    if let Some(hook) = &args.tracing_startup_hook
+        && hook.trim().is_empty()
+    {
+        return Err("--tracing-startup-hook is empty; give library:symbol".into());
+    }
+    let mut command = Command::new("/proc/self/exe");
+    command.arg("__daemon");
+    let num_cpus = args.num_cpus.unwrap_or_else(default_cpus);
+    if args.head {
+        if let Some(daemon) = session::live_daemon(&session::latest(&root))
+            && daemon.role == "head"
+        {
+            return Err(format!(
+                "a head is already running on this machine (pid {}, address {}, session {}); \
+                 `filament stop` stops it",
+                daemon.pid,
+                session::read(&daemon.dir, "address").unwrap_or_default(),
+                daemon.dir.display()
+            ));
+        }
+        command
+            .arg("--head")
+            .args(["--host", &args.host])
+            .args(["--port", &args.port.to_string()]);
+        if let Some(hook) = &args.tracing_startup_hook {
+            command.args(["--tracing-startup-hook", hook]);
+        }
+    } else {
+        let address = args.address.as_deref().expect("clap: --head or --address");
+        let (address, token) = session::resolve(address)?;
+        command
+            .args(["--address", &address])
+            .env(session::TOKEN_ENV, token);
+    }
+    command.args(["--num-cpus", &num_cpus.to_string()]);
+    let dir = session::create(&root)?;
+    let outcome = launch(command, &dir);
+    if outcome.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let ready = outcome?;
+    Ok(if args.head {
+        format!(
+            "Started the head of a Filament cluster at {ready} ({num_cpus} CPUs, tracing hook {}).\n\
+             Session: {}\n\n\
+             Attach a driver on this machine:  FILAMENT_ADDRESS=auto your-program\n\
+             Join another node:                filament start --address {ready}\n\
+             \x20                                 (with FILAMENT_CLUSTER_TOKEN=$(cat {}))\n\
+             See the cluster:                  filament status\n\
+             Stop it:                          filament stop",
+            args.tracing_startup_hook.as_deref().unwrap_or("none"),
+            dir.display(),
+            dir.join("token").display()
+        )
+    } else {
+        format!(
+            "Node {ready} joined the cluster at {} with {num_cpus} CPUs.\nSession: {}",
+            args.address.unwrap_or_default(),
+            dir.display()
+        )
+    })
+}
+
+/// Starts a daemon in the background (its own process group, output in the session's log) and
+/// waits until it says it is ready (`ready` file) or failed (`failed` file, or its exit).
+fn launch(mut command: Command, dir: &Path) -> Result<String, String> {
+    use std::os::unix::process::CommandExt;
+    let log_path = dir.join("logs").join("daemon.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot use {}: {e}", log_path.display()))?;
+    let mut child = command
+        .arg("--session")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(address) = session::read(dir, "ready") {
+            return Ok(address);
+        }
+        if let Some(why) = session::read(dir, "failed") {
+            let _ = child.wait();
+            return Err(why);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!(
+                "the daemon ended ({status}) before it was ready; its log says:\n{}",
+                log.trim_end()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "the daemon was not ready within {START_TIMEOUT:?}; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The daemon itself: runs the head or a node until stopped.
+fn daemon(args: DaemonArgs) -> Result<String, String> {
+    let dir = args.session.clone();
+    let ready = |outcome: Result<String, String>| match outcome {
+        Ok(address) => {
+            let _ = session::write_private(&dir, "ready", &address);
+        }
+        Err(why) => {
+            cluster::log(&why);
+            let _ = session::write_private(&dir, "failed", &why);
+            std::process::exit(1);
+        }
+    };
+    if args.head {
+        cluster::head::run(
+            cluster::head::HeadOptions {
+                session: args.session.clone(),
+                host: args.host,
+                port: args.port,
+                num_cpus: args.num_cpus,
+                hook: args.tracing_startup_hook,
+            },
+            ready,
+        );
+    } else {
+        let token = std::env::var(session::TOKEN_ENV).unwrap_or_default();
+        cluster::run_node(
+            cluster::NodeOptions {
+                session: args.session.clone(),
+                address: args.address.unwrap_or_default(),
+                token,
+                num_cpus: args.num_cpus,
+            },
+            ready,
+        );
+    }
+    Ok(String::new())
+}
+
+fn status(address: &str, json: bool) -> Result<String, String> {
+    if address == "auto" {
+        let latest = session::latest(&session::root());
+        if session::live_daemon(&latest).is_none() {
+            return Err(format!(
+                "no Filament cluster runs on this machine ({} names no running daemon); \
+                 start one with `filament start --head`",
+                latest.display()
+            ));
+        }
+    }
+    let (address, token) = session::resolve(address)?;
+    let (_, _, mut reader) = proto::connect(&address, &token, |_| Ok(Peer::Status))?;
+    let status = match reader.read::<FromHead>() {
+        Ok(Some(FromHead::Status(status))) => status,
+        other => return Err(format!("the head at {address} sent no status: {other:?}")),
+    };
+    if json {
+        serde_json::to_string_pretty(&status).map_err(|e| e.to_string())
+    } else {
+        Ok(render(&status))
+    }
+}
+
+fn render(status: &ClusterStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Filament cluster at {} (up {} s)\ntracing startup hook: {}",
+        status.address,
+        status.uptime_secs,
+        status.hook.as_deref().unwrap_or("none")
+    );
+    let _ = writeln!(out, "\nNodes ({}):", status.nodes.len());
+    for node in &status.nodes {
+        let _ = writeln!(
+            out,
+            "  {}  {:<21}  pid {:<7}  {} CPUs  {} workers  hook {}  spans exported {} dropped {}",
+            node.node_id,
+            node.address,
+            node.pid,
+            node.num_cpus,
+            node.workers,
+            node.hook,
+            node.spans_exported,
+            node.spans_dropped
+        );
+    }
+    let _ = writeln!(out, "\nJobs ({}):", status.jobs.len());
+    for job in &status.jobs {
+        let _ = writeln!(
+            out,
+            "  job {}  {}  driver pid {}  {}",
+            job.job_id, job.state, job.driver_pid, job.exe
+        );
+        for p in &job.processes {
+            let who = match p.worker {
+                Some(worker) => format!("{} {worker}", p.kind),
+                None => p.kind.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "    {who:<24} pid {:<7} node {:<16}  hook {}  spans exported {} dropped {}",
+                p.pid,
+                p.node_id.as_deref().unwrap_or("-"),
+                p.hook,
+                p.spans_exported,
+                p.spans_dropped
+            );
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+/// The processes of process group `group` that still run (zombies do not).
+fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+            let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
+}
+
+fn signal_group(group: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(group as i32) {
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+fn stop() -> Result<String, String> {
+    let root = session::root();
+    let daemons = session::live_daemons(&root);
+    if daemons.is_empty() {
+        return Err(format!(
+            "nothing to stop: no Filament head or node runs on this machine (sessions in {})",
+            root.display()
+        ));
+    }
+    // Each daemon leads a process group of its own with its workers: the group goes.
+    for daemon in &daemons {
+        signal_group(daemon.pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    let running = || {
+        daemons
+            .iter()
+            .filter(|d| !group_members(d.pid).is_empty())
+            .count()
+    };
+    while running() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = 0;
+    for daemon in &daemons {
+        if !group_members(daemon.pid).is_empty() {
+            signal_group(daemon.pid, rustix::process::Signal::KILL);
+            killed += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while running() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for daemon in &daemons {
+        let _ = std::fs::remove_file(daemon.dir.join("daemon.pid"));
+    }
+    if running() > 0 {
+        return Err("some processes survived SIGKILL".into());
+    }
+    let list: Vec<String> = daemons
+        .iter()
+        .map(|d| format!("{} (pid {})", d.role, d.pid))
+        .collect();
+    Ok(format!(
+        "Stopped {}{}.",
+        list.join(", "),
+        if killed > 0 {
+            format!("; {killed} needed SIGKILL")
+        } else {
+            String::new()
+        }
+    ))
+}

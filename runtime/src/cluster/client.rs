@@ -1,0 +1,111 @@
+//! A driver attached to a standing cluster: its job's registration with the head, and the link
+//! through which it asks for workers and hears about those that failed to start.
+
+use super::proto::{self, FromHead, JobRequest, Peer, ToHead, Welcome};
+use super::session;
+use crate::wire::{FrameReader, Outbox};
+use std::net::TcpListener;
+
+/// A job registered with the head.
+pub(crate) struct Attached {
+    pub(crate) address: String,
+    pub(crate) token: String,
+    pub(crate) job_id: String,
+    pub(crate) hook: Option<String>,
+    /// CPUs of the whole cluster.
+    pub(crate) cpus: u32,
+    /// Where this job's workers connect.
+    pub(crate) listener: TcpListener,
+    pub(crate) outbox: Outbox<ToHead>,
+    pub(crate) reader: FrameReader,
+}
+
+/// Environment variables a job's workers get from its driver: the job's configuration, not the
+/// driver's own connection to the cluster.
+fn job_env() -> Vec<(String, String)> {
+    const OWN: [&str; 6] = [
+        crate::driver::WORKER_ENV,
+        session::ADDRESS_ENV,
+        session::TOKEN_ENV,
+        session::TEMP_DIR_ENV,
+        super::node::NODE_ID_ENV,
+        super::node::NODE_PIPE_ENV,
+    ];
+    std::env::vars()
+        .filter(|(key, _)| {
+            (key.starts_with("OTEL_") || key.starts_with("FILAMENT_") || key.starts_with("RUST_"))
+                && !OWN.contains(&key.as_str())
+        })
+        .collect()
+}
+
+/// Registers a job with the head at `address` (`auto`: this machine's current session).
+pub(crate) fn attach(address: &str) -> Result<Attached, String> {
+    let (address, token) = session::resolve(address)?;
+    let mut listener = None;
+    let (welcome, conn, reader) = proto::connect(&address, &token, |stream| {
+        // Workers connect back on the address the head sees this driver at: reachable from the
+        // cluster if the head is.
+        let local = stream
+            .local_addr()
+            .map_err(|e| format!("the local address of the connection to the head: {e}"))?;
+        let bound = TcpListener::bind((local.ip(), 0))
+            .map_err(|e| format!("cannot listen for workers on {}: {e}", local.ip()))?;
+        let worker_address = bound
+            .local_addr()
+            .map_err(|e| format!("cannot read the workers' address: {e}"))?
+            .to_string();
+        listener = Some(bound);
+        Ok(Peer::Driver(JobRequest {
+            pid: std::process::id(),
+            exe: std::fs::read_link("/proc/self/exe")
+                .map_err(|e| format!("cannot read /proc/self/exe: {e}"))?,
+            args: std::env::args().skip(1).collect(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+            env: job_env(),
+            worker_address,
+        }))
+    })?;
+    let Welcome::Driver { job_id, hook, cpus } = welcome else {
+        return Err(format!(
+            "the head at {address} answered {welcome:?} to a driver"
+        ));
+    };
+    Ok(Attached {
+        address,
+        token,
+        job_id,
+        hook,
+        cpus,
+        listener: listener.expect("made before the hello"),
+        outbox: Outbox::new(conn),
+        reader,
+    })
+}
+
+/// What the head tells a driver after the welcome.
+pub(crate) enum HeadEvent {
+    WorkerFailed { worker: u32, message: String },
+}
+
+/// The next message from the head; `Err` once it is gone, with why.
+pub(crate) fn next_event(reader: &mut FrameReader, address: &str) -> Result<HeadEvent, String> {
+    loop {
+        match reader.read::<FromHead>() {
+            Ok(Some(FromHead::WorkerFailed { worker, message })) => {
+                return Ok(HeadEvent::WorkerFailed { worker, message });
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(format!(
+                    "the cluster's head at {address} closed the connection"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the connection to the cluster's head at {address} failed: {e}"
+                ));
+            }
+        }
+    }
+}

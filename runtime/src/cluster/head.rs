@@ -1,0 +1,603 @@
+//! The head of a standing cluster: it keeps the cluster's token and tracing hook, admits nodes and
+//! drivers, places each job's workers on the node with the most free CPUs, tells drivers about
+//! workers that failed to start, and answers `filament status`. It is also the first node.
+
+use super::node::{NodeAgent, NodeEvent};
+use super::proto::{
+    ClusterStatus, FromHead, Hello, JobRequest, JobStatus, NodeStatus, Peer, ProcessInfo,
+    ProcessStatus, ToHead, Welcome, hook_state,
+};
+use super::{log, session};
+use crate::wire::{self, Conn, FrameReader, Outbox, TracingStats};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+/// How many ended jobs `filament status` still shows.
+const ENDED_JOBS_KEPT: usize = 16;
+
+/// How the head is started.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadOptions {
+    pub(crate) session: PathBuf,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) num_cpus: u32,
+    pub(crate) hook: Option<String>,
+}
+
+enum NodeLink {
+    Local(Arc<NodeAgent>),
+    Remote(Outbox<FromHead>),
+}
+
+struct NodeEntry {
+    node_id: String,
+    address: String,
+    pid: u32,
+    num_cpus: u32,
+    link: NodeLink,
+}
+
+struct WorkerPlace {
+    node: String,
+    pid: Option<u32>,
+}
+
+struct JobEntry {
+    request: JobRequest,
+    outbox: Outbox<FromHead>,
+    workers: BTreeMap<u32, WorkerPlace>,
+    processes: Vec<ProcessStatus>,
+}
+
+#[derive(Default)]
+struct HeadState {
+    nodes: Vec<NodeEntry>,
+    jobs: BTreeMap<String, JobEntry>,
+    ended: VecDeque<JobStatus>,
+    next_job: u64,
+}
+
+struct Head {
+    token: String,
+    hook: Option<String>,
+    address: String,
+    started: Instant,
+    tracing: Option<crate::tracing::Reporter>,
+    state: Mutex<HeadState>,
+    local: OnceLock<Arc<NodeAgent>>,
+    /// The first half of every job id: jobs of different heads (whose spans may share a folder)
+    /// never share an id.
+    job_prefix: String,
+}
+
+/// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
+/// reports `Ok(address)` or the failure through `ready`, then serves forever.
+pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String>)) {
+    let started = match start(&options) {
+        Ok(started) => started,
+        Err(message) => {
+            ready(Err(message));
+            return;
+        }
+    };
+    let (head, listener, _guard) = started;
+    ready(Ok(head.address.clone()));
+    log(&format!(
+        "head listening on {}, {} CPUs, tracing hook {}",
+        head.address,
+        options.num_cpus,
+        head.hook.as_deref().unwrap_or("none")
+    ));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let head = Arc::clone(&head);
+        let _ = std::thread::Builder::new()
+            .name("filament-head-conn".into())
+            .spawn(move || head.serve(Conn::tcp(stream)));
+    }
+}
+
+type Started = (Arc<Head>, TcpListener, Option<crate::tracing::TracingGuard>);
+
+fn start(options: &HeadOptions) -> Result<Started, String> {
+    let listener = TcpListener::bind((options.host.as_str(), options.port)).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                "port {} is in use on {}: another program (or head) listens there; \
+                 pick another with --port",
+                options.port, options.host
+            )
+        } else {
+            format!("cannot listen on {}:{}: {e}", options.host, options.port)
+        }
+    })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?
+        .to_string();
+    let node_id = super::new_node_id();
+    // The hook is run here, in full: one that cannot be loaded, is not a hook, or fails or panics
+    // in setup fails the start, before any driver relies on it.
+    let guard = match &options.hook {
+        Some(hook) => Some(
+            crate::tracing::Tracing::new(hook.clone())
+                .node_id(node_id.clone())
+                .install()
+                .map_err(|e| format!("the tracing startup hook was refused: {e}"))?,
+        ),
+        None => None,
+    };
+    let token = session::new_token()?;
+    let dir = &options.session;
+    session::write_private(dir, "token", &token)?;
+    session::write_private(dir, "address", &address)?;
+    session::write_private(dir, "role", "head")?;
+    session::write_private(dir, "hook", options.hook.as_deref().unwrap_or(""))?;
+    session::write_private(dir, "daemon.pid", &std::process::id().to_string())?;
+    let root = dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(session::root);
+    session::set_latest(&root, dir)?;
+
+    let head = Arc::new(Head {
+        token: token.clone(),
+        hook: options.hook.clone(),
+        address,
+        started: Instant::now(),
+        tracing: guard.as_ref().map(|g| g.reporter()),
+        state: Mutex::new(HeadState::default()),
+        local: OnceLock::new(),
+        job_prefix: super::new_node_id()[..4].to_owned(),
+    });
+    let weak: Weak<Head> = Arc::downgrade(&head);
+    let local_id = node_id.clone();
+    let agent = Arc::new(NodeAgent::new(
+        node_id.clone(),
+        token,
+        Box::new(move |event| {
+            if let Some(head) = weak.upgrade() {
+                head.on_node_event(&local_id, event);
+            }
+        }),
+    ));
+    let _ = head.local.set(Arc::clone(&agent));
+    head.lock().nodes.push(NodeEntry {
+        node_id,
+        address: "head".into(),
+        pid: std::process::id(),
+        num_cpus: options.num_cpus,
+        link: NodeLink::Local(Arc::clone(&agent)),
+    });
+    std::thread::Builder::new()
+        .name("filament-node-reaper".into())
+        .spawn(move || agent.watch())
+        .map_err(|e| format!("cannot start the reaper thread: {e}"))?;
+    Ok((head, listener, guard))
+}
+
+impl Head {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn serve(self: Arc<Self>, conn: Conn) {
+        let peer_address = conn.peer();
+        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let Ok(read_half) = conn.try_clone() else {
+            return;
+        };
+        let mut reader = FrameReader::new(read_half);
+        let hello = match reader.read::<Hello>() {
+            Ok(Some(hello)) => hello,
+            Ok(None) => return,
+            Err(e) => {
+                log(&format!(
+                    "refused a connection from {peer_address}: no Filament hello ({e})"
+                ));
+                return;
+            }
+        };
+        let refusal = if hello.magic != wire::MAGIC {
+            Some("not a Filament peer".to_owned())
+        } else if hello.protocol != wire::PROTOCOL_VERSION {
+            Some(format!(
+                "protocol version {}, the head speaks {}",
+                hello.protocol,
+                wire::PROTOCOL_VERSION
+            ))
+        } else if hello.token.is_empty() {
+            Some("no cluster token was presented".to_owned())
+        } else if hello.token != self.token {
+            Some("wrong cluster token".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            log(&format!("refused a connection from {peer_address}: {why}"));
+            let _ = wire::write_message(&conn, &FromHead::Refused(why));
+            return;
+        }
+        let _ = conn.set_read_timeout(None);
+        let outbox = Outbox::new(conn);
+        match hello.peer {
+            Peer::Status => {
+                outbox.send(FromHead::Welcome(Welcome::Status));
+                outbox.send(FromHead::Status(self.status()));
+            }
+            Peer::Node { pid, num_cpus } => {
+                self.serve_node(outbox, reader, peer_address, pid, num_cpus)
+            }
+            Peer::Driver(request) => self.serve_driver(outbox, reader, request),
+        }
+    }
+
+    fn serve_node(
+        &self,
+        outbox: Outbox<FromHead>,
+        mut reader: FrameReader,
+        address: String,
+        pid: u32,
+        num_cpus: u32,
+    ) {
+        let node_id = super::new_node_id();
+        outbox.send(FromHead::Welcome(Welcome::Node {
+            node_id: node_id.clone(),
+            hook: self.hook.clone(),
+        }));
+        self.lock().nodes.push(NodeEntry {
+            node_id: node_id.clone(),
+            address: address.clone(),
+            pid,
+            num_cpus,
+            link: NodeLink::Remote(outbox),
+        });
+        log(&format!(
+            "node {node_id} joined from {address} (pid {pid}, {num_cpus} CPUs)"
+        ));
+        loop {
+            let event = match reader.read::<ToHead>() {
+                Ok(Some(ToHead::Spawned { job, worker, pid })) => {
+                    NodeEvent::Spawned { job, worker, pid }
+                }
+                Ok(Some(ToHead::SpawnFailed {
+                    job,
+                    worker,
+                    message,
+                })) => NodeEvent::SpawnFailed {
+                    job,
+                    worker,
+                    message,
+                },
+                Ok(Some(ToHead::Exited {
+                    job,
+                    worker,
+                    pid,
+                    status,
+                })) => NodeEvent::Exited {
+                    job,
+                    worker,
+                    pid,
+                    status,
+                },
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => break,
+            };
+            self.on_node_event(&node_id, event);
+        }
+        log(&format!("node {node_id} at {address} left the cluster"));
+        let mut state = self.lock();
+        state.nodes.retain(|n| n.node_id != node_id);
+        // Workers that had not connected yet will not: their drivers must not wait for them.
+        let mut failed = Vec::new();
+        for job in state.jobs.values_mut() {
+            job.workers.retain(|worker, place| {
+                if place.node == node_id {
+                    failed.push((
+                        job.outbox.clone(),
+                        FromHead::WorkerFailed {
+                            worker: *worker,
+                            message: format!("its node {node_id} at {address} left the cluster"),
+                        },
+                    ));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        drop(state);
+        for (outbox, message) in failed {
+            outbox.send(message);
+        }
+    }
+
+    fn serve_driver(&self, outbox: Outbox<FromHead>, mut reader: FrameReader, request: JobRequest) {
+        let (job_id, cpus) = {
+            let mut state = self.lock();
+            state.next_job += 1;
+            let job_id = format!("{}{:04x}", self.job_prefix, state.next_job);
+            let cpus = state.nodes.iter().map(|n| n.num_cpus).sum::<u32>();
+            state.jobs.insert(
+                job_id.clone(),
+                JobEntry {
+                    request: request.clone(),
+                    outbox: outbox.clone(),
+                    workers: BTreeMap::new(),
+                    processes: Vec::new(),
+                },
+            );
+            (job_id, cpus)
+        };
+        log(&format!(
+            "job {job_id} started: driver pid {} ({})",
+            request.pid,
+            request.exe.display()
+        ));
+        outbox.send(FromHead::Welcome(Welcome::Driver {
+            job_id: job_id.clone(),
+            hook: self.hook.clone(),
+            cpus,
+        }));
+        let end = loop {
+            match reader.read::<ToHead>() {
+                Ok(Some(ToHead::StartWorker { worker, actor })) => {
+                    self.start_worker(&job_id, worker, actor, &request)
+                }
+                Ok(Some(ToHead::JobStats(processes))) => {
+                    if let Some(job) = self.lock().jobs.get_mut(&job_id) {
+                        job.processes = processes;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break "ended".to_owned(),
+                Err(e) => break format!("lost: {e}"),
+            }
+        };
+        self.end_job(&job_id, end);
+    }
+
+    /// Places a worker of a job on the node with the most free CPUs (CPUs less the workers of
+    /// every job already there) and has that node start it.
+    fn start_worker(&self, job_id: &str, worker: u32, actor: bool, request: &JobRequest) {
+        let mut state = self.lock();
+        let mut load: BTreeMap<&str, i64> = BTreeMap::new();
+        for job in state.jobs.values() {
+            for place in job.workers.values() {
+                *load.entry(place.node.as_str()).or_default() += 1;
+            }
+        }
+        let chosen = state
+            .nodes
+            .iter()
+            .enumerate()
+            .max_by_key(|(index, node)| {
+                let free = i64::from(node.num_cpus) - load.get(node.node_id.as_str()).unwrap_or(&0);
+                (free, std::cmp::Reverse(*index))
+            })
+            .map(|(index, _)| index);
+        let Some(index) = chosen else {
+            let outbox = state.jobs.get(job_id).map(|j| j.outbox.clone());
+            drop(state);
+            if let Some(outbox) = outbox {
+                outbox.send(FromHead::WorkerFailed {
+                    worker,
+                    message: "the cluster has no node".into(),
+                });
+            }
+            return;
+        };
+        let node_id = state.nodes[index].node_id.clone();
+        if let Some(job) = state.jobs.get_mut(job_id) {
+            job.workers.insert(
+                worker,
+                WorkerPlace {
+                    node: node_id.clone(),
+                    pid: None,
+                },
+            );
+        }
+        let what = if actor { "an actor's worker" } else { "worker" };
+        match &state.nodes[index].link {
+            NodeLink::Local(agent) => {
+                let agent = Arc::clone(agent);
+                drop(state);
+                log(&format!("job {job_id}: {what} {worker} on node {node_id}"));
+                agent.spawn(job_id.to_owned(), worker, request);
+            }
+            NodeLink::Remote(outbox) => {
+                let outbox = outbox.clone();
+                drop(state);
+                log(&format!("job {job_id}: {what} {worker} on node {node_id}"));
+                outbox.send(FromHead::Spawn {
+                    job: job_id.to_owned(),
+                    worker,
+                    request: request.clone(),
+                });
+            }
+        }
+    }
+
+    fn on_node_event(&self, node_id: &str, event: NodeEvent) {
+        let mut state = self.lock();
+        let message = match event {
+            NodeEvent::Spawned { job, worker, pid } => {
+                if let Some(place) = state
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|j| j.workers.get_mut(&worker))
+                {
+                    place.pid = Some(pid);
+                }
+                None
+            }
+            NodeEvent::SpawnFailed {
+                job,
+                worker,
+                message,
+            } => {
+                log(&format!("job {job}: worker {worker}: {message}"));
+                Some((job, worker, message))
+            }
+            NodeEvent::Exited {
+                job,
+                worker,
+                pid,
+                status,
+            } => Some((
+                job,
+                worker,
+                format!("worker {worker} (pid {pid}) on node {node_id} ended ({status})"),
+            )),
+        };
+        let Some((job, worker, message)) = message else {
+            return;
+        };
+        let Some(entry) = state.jobs.get_mut(&job) else {
+            return;
+        };
+        entry.workers.remove(&worker);
+        let outbox = entry.outbox.clone();
+        drop(state);
+        // The driver acts on it only for a worker that has not connected: one that has, it
+        // already saw go.
+        outbox.send(FromHead::WorkerFailed { worker, message });
+    }
+
+    fn end_job(&self, job_id: &str, end: String) {
+        let mut state = self.lock();
+        let Some(job) = state.jobs.remove(job_id) else {
+            return;
+        };
+        let status = Self::job_status(job_id, &job, &state.nodes, end.clone());
+        state.ended.push_front(status);
+        state.ended.truncate(ENDED_JOBS_KEPT);
+        let links: Vec<NodeLink> = state
+            .nodes
+            .iter()
+            .map(|n| match &n.link {
+                NodeLink::Local(agent) => NodeLink::Local(Arc::clone(agent)),
+                NodeLink::Remote(outbox) => NodeLink::Remote(outbox.clone()),
+            })
+            .collect();
+        drop(state);
+        log(&format!("job {job_id} {end}"));
+        for link in links {
+            match link {
+                NodeLink::Local(agent) => agent.end_job(job_id),
+                NodeLink::Remote(outbox) => {
+                    outbox.send(FromHead::EndJob {
+                        job: job_id.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn job_status(job_id: &str, job: &JobEntry, nodes: &[NodeEntry], state: String) -> JobStatus {
+        let node_of = |worker: Option<u32>| {
+            let place = job.workers.get(&worker?)?;
+            nodes
+                .iter()
+                .any(|n| n.node_id == place.node)
+                .then(|| place.node.clone())
+        };
+        let mut processes: Vec<ProcessInfo> = job
+            .processes
+            .iter()
+            .map(|p| ProcessInfo {
+                kind: p.kind.clone(),
+                worker: p.worker,
+                pid: p.pid,
+                node_id: node_of(p.worker),
+                hook: hook_state(&p.tracing),
+                spans_exported: p.tracing.exported,
+                spans_dropped: p.tracing.dropped,
+            })
+            .collect();
+        // Workers started but not yet reported by the driver.
+        for (worker, place) in &job.workers {
+            if !job.processes.iter().any(|p| p.worker == Some(*worker)) {
+                processes.push(ProcessInfo {
+                    kind: "worker (starting)".into(),
+                    worker: Some(*worker),
+                    pid: place.pid.unwrap_or(0),
+                    node_id: Some(place.node.clone()),
+                    hook: "not yet reported".into(),
+                    spans_exported: 0,
+                    spans_dropped: 0,
+                });
+            }
+        }
+        JobStatus {
+            job_id: job_id.to_owned(),
+            state,
+            driver_pid: job.request.pid,
+            exe: job.request.exe.display().to_string(),
+            processes,
+        }
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let state = self.lock();
+        let head_tracing = match &self.tracing {
+            Some(reporter) => TracingStats::of(Some(reporter)),
+            None => TracingStats::default(),
+        };
+        let nodes = state
+            .nodes
+            .iter()
+            .map(|node| {
+                let workers = state
+                    .jobs
+                    .values()
+                    .flat_map(|j| j.workers.values())
+                    .filter(|p| p.node == node.node_id)
+                    .count() as u32;
+                let (hook, exported, dropped) = match &node.link {
+                    NodeLink::Local(_) => (
+                        hook_state(&head_tracing),
+                        head_tracing.exported,
+                        head_tracing.dropped,
+                    ),
+                    NodeLink::Remote(_) => (
+                        if self.hook.is_some() {
+                            "checked (nodes run no tasks)".to_owned()
+                        } else {
+                            "none".to_owned()
+                        },
+                        0,
+                        0,
+                    ),
+                };
+                NodeStatus {
+                    node_id: node.node_id.clone(),
+                    address: node.address.clone(),
+                    pid: node.pid,
+                    num_cpus: node.num_cpus,
+                    workers,
+                    hook,
+                    spans_exported: exported,
+                    spans_dropped: dropped,
+                }
+            })
+            .collect();
+        let mut jobs: Vec<JobStatus> = state
+            .jobs
+            .iter()
+            .map(|(id, job)| Self::job_status(id, job, &state.nodes, "running".into()))
+            .collect();
+        jobs.extend(state.ended.iter().cloned());
+        ClusterStatus {
+            address: self.address.clone(),
+            hook: self.hook.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            nodes,
+            jobs,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! A standing cluster: a head (`filament start --head`) that outlives drivers, nodes that join it
+//! over TCP (`filament start --address`), and drivers that attach to it (`Config::address`,
+//! `FILAMENT_ADDRESS`).
+//!
+//! The head keeps the cluster's token and tracing hook and places workers; each job's driver keeps
+//! its own objects and schedules its own tasks, as in an embedded cluster: the job's workers are
+//! processes of the driver's executable that the nodes start and that connect to the driver
+//! directly, presenting the cluster token.
+
+pub(crate) mod client;
+pub(crate) mod head;
+pub(crate) mod node;
+pub(crate) mod proto;
+pub mod session;
+
+pub use proto::{ClusterStatus, JobStatus, NodeStatus, ProcessInfo};
+
+use node::{NodeAgent, NodeEvent};
+use proto::{FromHead, Peer, ToHead, Welcome};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A line in the daemon's log (its standard error, which the CLI points at the session's log).
+pub(crate) fn log(message: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "[{}.{:03}] filament[{}]: {message}",
+        now.as_secs(),
+        now.subsec_millis(),
+        std::process::id()
+    );
+}
+
+/// A new node id: 8 random bytes, in hex.
+pub(crate) fn new_node_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes = u64::from(std::process::id()).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How a node joins.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeOptions {
+    pub(crate) session: PathBuf,
+    pub(crate) address: String,
+    pub(crate) token: String,
+    pub(crate) num_cpus: u32,
+}
+
+/// Joins the head at `options.address`, checks the cluster's hook loads here, reports `Ok(node
+/// id)` or the failure through `ready`, then starts and ends workers as the head says. Returns when
+/// the head goes away, having killed this node's workers.
+pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, String>)) {
+    let joined = proto::connect(&options.address, &options.token, |_| {
+        Ok(Peer::Node {
+            pid: std::process::id(),
+            num_cpus: options.num_cpus,
+        })
+    });
+    let (node_id, hook, conn, mut reader) = match joined {
+        Ok((Welcome::Node { node_id, hook }, conn, reader)) => (node_id, hook, conn, reader),
+        Ok((other, _, _)) => {
+            ready(Err(format!("the head answered {other:?} to a node")));
+            return;
+        }
+        Err(message) => {
+            ready(Err(message));
+            return;
+        }
+    };
+    // The node runs no task itself, but its workers run the hook: it must load here.
+    if let Some(hook) = &hook
+        && let Err(e) = crate::tracing::check(hook)
+    {
+        ready(Err(format!(
+            "the cluster's tracing hook cannot be used on this node: {e}"
+        )));
+        return;
+    }
+    let dir = &options.session;
+    let recorded = session::write_private(dir, "address", &options.address)
+        .and_then(|()| session::write_private(dir, "token", &options.token))
+        .and_then(|()| session::write_private(dir, "role", "node"))
+        .and_then(|()| session::write_private(dir, "node_id", &node_id))
+        .and_then(|()| session::write_private(dir, "daemon.pid", &std::process::id().to_string()));
+    if let Err(message) = recorded {
+        ready(Err(message));
+        return;
+    }
+    // Drivers of this machine attach through the node's session, unless a daemon runs in the
+    // one `session_latest` points to (a head on the same machine).
+    let root = dir
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(session::root);
+    if session::live_daemon(&session::latest(&root)).is_none() {
+        let _ = session::set_latest(&root, dir);
+    }
+
+    let outbox = crate::wire::Outbox::<ToHead>::new(match conn.try_clone() {
+        Ok(conn) => conn,
+        Err(e) => {
+            ready(Err(format!("connection to the head: {e}")));
+            return;
+        }
+    });
+    let events_outbox = outbox.clone();
+    let agent = Arc::new(NodeAgent::new(
+        node_id.clone(),
+        options.token.clone(),
+        Box::new(move |event| {
+            events_outbox.send(match event {
+                NodeEvent::Spawned { job, worker, pid } => ToHead::Spawned { job, worker, pid },
+                NodeEvent::SpawnFailed {
+                    job,
+                    worker,
+                    message,
+                } => ToHead::SpawnFailed {
+                    job,
+                    worker,
+                    message,
+                },
+                NodeEvent::Exited {
+                    job,
+                    worker,
+                    pid,
+                    status,
+                } => ToHead::Exited {
+                    job,
+                    worker,
+                    pid,
+                    status,
+                },
+            });
+        }),
+    ));
+    let watching = Arc::clone(&agent);
+    if let Err(e) = std::thread::Builder::new()
+        .name("filament-node-reaper".into())
+        .spawn(move || watching.watch())
+    {
+        ready(Err(format!("cannot start the reaper thread: {e}")));
+        return;
+    }
+    ready(Ok(node_id.clone()));
+    log(&format!(
+        "node {node_id} joined the head at {}, {} CPUs",
+        options.address, options.num_cpus
+    ));
+    loop {
+        match reader.read::<FromHead>() {
+            Ok(Some(FromHead::Spawn {
+                job,
+                worker,
+                request,
+            })) => agent.spawn(job, worker, &request),
+            Ok(Some(FromHead::EndJob { job })) => agent.end_job(&job),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    log(&format!(
+        "the head at {} is gone: node {node_id} stops, with its workers",
+        options.address
+    ));
+    agent.kill_all();
+    let _ = std::fs::remove_file(dir.join("daemon.pid"));
+}

@@ -1,0 +1,178 @@
+//! A node: starts the worker processes of jobs on this machine, notices when they end, and ends them
+//! with their job. The head runs one for its own machine; `filament start --address` runs one that
+//! takes its orders from the head over TCP.
+
+use super::proto::JobRequest;
+use crate::driver::WORKER_ENV;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The variable that tells a worker its node's id.
+pub(crate) const NODE_ID_ENV: &str = "FILAMENT_NODE_ID";
+/// Set in workers a node starts: their standard input is a pipe from the node, and its end means
+/// the node is gone (a worker never outlives its node).
+pub(crate) const NODE_PIPE_ENV: &str = "FILAMENT_NODE_PIPE";
+
+/// Something a node's workers did, for the head.
+#[derive(Debug)]
+pub(crate) enum NodeEvent {
+    Spawned {
+        job: String,
+        worker: u32,
+        pid: u32,
+    },
+    SpawnFailed {
+        job: String,
+        worker: u32,
+        message: String,
+    },
+    Exited {
+        job: String,
+        worker: u32,
+        pid: u32,
+        status: String,
+    },
+}
+
+struct Running {
+    job: String,
+    worker: u32,
+    child: Child,
+    /// The worker's standard input: dropping it tells the worker its node is gone.
+    pipe: Option<ChildStdin>,
+    /// When it was told to go (its job ended); killed if still there a while later.
+    ending: Option<Instant>,
+}
+
+/// How long a worker whose job ended may take to exit before it is killed.
+const END_GRACE: Duration = Duration::from_secs(2);
+
+/// The worker processes of one machine.
+pub(crate) struct NodeAgent {
+    pub(crate) node_id: String,
+    token: String,
+    running: Mutex<Vec<Running>>,
+    events: Box<dyn Fn(NodeEvent) + Send + Sync>,
+}
+
+impl NodeAgent {
+    pub(crate) fn new(
+        node_id: String,
+        token: String,
+        events: Box<dyn Fn(NodeEvent) + Send + Sync>,
+    ) -> NodeAgent {
+        NodeAgent {
+            node_id,
+            token,
+            running: Mutex::new(Vec::new()),
+            events,
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts worker `worker` of `job`: the job's executable in worker mode, connecting to its
+    /// driver. The outcome is reported as an event.
+    pub(crate) fn spawn(&self, job: String, worker: u32, request: &JobRequest) {
+        let cwd = if request.cwd.is_dir() {
+            request.cwd.clone()
+        } else {
+            std::env::temp_dir()
+        };
+        let spawned = Command::new(&request.exe)
+            .args(&request.args)
+            .current_dir(cwd)
+            .envs(request.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                WORKER_ENV,
+                format!("tcp:{}:{worker}", request.worker_address),
+            )
+            .env(super::session::TOKEN_ENV, &self.token)
+            .env(NODE_ID_ENV, &self.node_id)
+            .env(NODE_PIPE_ENV, "1")
+            .stdin(Stdio::piped())
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                let pid = child.id();
+                let pipe = child.stdin.take();
+                self.running().push(Running {
+                    job: job.clone(),
+                    worker,
+                    child,
+                    pipe,
+                    ending: None,
+                });
+                (self.events)(NodeEvent::Spawned { job, worker, pid });
+            }
+            Err(e) => (self.events)(NodeEvent::SpawnFailed {
+                job,
+                worker,
+                message: format!(
+                    "node {} could not start {}: {e}",
+                    self.node_id,
+                    request.exe.display()
+                ),
+            }),
+        }
+    }
+
+    /// The job ended: its workers are told (their pipe closes) and killed if they linger.
+    pub(crate) fn end_job(&self, job: &str) {
+        let now = Instant::now();
+        for running in self.running().iter_mut().filter(|r| r.job == job) {
+            running.pipe = None;
+            running.ending.get_or_insert(now);
+        }
+    }
+
+    /// Reaps workers that ended and kills those that outstayed their job, every few milliseconds,
+    /// forever (run it on a thread of its own).
+    pub(crate) fn watch(&self) {
+        loop {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn reap(&self) {
+        let mut ended = Vec::new();
+        self.running().retain_mut(|running| {
+            if running
+                .ending
+                .is_some_and(|since| since.elapsed() > END_GRACE)
+            {
+                let _ = running.child.kill();
+            }
+            match running.child.try_wait() {
+                Ok(Some(status)) => {
+                    ended.push(NodeEvent::Exited {
+                        job: running.job.clone(),
+                        worker: running.worker,
+                        pid: running.child.id(),
+                        status: status.to_string(),
+                    });
+                    false
+                }
+                _ => true,
+            }
+        });
+        for event in ended {
+            (self.events)(event);
+        }
+    }
+
+    /// Kills every worker and waits for them (the node stops).
+    pub(crate) fn kill_all(&self) {
+        let mut running = std::mem::take(&mut *self.running());
+        for r in &mut running {
+            let _ = r.child.kill();
+        }
+        for r in &mut running {
+            let _ = r.child.wait();
+        }
+    }
+}

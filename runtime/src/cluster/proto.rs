@@ -1,0 +1,259 @@
+//! Messages to and from the head of a standing cluster. Every connection opens with a [`Hello`]
+//! carrying the cluster token; the head answers [`FromHead::Welcome`] or [`FromHead::Refused`].
+
+use crate::wire::{self, Conn, FrameReader, TracingStats};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The first message of every connection to the head.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) magic: [u8; 8],
+    pub(crate) protocol: u32,
+    pub(crate) token: String,
+    pub(crate) peer: Peer,
+}
+
+impl Hello {
+    pub(crate) fn new(token: &str, peer: Peer) -> Hello {
+        Hello {
+            magic: wire::MAGIC,
+            protocol: wire::PROTOCOL_VERSION,
+            token: token.to_owned(),
+            peer,
+        }
+    }
+}
+
+/// Who connects.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Peer {
+    /// A node joining (`filament start --address`).
+    Node { pid: u32, num_cpus: u32 },
+    /// A driver starting a job.
+    Driver(JobRequest),
+    /// `filament status`.
+    Status,
+}
+
+/// What a driver asks for its job: where its workers come from and where they connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JobRequest {
+    pub(crate) pid: u32,
+    /// The driver's executable: the job's workers are processes of it.
+    pub(crate) exe: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) cwd: PathBuf,
+    /// The driver's `OTEL_*`, `FILAMENT_*` and `RUST_*` variables, given to its workers.
+    pub(crate) env: Vec<(String, String)>,
+    /// Where the job's workers connect (the driver listens there).
+    pub(crate) worker_address: String,
+}
+
+/// The head's answer to a [`Hello`], then what it sends on.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromHead {
+    Welcome(Welcome),
+    Refused(String),
+    /// To a node: start a worker of a job.
+    Spawn {
+        job: String,
+        worker: u32,
+        request: JobRequest,
+    },
+    /// To a node: the job ended; its processes go.
+    EndJob {
+        job: String,
+    },
+    /// To a driver: a worker could not start, or ended before it connected.
+    WorkerFailed {
+        worker: u32,
+        message: String,
+    },
+    /// To `filament status`.
+    Status(ClusterStatus),
+}
+
+/// What the head tells a peer it accepted.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Welcome {
+    Node {
+        node_id: String,
+        hook: Option<String>,
+    },
+    Driver {
+        job_id: String,
+        hook: Option<String>,
+        /// CPUs of every node together: the default number of workers.
+        cpus: u32,
+    },
+    Status,
+}
+
+/// Sent to the head after the welcome.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToHead {
+    /// A driver wants a worker (a pool worker, or an actor's process).
+    StartWorker { worker: u32, actor: bool },
+    /// A driver's processes and their tracing, when it changed.
+    JobStats(Vec<ProcessStatus>),
+    /// A node started a worker.
+    Spawned { job: String, worker: u32, pid: u32 },
+    /// A node could not start a worker.
+    SpawnFailed {
+        job: String,
+        worker: u32,
+        message: String,
+    },
+    /// A node's worker process ended.
+    Exited {
+        job: String,
+        worker: u32,
+        pid: u32,
+        status: String,
+    },
+}
+
+/// One process of a job, as its driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcessStatus {
+    /// `None` for the driver.
+    pub(crate) worker: Option<u32>,
+    pub(crate) pid: u32,
+    /// `driver`, `worker`, or `actor <Class>`.
+    pub(crate) kind: String,
+    pub(crate) tracing: TracingStats,
+}
+
+/// The whole cluster, for `filament status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The head's address.
+    pub address: String,
+    /// The tracing startup hook stored with the cluster.
+    pub hook: Option<String>,
+    /// Seconds since the head started.
+    pub uptime_secs: u64,
+    /// Every node, the head's first.
+    pub nodes: Vec<NodeStatus>,
+    /// Jobs running, then the last jobs that ended.
+    pub jobs: Vec<JobStatus>,
+}
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node's id (`filament.node_id` in its workers' spans).
+    pub node_id: String,
+    /// Where it connected from (`head` for the head's own node).
+    pub address: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// CPUs it offers.
+    pub num_cpus: u32,
+    /// Worker processes of jobs running on it.
+    pub workers: u32,
+    /// Tracing in the daemon process: the head runs the hook; a node only checks it loads.
+    pub hook: String,
+    /// Spans the daemon exported.
+    pub spans_exported: u64,
+    /// Spans the daemon dropped.
+    pub spans_dropped: u64,
+}
+
+/// A job: one driver and its workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The job's id (`filament.job_id` in spans).
+    pub job_id: String,
+    /// `running`, or how it ended.
+    pub state: String,
+    /// The driver's process id.
+    pub driver_pid: u32,
+    /// The driver's executable.
+    pub exe: String,
+    /// Its processes.
+    pub processes: Vec<ProcessInfo>,
+}
+
+/// A process of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// `driver`, `worker`, or `actor <Class>`.
+    pub kind: String,
+    /// The worker's id in the job; none for the driver.
+    pub worker: Option<u32>,
+    /// The process id.
+    pub pid: u32,
+    /// The node it runs on (none for the driver, which is not a node's).
+    pub node_id: Option<String>,
+    /// `loaded`, `none`, or `failed: why`.
+    pub hook: String,
+    /// Spans its tracing exported.
+    pub spans_exported: u64,
+    /// Spans its tracing dropped.
+    pub spans_dropped: u64,
+}
+
+/// How a hook state reads in `filament status`.
+pub(crate) fn hook_state(stats: &TracingStats) -> String {
+    match &stats.hook {
+        None => "none".to_owned(),
+        Some(Ok(())) => "loaded".to_owned(),
+        Some(Err(why)) => format!("failed: {why}"),
+    }
+}
+
+/// Connects to the head at `address`, says hello as the peer `peer` makes of the connection, and
+/// returns the welcome and the connection.
+pub(crate) fn connect(
+    address: &str,
+    token: &str,
+    peer: impl FnOnce(&std::net::TcpStream) -> Result<Peer, String>,
+) -> Result<(Welcome, Conn, FrameReader), String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| format!("the head address {address:?} is not a host:port ({e})"))?
+        .collect();
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let stream = stream.ok_or_else(|| {
+        format!(
+            "no head answers at {address}: {}",
+            last.map(|e| e.to_string())
+                .unwrap_or_else(|| "the address resolves to nothing".into())
+        )
+    })?;
+    let peer = peer(&stream)?;
+    let conn = Conn::tcp(stream);
+    wire::write_message(&conn, &Hello::new(token, peer))
+        .map_err(|e| format!("saying hello to the head at {address}: {e}"))?;
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut reader = FrameReader::new(
+        conn.try_clone()
+            .map_err(|e| format!("connection to {address}: {e}"))?,
+    );
+    let welcome = match reader.read::<FromHead>() {
+        Ok(Some(FromHead::Welcome(welcome))) => welcome,
+        Ok(Some(FromHead::Refused(why))) => {
+            return Err(format!(
+                "the head at {address} refused the connection: {why}"
+            ));
+        }
+        Ok(Some(other)) => return Err(format!("the head at {address} answered {other:?}")),
+        Ok(None) => return Err(format!("the head at {address} closed the connection")),
+        Err(e) => return Err(format!("reading the head's answer from {address}: {e}")),
+    };
+    let _ = conn.set_read_timeout(None);
+    Ok((welcome, conn, reader))
+}

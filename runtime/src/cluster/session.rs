@@ -1,0 +1,176 @@
+//! Session folders: what a daemon of this machine leaves for the commands and drivers that come
+//! after it.
+//!
+//! ```text
+//! <root>/                       $FILAMENT_TEMP_DIR, else /tmp/filament
+//! <root>/session_latest         a link to the session drivers of this machine attach to
+//! <root>/session_<time>_<pid>/
+//!     address                   the head's host:port
+//!     token                     the cluster token (mode 0600)
+//!     role                      head | node
+//!     daemon.pid                the daemon's process id, while it runs
+//!     logs/daemon.log           what the daemon and its workers print
+//! ```
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where session folders live when `FILAMENT_TEMP_DIR` is not set.
+pub const DEFAULT_ROOT: &str = "/tmp/filament";
+/// The variable that moves the session folders.
+pub const TEMP_DIR_ENV: &str = "FILAMENT_TEMP_DIR";
+/// The variable that gives the cluster token (else it is read from the session).
+pub const TOKEN_ENV: &str = "FILAMENT_CLUSTER_TOKEN";
+/// The variable that gives drivers the head's address: `auto` or `host:port`.
+pub const ADDRESS_ENV: &str = "FILAMENT_ADDRESS";
+
+/// The root of the session folders.
+pub fn root() -> PathBuf {
+    std::env::var_os(TEMP_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+}
+
+/// The link to the current session.
+pub fn latest(root: &Path) -> PathBuf {
+    root.join("session_latest")
+}
+
+/// A new token: 32 random bytes, in hex.
+pub(crate) fn new_token() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the cluster token: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A new session folder (with its `logs/`), readable by this user only.
+pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let dir = root.join(format!("session_{stamp}_{}", std::process::id()));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Writes `name` in `dir`, readable by this user only.
+pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
+    let path = dir.join(name);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Reads `name` in `dir`, trimmed; `None` if it is not there.
+pub(crate) fn read(dir: &Path, name: &str) -> Option<String> {
+    let mut text = String::new();
+    fs::File::open(dir.join(name))
+        .ok()?
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text.trim().to_owned())
+}
+
+/// Points `session_latest` at `dir`.
+pub(crate) fn set_latest(root: &Path, dir: &Path) -> Result<(), String> {
+    let link = latest(root);
+    let staging = root.join(format!(".session_latest.{}", std::process::id()));
+    let _ = fs::remove_file(&staging);
+    std::os::unix::fs::symlink(dir, &staging)
+        .and_then(|()| fs::rename(&staging, &link))
+        .map_err(|e| format!("cannot link {} to {}: {e}", link.display(), dir.display()))
+}
+
+/// A daemon of a session folder that still runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Daemon {
+    pub(crate) dir: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) role: String,
+}
+
+/// The daemon of `dir`, if it runs: its pid file names a live `filament` daemon process (a pid
+/// reused by another program does not count).
+pub(crate) fn live_daemon(dir: &Path) -> Option<Daemon> {
+    // `session_latest` is a link: the daemon was told the folder's real path.
+    let dir = &fs::canonicalize(dir).ok()?;
+    let pid: u32 = read(dir, "daemon.pid")?.parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let marker = format!("--session\0{}\0", dir.display());
+    let ours = cmdline
+        .windows(marker.len())
+        .any(|w| w == marker.as_bytes());
+    // A zombie has an empty command line and is not running.
+    ours.then(|| Daemon {
+        dir: dir.to_owned(),
+        pid,
+        role: read(dir, "role").unwrap_or_else(|| "unknown".into()),
+    })
+}
+
+/// Every daemon of this machine's sessions that runs.
+pub(crate) fn live_daemons(root: &Path) -> Vec<Daemon> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut daemons: Vec<Daemon> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("session_") && name != "session_latest"
+        })
+        .filter_map(|e| live_daemon(&e.path()))
+        .collect();
+    daemons.sort_by(|a, b| a.dir.cmp(&b.dir));
+    daemons
+}
+
+/// The head address and token drivers and commands of this machine use: the `session_latest`
+/// folder's, unless `address` (or the token variable) says otherwise.
+pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
+    let root = root();
+    let latest = latest(&root);
+    let address = if address == "auto" {
+        read(&latest, "address").ok_or_else(|| {
+            format!(
+                "no Filament cluster runs on this machine: {} has no address; \
+                 start one with `filament start --head`",
+                latest.display()
+            )
+        })?
+    } else {
+        address.to_owned()
+    };
+    let token = match std::env::var(TOKEN_ENV) {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
+        _ => read(&latest, "token").ok_or_else(|| {
+            format!(
+                "no cluster token: set {TOKEN_ENV}, or run on a machine of the cluster \
+                 ({} has none)",
+                latest.join("token").display()
+            )
+        })?,
+    };
+    Ok((address, token))
+}
