@@ -48,17 +48,17 @@ struct StartArgs {
     #[arg(long, value_name = "HOST:PORT")]
     address: Option<String>,
     /// The interface the head listens on.
-    #[arg(long, default_value = "127.0.0.1", requires = "head")]
+    #[arg(long, default_value = "127.0.0.1", conflicts_with = "address")]
     host: String,
     /// The port the head listens on (0: any free port).
-    #[arg(long, default_value_t = 6379, requires = "head")]
+    #[arg(long, default_value_t = 6379, conflicts_with = "address")]
     port: u16,
     /// CPUs this node offers (default: the machine's).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     num_cpus: Option<u32>,
     /// The tracing startup hook(s) of the cluster, `library:symbol[,library:symbol…]`: checked
     /// and run now, then in every process of every job.
-    #[arg(long, value_name = "HOOK", requires = "head")]
+    #[arg(long, value_name = "HOOK", conflicts_with = "address")]
     tracing_startup_hook: Option<String>,
 }
 

@@ -98,13 +98,11 @@ pub(crate) fn next_event(reader: &mut FrameReader, address: &str) -> Result<Head
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(format!(
-                    "the cluster's head at {address} closed the connection"
+                    "the cluster's head at {address} is gone: it closed the connection"
                 ));
             }
             Err(e) => {
-                return Err(format!(
-                    "the connection to the cluster's head at {address} failed: {e}"
-                ));
+                return Err(format!("the cluster's head at {address} is gone: {e}"));
             }
         }
     }

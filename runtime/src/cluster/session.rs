@@ -67,18 +67,23 @@ pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Writes `name` in `dir`, readable by this user only.
+/// Writes `name` in `dir`, readable by this user only, whole: it appears with its contents (a
+/// reader polling for it never sees it half written).
 pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
     let path = dir.join(name);
-    let mut file = fs::OpenOptions::new()
+    let staging = dir.join(format!(".{name}.{}", std::process::id()));
+    let written = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .open(&staging)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .and_then(|()| fs::rename(&staging, &path));
+    written.map_err(|e| {
+        let _ = fs::remove_file(&staging);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 /// Reads `name` in `dir`, trimmed; `None` if it is not there.
@@ -160,6 +165,14 @@ pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
             )
         })?
     } else {
+        let valid = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(format!(
+                "the head address {address:?} is neither `auto` nor host:port"
+            ));
+        }
         address.to_owned()
     };
     let token = match std::env::var(TOKEN_ENV) {

@@ -50,6 +50,19 @@ fn pid() -> u32 {
     std::process::id()
 }
 
+/// Runs `n` tasks that each take `millis` and report the pid and node of their process.
+#[filament::remote]
+fn fan_out(n: u32, millis: u64) -> Vec<u32> {
+    let refs: Vec<_> = (0..n).map(|_| sleepy_pid::remote(millis)).collect();
+    filament::get_all(&refs).expect("the fanned-out tasks")
+}
+
+#[filament::remote]
+fn sleepy_pid(millis: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(millis));
+    std::process::id()
+}
+
 /// Gets a result, then passes the ref itself (by value) to another task.
 #[filament::remote]
 fn moves_a_ref() -> i64 {
@@ -260,6 +273,37 @@ fn main() -> ExitCode {
             let values = filament::get_all(&refs).unwrap();
             let expected: i64 = (0..n as i64).map(|i| i + 1).sum();
             println!("sum={} expected={expected}", values.iter().sum::<i64>());
+        }
+        "fan-out" => {
+            let mut pids = fan_out::remote(8, 50).get().unwrap();
+            pids.sort();
+            pids.dedup();
+            println!("task_pids={}", pids.len());
+        }
+        // Tasks in flight while the test kills something (a node, the head), then more tasks.
+        "under-fire" => {
+            use std::io::Write;
+            let millis: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000);
+            let slow: Vec<_> = (0..4).map(|_| sleepy_pid::remote(millis)).collect();
+            // Every worker has started one.
+            std::thread::sleep(Duration::from_millis(300));
+            println!("submitted");
+            std::io::stdout().flush().unwrap();
+            let started = Instant::now();
+            for (i, task) in slow.iter().enumerate() {
+                match task.get() {
+                    Ok(pid) => println!("slow{i}=ok {pid}"),
+                    Err(error) => println!("slow{i}=error {error}"),
+                }
+            }
+            println!("slow_done_after_ms={}", started.elapsed().as_millis());
+            let after: Vec<_> = (0..4).map(|i| add::remote(i, 1)).collect();
+            for (i, task) in after.iter().enumerate() {
+                match task.get() {
+                    Ok(v) => println!("after{i}=ok {v}"),
+                    Err(error) => println!("after{i}=error {error}"),
+                }
+            }
         }
         "workers" => {
             for (worker, pid) in runtime.worker_pids() {

@@ -1,0 +1,829 @@
+//! A standing cluster, end to end: the `filament` command starts a head (and nodes) in the
+//! background, real drivers (`cluster-program`, the quickstart) attach with `FILAMENT_ADDRESS`, the
+//! local-file hook writes every process's spans, read back with the OTLP decoder; `status` is read
+//! as JSON; processes are killed with SIGKILL. Every test has session and span folders of its own
+//! and stops what it started.
+
+use filament_tests::{ReadSpan, profile_dir, read_span_file, read_spans_dir};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
+
+/// The `filament` binary, built fresh: `cargo test --workspace` builds it, but a test of this
+/// package alone would find an old one, or none.
+fn filament_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("cargo runs");
+            assert!(status.success(), "building the filament binary failed");
+            let path = profile.join("filament");
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A cluster's folders; dropping it runs `filament stop` for them.
+struct Cluster {
+    temp: tempfile::TempDir,
+    spans: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            temp: tempfile::tempdir().unwrap(),
+            spans: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("FILAMENT_TEMP_DIR", self.temp.path())
+            .env("FILAMENT_SPANS_DIR", self.spans.path())
+            .env("RUST_BACKTRACE", "0")
+            .env_remove("FILAMENT_ADDRESS")
+            .env_remove("FILAMENT_CLUSTER_TOKEN")
+            .env_remove("FILAMENT_TRACING_STARTUP_HOOK");
+        command
+    }
+
+    fn filament(&self, args: &[&str]) -> Output {
+        self.command(&filament_bin()).args(args).output().unwrap()
+    }
+
+    fn start_head(&self, hook: Option<&str>, cpus: u32) -> String {
+        let cpus = cpus.to_string();
+        let mut args = vec!["start", "--head", "--port", "0", "--num-cpus", &cpus];
+        if let Some(hook) = hook {
+            args.extend(["--tracing-startup-hook", hook]);
+        }
+        let output = self.filament(&args);
+        assert!(output.status.success(), "start --head: {}", text(&output));
+        self.session_file("address")
+    }
+
+    fn join_node(&self, address: &str, cpus: u32) -> Output {
+        let cpus = cpus.to_string();
+        self.filament(&["start", "--address", address, "--num-cpus", &cpus])
+    }
+
+    fn session_file(&self, name: &str) -> String {
+        let path = self.temp.path().join("session_latest").join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// The daemons' pids, from every session's pid file.
+    fn daemon_pids(&self) -> Vec<(String, u32)> {
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(self.temp.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "session_latest" || !name.starts_with("session_") {
+                continue;
+            }
+            let role = std::fs::read_to_string(entry.path().join("role")).unwrap_or_default();
+            if let Ok(pid) = std::fs::read_to_string(entry.path().join("daemon.pid")) {
+                pids.push((role.trim().to_owned(), pid.trim().parse().unwrap()));
+            }
+        }
+        pids
+    }
+
+    fn status(&self) -> Json {
+        let output = self.filament(&["status", "--json"]);
+        assert!(output.status.success(), "status: {}", text(&output));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Runs `cluster-program` attached to the cluster.
+    fn run_program(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        let mut command = self.command(Path::new(env!("CARGO_BIN_EXE_cluster-program")));
+        command.args(args).env("FILAMENT_ADDRESS", "auto");
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        Run::new(command.output().unwrap(), self.spans.path())
+    }
+
+    fn spawn_program(&self, args: &[&str]) -> Child {
+        self.command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+            .args(args)
+            .env("FILAMENT_ADDRESS", "auto")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let pids = self.daemon_pids();
+        if !pids.is_empty() {
+            let _ = self.filament(&["stop"]);
+        }
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A finished driver: its `key=value` lines and the spans of its job.
+struct Run {
+    output: Output,
+    values: HashMap<String, String>,
+    spans: BTreeMap<u32, Vec<ReadSpan>>,
+}
+
+impl Run {
+    fn new(output: Output, spans_dir: &Path) -> Run {
+        let values: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let job = Value::StringValue(values.get("job_id").cloned().unwrap_or_default());
+        let spans = read_spans_dir(spans_dir)
+            .into_iter()
+            .map(|(pid, spans)| {
+                let ours: Vec<ReadSpan> = spans
+                    .into_iter()
+                    .filter(|s| s.resource_attribute("filament.job_id") == Some(&job))
+                    .collect();
+                (pid, ours)
+            })
+            .filter(|(_, spans)| !spans.is_empty())
+            .collect();
+        Run {
+            output,
+            values,
+            spans,
+        }
+    }
+
+    fn ok(self) -> Run {
+        assert!(self.output.status.success(), "{}", text(&self.output));
+        self
+    }
+
+    fn value(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {key}= in {}", text(&self.output)))
+    }
+
+    fn all(&self) -> Vec<(u32, &ReadSpan)> {
+        self.spans
+            .iter()
+            .flat_map(|(pid, spans)| spans.iter().map(move |s| (*pid, s)))
+            .collect()
+    }
+
+    fn span(&self, name: &str) -> (u32, &ReadSpan) {
+        let found: Vec<_> = self
+            .all()
+            .into_iter()
+            .filter(|(_, s)| s.name() == name)
+            .collect();
+        assert_eq!(found.len(), 1, "spans named {name:?} in {:?}", self.names());
+        found[0]
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .all()
+            .iter()
+            .map(|(_, s)| s.name().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every span's parent is a span of the run, or it is the one root.
+    fn assert_one_tree(&self) {
+        let all = self.all();
+        let ids: BTreeSet<String> = all.iter().map(|(_, s)| s.span_id()).collect();
+        let traces: BTreeSet<String> = all.iter().map(|(_, s)| s.trace_id()).collect();
+        assert_eq!(traces.len(), 1, "one trace: {:?}", self.names());
+        let roots = all
+            .iter()
+            .filter(|(_, s)| !ids.contains(&s.parent_span_id()))
+            .count();
+        assert_eq!(roots, 1, "one root: {:?}", self.names());
+    }
+}
+
+fn attr<'a>(span: &'a ReadSpan, key: &str) -> &'a Value {
+    span.attribute(key)
+        .unwrap_or_else(|| panic!("{} has no {key}", span.name()))
+}
+
+fn kind(span: &ReadSpan) -> SpanKind {
+    SpanKind::try_from(span.span.kind).unwrap()
+}
+
+/// The processes of process group `group` still running (zombies are not).
+fn group_members(group: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+}
+
+/// Waits for a spawned program's line `submitted` and returns a reader of the rest.
+fn wait_for_submitted(child: &mut Child) -> BufReader<std::process::ChildStdout> {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "the program ended before submitting");
+        if line.trim() == "submitted" {
+            return stdout;
+        }
+    }
+}
+
+#[test]
+fn the_seed_cli_path_gives_the_embedded_span_trees() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let head_pid = cluster.session_file("daemon.pid").parse::<u32>().unwrap();
+
+    // A task: a PRODUCER in the driver's file, its CONSUMER in a worker's.
+    let run = cluster.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+    let driver: u32 = run.value("driver_pid").parse().unwrap();
+    assert_eq!(run.all().len(), 2, "{:?}", run.names());
+    let (producer_pid, producer) = run.span("cluster_program::add filament.remote");
+    let (consumer_pid, consumer) = run.span("cluster_program::add filament.remote_worker");
+    assert_eq!(producer_pid, driver);
+    assert_ne!(consumer_pid, driver);
+    assert_eq!(kind(producer), SpanKind::Producer);
+    assert_eq!(kind(consumer), SpanKind::Consumer);
+    assert_eq!(consumer.parent_span_id(), producer.span_id());
+    // The worker is a node's: its node id is the head's node, not the driver's machine id.
+    let status = cluster.status();
+    let head_node = status["nodes"][0]["node_id"].as_str().unwrap();
+    assert_eq!(
+        attr(consumer, "filament.node_id"),
+        &Value::StringValue(head_node.to_owned())
+    );
+    assert_eq!(
+        attr(consumer, "filament.job_id"),
+        &Value::StringValue(run.value("job_id").to_owned())
+    );
+
+    // An actor and a call: 4 spans.
+    let run = cluster.run_program(&["actor-one-call"], &[]).ok();
+    assert_eq!(run.value("result"), "1");
+    assert_eq!(run.all().len(), 4, "{:?}", run.names());
+
+    // Nested tasks: one chain across three processes.
+    let run = cluster.run_program(&["nested"], &[]).ok();
+    assert_eq!(run.value("result"), "50");
+    run.assert_one_tree();
+    assert_eq!(run.all().len(), 4);
+    assert_eq!(run.spans.len(), 3, "three processes wrote spans");
+
+    // A custom span under its CONSUMER.
+    let run = cluster.run_program(&["custom-span"], &[]).ok();
+    let (foo_pid, foo) = run.span("foo");
+    let (consumer_pid, consumer) =
+        run.span("cluster_program::with_custom_span filament.remote_worker");
+    assert_eq!(foo_pid, consumer_pid);
+    assert_eq!(foo.parent_span_id(), consumer.span_id());
+
+    // The quickstart, attached: the seed's trees.
+    let quickstart = profile_dir().join("examples").join("quickstart");
+    let output = cluster
+        .command(&quickstart)
+        .env("FILAMENT_ADDRESS", "auto")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "quickstart: {}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("my_function returned 1"), "{stdout}");
+    for line in [
+        "└─ quickstart::my_func filament.remote (producer",
+        "   └─ quickstart::my_func filament.remote_worker (consumer",
+        "      └─ foo (internal",
+        "└─ quickstart::my_function filament.remote (producer",
+        "   └─ quickstart::my_function filament.remote_worker (consumer",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+
+    // A job running now: status shows the hook loaded in every process, with span counts.
+    let mut child = cluster.spawn_program(&["workers", "hang"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut job = String::new();
+    while !line.starts_with("hanging") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the program ended"
+        );
+        if let Some(id) = line.trim().strip_prefix("job_id=") {
+            job = id.to_owned();
+        }
+    }
+    let mut seen = Json::Null;
+    wait_until(
+        "status shows the running job's processes",
+        Duration::from_secs(20),
+        || {
+            seen = cluster.status();
+            let Some(job) = seen["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["job_id"] == job.as_str() && j["state"] == "running")
+            else {
+                return false;
+            };
+            let processes = job["processes"].as_array().unwrap();
+            // The driver and 2 workers, each with its hook loaded and its spans counted.
+            processes.len() == 3
+                && processes.iter().all(|p| p["hook"] == "loaded")
+                && processes
+                    .iter()
+                    .all(|p| p["spans_exported"].as_u64() > Some(0))
+        },
+    );
+    assert_eq!(seen["nodes"][0]["hook"], "loaded");
+    assert_eq!(seen["hook"], LOCAL_FILE);
+    let text_status = cluster.filament(&["status"]);
+    let text_status = String::from_utf8_lossy(&text_status.stdout).into_owned();
+    assert!(
+        text_status.contains(&format!("job {job}  running")),
+        "{text_status}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Stop: nothing is left, and within 5 seconds.
+    let started = Instant::now();
+    let output = cluster.filament(&["stop"]);
+    assert!(output.status.success(), "stop: {}", text(&output));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
+    assert!(!alive(head_pid), "the head survived stop");
+    assert_eq!(
+        group_members(head_pid),
+        Vec::<u32>::new(),
+        "processes survived stop"
+    );
+    let output = cluster.filament(&["status"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("no Filament cluster runs on this machine"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn two_nodes_run_one_trace() {
+    let cluster = Cluster::new();
+    let address = cluster.start_head(Some(LOCAL_FILE), 2);
+    let output = cluster.join_node(&address, 2);
+    assert!(output.status.success(), "join: {}", text(&output));
+    let status = cluster.status();
+    let nodes: Vec<String> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(nodes.len(), 2, "{status}");
+    assert!(
+        status["nodes"][1]["hook"]
+            .as_str()
+            .unwrap()
+            .starts_with("checked")
+    );
+
+    let run = cluster.run_program(&["fan-out"], &[]).ok();
+    run.assert_one_tree();
+    // The fan-out task and its 8 tasks: 18 spans, in one trace.
+    assert_eq!(run.all().len(), 18, "{:?}", run.names());
+    let consumer_nodes: BTreeSet<String> = run
+        .all()
+        .iter()
+        .filter(|(_, s)| kind(s) == SpanKind::Consumer)
+        .map(|(_, s)| match attr(s, "filament.node_id") {
+            Value::StringValue(node) => node.clone(),
+            other => panic!("node id {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        consumer_nodes,
+        nodes.iter().cloned().collect::<BTreeSet<_>>(),
+        "tasks ran on both nodes"
+    );
+}
+
+#[test]
+fn a_broken_hook_at_start_starts_nothing() {
+    let cluster = Cluster::new();
+    let not_a_library = cluster.temp.path().join("not-a-library.so");
+    std::fs::write(&not_a_library, "not ELF").unwrap();
+    let cases = [
+        (
+            "no_such_library:setup_tracing".to_owned(),
+            "no_such_library",
+        ),
+        ("libc.so.6:printf".to_owned(), "printf"),
+        (
+            format!("{}:setup_tracing", not_a_library.display()),
+            "not-a-library.so",
+        ),
+        ("filament_test_hooks:setup_fails".to_owned(), "setup_fails"),
+        (
+            "filament_test_hooks:setup_panics".to_owned(),
+            "setup_panics",
+        ),
+        (
+            "filament_test_hooks:next_major_version".to_owned(),
+            "version",
+        ),
+        ("filament_local_file".to_owned(), "library:symbol"),
+    ];
+    for (hook, expected) in cases {
+        let output = cluster.filament(&[
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--tracing-startup-hook",
+            &hook,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{hook}: started:\n{}",
+            text(&output)
+        );
+        assert!(
+            stderr.contains(expected),
+            "{hook}: {expected:?} not in:\n{stderr}"
+        );
+        assert!(stderr.contains("hook"), "{hook}: {stderr}");
+        assert_eq!(
+            cluster.daemon_pids(),
+            Vec::new(),
+            "{hook}: a daemon was left"
+        );
+        let sessions = std::fs::read_dir(cluster.temp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("session_1"))
+            .count();
+        assert_eq!(sessions, 0, "{hook}: a session folder was left");
+    }
+}
+
+#[test]
+fn bad_starts_and_nothing_running() {
+    let cluster = Cluster::new();
+    // Nothing runs yet.
+    for args in [&["stop"][..], &["status"][..]] {
+        let output = cluster.filament(args);
+        assert!(!output.status.success(), "{args:?}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("no Filament") && stderr.contains("runs on this machine"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Attaching with no head.
+    let run = cluster.run_program(&["one-task"], &[]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr)
+            .contains("no Filament cluster runs on this machine"),
+        "{}",
+        text(&run.output)
+    );
+
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = cluster.filament(&["start", "--head", "--port", &port]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("port {port} is in use")),
+        "{stderr}"
+    );
+    assert_eq!(cluster.daemon_pids(), Vec::new());
+
+    // A head already running.
+    let address = cluster.start_head(None, 1);
+    let output = cluster.filament(&["start", "--head", "--port", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a head is already running"), "{stderr}");
+    assert_eq!(cluster.daemon_pids().len(), 1);
+
+    // A head at an address nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let run = cluster.run_program(
+        &["one-task"],
+        &[
+            ("FILAMENT_ADDRESS", &closed),
+            ("FILAMENT_CLUSTER_TOKEN", "x"),
+        ],
+    );
+    assert_eq!(run.output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("no head answers"),
+        "{}",
+        text(&run.output)
+    );
+
+    // Wrong tokens: a node and a driver are refused, and the head logs it.
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--address", &address])
+        .env("FILAMENT_CLUSTER_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("wrong cluster token"),
+        "{}",
+        text(&output)
+    );
+    let run = cluster.run_program(
+        &["one-task"],
+        &[("FILAMENT_CLUSTER_TOKEN", "not-the-token")],
+    );
+    assert_eq!(run.output.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("wrong cluster token"),
+        "{}",
+        text(&run.output)
+    );
+    // A connection that is not Filament's at all.
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    }
+    let log_path = cluster.temp.path().join("session_latest/logs/daemon.log");
+    wait_until("the head logs the refusals", Duration::from_secs(5), || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.matches("refused a connection").count() >= 3
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("wrong cluster token"), "{log}");
+    assert!(log.contains("no Filament hello"), "{log}");
+    // Still serving.
+    assert!(cluster.status()["nodes"].as_array().unwrap().len() == 1);
+}
+
+#[test]
+fn a_driver_may_not_bring_another_hook() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 1);
+    // Another hook: refused, naming both.
+    let run = cluster.run_program(
+        &["one-task"],
+        &[(
+            "FILAMENT_TRACING_STARTUP_HOOK",
+            "filament_test_hooks:adds_nothing",
+        )],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("filament_test_hooks:adds_nothing") && stderr.contains(LOCAL_FILE),
+        "{stderr}"
+    );
+    // The same hook, named by its path: fine.
+    let same = format!(
+        "{}:setup_tracing",
+        filament_tests::plugin_path("filament_local_file").display()
+    );
+    let run = cluster
+        .run_program(&["one-task"], &[("FILAMENT_TRACING_STARTUP_HOOK", &same)])
+        .ok();
+    assert_eq!(run.all().len(), 2);
+
+    // A cluster without a hook refuses a driver's hook too.
+    let bare = Cluster::new();
+    bare.start_head(None, 1);
+    let run = bare.run_program(
+        &["one-task"],
+        &[("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("cluster's (none)"),
+        "{}",
+        text(&run.output)
+    );
+    // And with none, a job runs untraced.
+    let run = bare.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+    assert!(run.spans.is_empty());
+}
+
+#[test]
+fn a_node_killed_mid_run_fails_its_tasks_only() {
+    let cluster = Cluster::new();
+    let address = cluster.start_head(Some(LOCAL_FILE), 2);
+    assert!(cluster.join_node(&address, 2).status.success());
+    let node_pid = cluster
+        .daemon_pids()
+        .into_iter()
+        .find(|(role, _)| role == "node")
+        .map(|(_, pid)| pid)
+        .expect("the node's pid file");
+
+    let mut child = cluster.spawn_program(&["under-fire", "3000"]);
+    let stdout = wait_for_submitted(&mut child);
+    kill(node_pid);
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    let output = lines.join("\n");
+    assert!(status.success(), "{output}");
+    let errors = lines
+        .iter()
+        .filter(|l| l.starts_with("slow") && l.contains("=error"))
+        .count();
+    let oks = lines
+        .iter()
+        .filter(|l| l.starts_with("slow") && l.contains("=ok"))
+        .count();
+    // Two of the four ran on the node: their callers get errors naming the worker; the head's
+    // two finish.
+    assert_eq!((errors, oks), (2, 2), "{output}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("=error") && l.contains("died")),
+        "{output}"
+    );
+    // The rest of the cluster keeps working.
+    for i in 0..4 {
+        assert!(
+            lines.contains(&format!("after{i}=ok {}", i + 1)),
+            "{output}"
+        );
+    }
+    // The node's workers are gone, and every span file written is whole.
+    wait_until("the node's processes end", Duration::from_secs(5), || {
+        group_members(node_pid).is_empty()
+    });
+    for entry in std::fs::read_dir(cluster.spans.path()).unwrap().flatten() {
+        read_span_file(&entry.path());
+    }
+    assert_eq!(cluster.status()["nodes"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_worker_killed_mid_run_is_replaced() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let mut child = cluster.spawn_program(&["under-fire", "3000"]);
+    let stdout = wait_for_submitted(&mut child);
+    let mut worker = 0;
+    wait_until("status shows a worker", Duration::from_secs(10), || {
+        let status = cluster.status();
+        worker = status["jobs"][0]["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "worker")
+            .and_then(|p| p["pid"].as_u64())
+            .unwrap_or(0) as u32;
+        worker != 0
+    });
+    kill(worker);
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    let output = lines.join("\n");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("=error") && l.contains(&format!("pid {worker}"))),
+        "{output}"
+    );
+    for i in 0..4 {
+        assert!(
+            lines.contains(&format!("after{i}=ok {}", i + 1)),
+            "{output}"
+        );
+    }
+}
+
+#[test]
+fn drivers_hear_of_a_dead_head_within_seconds() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let head_pid: u32 = cluster.session_file("daemon.pid").parse().unwrap();
+    let mut child = cluster.spawn_program(&["under-fire", "30000"]);
+    let stdout = wait_for_submitted(&mut child);
+    let killed = Instant::now();
+    kill(head_pid);
+    let lines: Vec<String> = stdout.lines().map(Result::unwrap).collect();
+    child.wait().unwrap();
+    let output = lines.join("\n");
+    // Its 30-second tasks failed long before they would have finished.
+    assert!(killed.elapsed() < Duration::from_secs(20), "{output}");
+    let errors = lines
+        .iter()
+        .filter(|l| l.starts_with("slow") && l.contains("=error"))
+        .count();
+    // (Each says why: the head's end, or its worker's, which ends with the head's node.)
+    assert_eq!(errors, 4, "{output}");
+    // Later tasks fail at once, saying the head is gone.
+    let head_gone = format!(
+        "the cluster's head at {} is gone",
+        cluster.session_file("address")
+    );
+    let after_errors = lines
+        .iter()
+        .filter(|l| l.starts_with("after") && l.contains("=error") && l.contains(&head_gone))
+        .count();
+    assert_eq!(after_errors, 4, "{output}");
+    // The head's workers went with it.
+    wait_until("the head's workers end", Duration::from_secs(5), || {
+        group_members(head_pid).is_empty()
+    });
+}
