@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run --release --example quickstart
 //! FILAMENT_TRACING_STARTUP_HOOK=path/to/libmy_hook.so:setup_tracing cargo run --release --example quickstart
+//!
+//! # or, as the seed's first way: a standing cluster with the hook, and the quickstart attached
+//! filament start --head --tracing-startup-hook=filament_local_file:setup_tracing
+//! FILAMENT_ADDRESS=auto cargo run --release --example quickstart
 //! ```
 //!
 //! With the default hook (`filament_local_file:setup_tracing`) every process of the cluster writes

@@ -475,7 +475,20 @@ impl Driver {
                 }
                 (worker, pid)
             }
-            _ => return,
+            Ok(None) => return,
+            other => {
+                if matches!(write_half, Conn::Tcp(_)) {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        _ => "its first message was not a hello".to_owned(),
+                    };
+                    eprintln!(
+                        "filament: refused a connection from {}: no Filament hello ({why})",
+                        write_half.peer()
+                    );
+                }
+                return;
+            }
         };
         let outbox = Outbox::new(write_half);
         outbox.send(ToWorker::Welcome {

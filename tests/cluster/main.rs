@@ -424,8 +424,49 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
         text_status.contains(&format!("job {job}  running")),
         "{text_status}"
     );
+    // The driver's port for its workers refuses anything else, and says so.
+    let job_address = seen["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .and_then(|j| j["worker_address"].as_str())
+        .unwrap()
+        .to_owned();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = std::sync::Arc::clone(&stderr);
+    let driver_stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(driver_stderr).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push_str(&line);
+        }
+    });
+    {
+        use std::io::Write;
+        let mut stranger = std::net::TcpStream::connect(&job_address).unwrap();
+        stranger.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+    }
+    wait_until(
+        "the driver logs the refusal",
+        Duration::from_secs(10),
+        || {
+            stderr
+                .lock()
+                .unwrap()
+                .contains("refused a connection from 127.0.0.1")
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
+
+    // Jobs ran in processes of their own: no span file holds two jobs' spans.
+    for (pid, spans) in read_spans_dir(cluster.spans.path()) {
+        let jobs: BTreeSet<String> = spans
+            .iter()
+            .map(|s| format!("{:?}", s.resource_attribute("filament.job_id")))
+            .collect();
+        assert!(jobs.len() <= 1, "{pid}.json holds spans of jobs {jobs:?}");
+    }
 
     // Stop: nothing is left, and within 5 seconds.
     let started = Instant::now();
@@ -490,6 +531,21 @@ fn two_nodes_run_one_trace() {
         consumer_nodes,
         nodes.iter().cloned().collect::<BTreeSet<_>>(),
         "tasks ran on both nodes"
+    );
+
+    // Actors too are placed by free CPUs: with every CPU taken by the pool, one on each node.
+    let run = cluster.run_program(&["two-actors"], &[]).ok();
+    assert_eq!((run.value("first"), run.value("second")), ("1", "11"));
+    let actor_nodes: BTreeSet<String> = run
+        .all()
+        .iter()
+        .filter(|(_, s)| s.name() == "Counter::incr filament.remote_worker")
+        .map(|(_, s)| format!("{:?}", attr(s, "filament.node_id")))
+        .collect();
+    assert_eq!(
+        actor_nodes.len(),
+        2,
+        "actors on both nodes: {actor_nodes:?}"
     );
 }
 

@@ -538,6 +538,7 @@ impl Head {
             state,
             driver_pid: job.request.pid,
             exe: job.request.exe.display().to_string(),
+            worker_address: job.request.worker_address.clone(),
             processes,
         }
     }

@@ -172,6 +172,8 @@ pub struct JobStatus {
     pub driver_pid: u32,
     /// The driver's executable.
     pub exe: String,
+    /// Where its workers connect to the driver.
+    pub worker_address: String,
     /// Its processes.
     pub processes: Vec<ProcessInfo>,
 }

@@ -274,6 +274,12 @@ fn main() -> ExitCode {
             let expected: i64 = (0..n as i64).map(|i| i + 1).sum();
             println!("sum={} expected={expected}", values.iter().sum::<i64>());
         }
+        "two-actors" => {
+            let first = Counter::remote(0);
+            let second = Counter::remote(10);
+            println!("first={}", first.incr(1).get().unwrap());
+            println!("second={}", second.incr(1).get().unwrap());
+        }
         "fan-out" => {
             let mut pids = fan_out::remote(8, 50).get().unwrap();
             pids.sort();
