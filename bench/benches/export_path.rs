@@ -7,9 +7,12 @@
 //!   encoder and writer (`SpanFile::write_otlp_span`, linked as an rlib; the resource and scope
 //!   encoded once, as the plugin does): the same exporter, native;
 //! - **abi**: the real path, `filament::tracing::Tracing` loading `libfilament_local_file.so`: host
-//!   provider → bridge → borrowed `SpanRecord` → plugin processor across the ABI → the same writer.
+//!   provider → bridge → borrowed `SpanRecord` → plugin processor across the ABI → the same writer,
+//!   which encodes the span straight from the record instead of building the OTLP message first
+//!   (same bytes).
 //!
-//! `abi / native` is the price of the plugin boundary; `native - floor` is what exporting costs.
+//! `abi / native` is the price of the plugin boundary less what the plugin's direct encoding saves
+//! (below 1 since it has encoded from the record); `native - floor` is what exporting costs.
 //!
 //! Samples are interleaved (floor, native, abi, floor, native, abi, …) rather than run variant after
 //! variant: on a shared, noisy machine the load changes over seconds, and interleaving makes every

@@ -556,7 +556,10 @@ impl Driver {
 
         // Messages that arrived together are handled under one lock, and what they cause is sent
         // in one write per worker.
-        'connection: while let Ok(Some(message)) = reader.read::<ToDriver>() {
+        // The reader spins a moment before sleeping in `read` (see `spin`): in a sequential
+        // conversation the worker's next message finds it awake.
+        let activity = crate::spin::Activity::new();
+        'connection: while let Ok(Some(message)) = activity.read::<ToDriver>(&mut reader) {
             let mut state = self.lock();
             self.on_message(&mut state, worker, message);
             while reader.has_buffered() {

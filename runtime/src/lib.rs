@@ -34,6 +34,7 @@ mod driver;
 mod object;
 mod registry;
 mod spans;
+mod spin;
 pub mod tracing;
 mod wire;
 mod worker;

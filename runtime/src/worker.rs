@@ -5,6 +5,7 @@
 use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
+use crate::spin::Activity;
 use crate::wire::{
     self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker, TracingStats,
 };
@@ -48,6 +49,8 @@ pub(crate) struct WorkerCore {
     stopping: AtomicBool,
     /// Threads ending a finished task's span.
     exporting: AtomicUsize,
+    /// When the connection last carried a message: its reader spins a moment after that.
+    activity: Activity,
 }
 
 /// Which tasks run: at most `allowed` at once (1, plus one per task blocked in `get`; always 1 in
@@ -185,6 +188,7 @@ fn serve(marker: &str) -> Result<(), String> {
         finished: Condvar::new(),
         stopping: AtomicBool::new(false),
         exporting: AtomicUsize::new(0),
+        activity: Activity::new(),
     });
     crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
     // Two threads: one runs a task while the other reads the next message.
@@ -257,7 +261,7 @@ impl WorkerCore {
                 return;
             }
             let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            let message = reader.read::<ToWorker>();
+            let message = self.activity.read::<ToWorker>(&mut reader);
             match message {
                 Ok(Some(ToWorker::Execute(task))) => {
                     if matches!(task.kind, TaskKind::CreateActor { .. }) {
@@ -343,6 +347,7 @@ impl WorkerCore {
         // Sent now, whatever runs next: a result must not wait for the next task to finish.
         // (Results of threads finishing together still go out in one write.)
         self.outbox.send(ToDriver::Done { id, result });
+        self.activity.note();
         // The task is over: the next one may start (an actor's next call included) while this
         // thread ends and exports the span, and the result travels.
         self.exporting.fetch_add(1, Ordering::AcqRel);
