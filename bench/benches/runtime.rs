@@ -99,7 +99,7 @@ const BENCH: Plan = Plan {
     seq_samples: 5,
     seq_calls: 400,
     extra_inits: 8,
-    memory_tasks: 200_000,
+    memory_tasks: 1_000_000,
     memory_batch: 1_000,
     smoke: false,
 };

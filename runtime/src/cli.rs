@@ -120,7 +120,7 @@ fn default_cpus() -> u32 {
 }
 
 fn start(args: StartArgs) -> Result<String, String> {
-    let root = session::root();
+    let root = session::checked_root()?.unwrap_or_else(session::root);
     if let Some(hook) = &args.tracing_startup_hook
         && hook.trim().is_empty()
     {
@@ -236,7 +236,11 @@ fn daemon(args: DaemonArgs) -> Result<String, String> {
     let dir = args.session.clone();
     let ready = |outcome: Result<String, String>| match outcome {
         Ok(address) => {
-            let _ = session::write_private(&dir, "ready", &address);
+            if let Err(why) = session::write_private(&dir, "ready", &address) {
+                // `start` sees the daemon end, and this in its log.
+                cluster::log(&why);
+                std::process::exit(1);
+            }
         }
         Err(why) => {
             cluster::log(&why);
@@ -272,7 +276,8 @@ fn daemon(args: DaemonArgs) -> Result<String, String> {
 
 fn status(address: &str, json: bool) -> Result<String, String> {
     if address == "auto" {
-        let latest = session::latest(&session::root());
+        let root = session::checked_root()?.unwrap_or_else(session::root);
+        let latest = session::latest(&root);
         if session::live_daemon(&latest).is_none() {
             return Err(format!(
                 "no Filament cluster runs on this machine ({} names no running daemon); \
@@ -371,7 +376,7 @@ fn signal_group(group: u32, signal: rustix::process::Signal) {
 }
 
 fn stop() -> Result<String, String> {
-    let root = session::root();
+    let root = session::checked_root()?.unwrap_or_else(session::root);
     let daemons = session::live_daemons(&root);
     if daemons.is_empty() {
         return Err(format!(
@@ -404,11 +409,19 @@ fn stop() -> Result<String, String> {
     while running() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let mut survivors = Vec::new();
     for daemon in &daemons {
-        let _ = std::fs::remove_file(daemon.dir.join("daemon.pid"));
+        let left = group_members(daemon.pid);
+        if left.is_empty() {
+            let _ = std::fs::remove_file(daemon.dir.join("daemon.pid"));
+        } else {
+            survivors.extend(left);
+        }
     }
-    if running() > 0 {
-        return Err("some processes survived SIGKILL".into());
+    if !survivors.is_empty() {
+        return Err(format!(
+            "processes {survivors:?} survived SIGKILL (run `filament stop` again, or see `ps`)"
+        ));
     }
     let list: Vec<String> = daemons
         .iter()

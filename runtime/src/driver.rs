@@ -410,16 +410,25 @@ impl Driver {
 
     fn accept_loop(self: Arc<Self>, listener: Listener) {
         loop {
-            let Ok(stream) = listener.accept() else {
-                continue;
+            let stream = match listener.accept() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: not a reason to spin.
+                    eprintln!("filament: accepting a worker's connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
             };
             if self.lock().shutting_down {
                 return;
             }
             let driver = Arc::clone(&self);
-            let _ = std::thread::Builder::new()
+            if let Err(e) = std::thread::Builder::new()
                 .name("filament-worker-conn".into())
-                .spawn(move || driver.serve_worker(stream));
+                .spawn(move || driver.serve_worker(stream))
+            {
+                eprintln!("filament: no thread for a worker's connection: {e}");
+            }
         }
     }
 
@@ -440,7 +449,9 @@ impl Driver {
                 pid,
             })) => {
                 let wrong_token = match &self.launcher {
-                    Launcher::Cluster { token: ours, .. } => token != *ours,
+                    Launcher::Cluster { token: ours, .. } => {
+                        !crate::cluster::same_token(&token, ours)
+                    }
                     Launcher::Local { .. } => false,
                 };
                 let refusal = if magic != wire::MAGIC {
@@ -490,6 +501,7 @@ impl Driver {
                 return;
             }
         };
+        reader.trust();
         let outbox = Outbox::new(write_half);
         outbox.send(ToWorker::Welcome {
             hook: self.welcome.hook.clone(),
@@ -501,6 +513,16 @@ impl Driver {
         match reader.read::<ToDriver>() {
             Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
             Ok(Some(ToDriver::HookStatus(Err(message)))) => {
+                // Kept for the head's `status`: the job's record shows which process failed, and why.
+                self.lock().departed.push(ProcessStatus {
+                    worker: Some(worker),
+                    pid,
+                    kind: "worker".into(),
+                    tracing: TracingStats {
+                        hook: Some(Err(message.clone())),
+                        ..TracingStats::default()
+                    },
+                });
                 self.worker_start_failed(
                     worker,
                     format!("the tracing hook failed in worker {worker} (pid {pid}): {message}"),

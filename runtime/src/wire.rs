@@ -18,6 +18,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"filament";
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// No frame may be larger than this (1 GiB): a corrupt length is an error, not an allocation.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+/// No frame of a peer not yet trusted (before its hello and token are checked) may be larger than
+/// this: a stranger cannot make a process allocate much by announcing a large frame.
+pub(crate) const MAX_UNTRUSTED_FRAME: usize = 64 * 1024;
 
 /// A connection: a Unix socket within a machine, TCP between machines.
 #[derive(Debug)]
@@ -28,8 +31,16 @@ pub(crate) enum Conn {
 
 impl Conn {
     /// A TCP connection, with Nagle's delay off (frames are small and latency matters).
+    /// A TCP connection, with Nagle's delay off (frames are small and latency matters) and
+    /// keepalive probes on, so that a peer whose machine vanished is noticed within about 15 s,
+    /// not hours.
     pub(crate) fn tcp(stream: TcpStream) -> Conn {
+        use rustix::net::sockopt;
         let _ = stream.set_nodelay(true);
+        let _ = sockopt::set_socket_keepalive(&stream, true);
+        let _ = sockopt::set_tcp_keepidle(&stream, Duration::from_secs(5));
+        let _ = sockopt::set_tcp_keepintvl(&stream, Duration::from_secs(2));
+        let _ = sockopt::set_tcp_keepcnt(&stream, 4);
         Conn::Tcp(stream)
     }
 
@@ -280,6 +291,8 @@ pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::
 pub(crate) struct FrameReader {
     reader: BufReader<Conn>,
     buffer: Vec<u8>,
+    /// The largest frame accepted: [`MAX_UNTRUSTED_FRAME`] until [`FrameReader::trust`].
+    limit: usize,
 }
 
 impl FrameReader {
@@ -287,7 +300,14 @@ impl FrameReader {
         FrameReader {
             reader: BufReader::with_capacity(64 * 1024, stream),
             buffer: Vec::new(),
+            limit: MAX_UNTRUSTED_FRAME,
         }
+    }
+
+    /// The peer proved who it is (or is the one this process chose to connect to): frames up to
+    /// [`MAX_FRAME`] are read from now on.
+    pub(crate) fn trust(&mut self) {
+        self.limit = MAX_FRAME;
     }
 
     /// The underlying stream.
@@ -309,9 +329,10 @@ impl FrameReader {
             Err(e) => return Err(e),
         }
         let length = u32::from_le_bytes(length) as usize;
-        if length > MAX_FRAME {
+        if length > self.limit {
             return Err(io::Error::other(format!(
-                "frame of {length} bytes exceeds the {MAX_FRAME}-byte limit"
+                "frame of {length} bytes exceeds the {}-byte limit",
+                self.limit
             )));
         }
         self.buffer.resize(length, 0);

@@ -62,6 +62,9 @@ struct Execution {
     allowed: usize,
 }
 
+/// How long a worker of a standing cluster tries to reach its driver.
+const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often a worker tells its driver how its tracing is doing (when that changed).
 const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -85,20 +88,26 @@ fn serve(marker: &str) -> Result<(), String> {
     // Started by a node of a standing cluster: its standard input is a pipe from the node, whose
     // end means the node is gone.
     if std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some() {
-        let _ = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("filament-node-watch".into())
             .spawn(|| {
                 let mut sink = [0u8; 64];
                 while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
-                eprintln!("filament worker: its node is gone; exiting");
-                std::process::exit(1);
-            });
+                // The node closed the pipe: the job ended, or the node is gone.
+                std::process::exit(0);
+            })
+            .map_err(|e| format!("cannot watch the node: {e}"))?;
     }
     let (stream, token) = match socket.strip_prefix("tcp:") {
         Some(address) => (
             Conn::tcp(
-                TcpStream::connect(address)
-                    .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))?,
+                address
+                    .parse()
+                    .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
+                    .and_then(|addr| {
+                        TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
+                            .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
+                    })?,
             ),
             std::env::var(crate::cluster::session::TOKEN_ENV).unwrap_or_default(),
         ),
@@ -124,6 +133,8 @@ fn serve(marker: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let write_half = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = FrameReader::new(stream);
+    // Its own driver, whose address it was given.
+    reader.trust();
     let (hook, config, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
         Ok(Some(ToWorker::Welcome {
             hook,

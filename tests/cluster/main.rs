@@ -43,20 +43,34 @@ fn filament_bin() -> PathBuf {
 struct Cluster {
     temp: tempfile::TempDir,
     spans: tempfile::TempDir,
+    /// `FILAMENT_TEMP_DIR`: `temp`, or a link to it.
+    root: PathBuf,
 }
 
 impl Cluster {
     fn new() -> Cluster {
+        let temp = tempfile::tempdir().unwrap();
         Cluster {
-            temp: tempfile::tempdir().unwrap(),
+            root: temp.path().to_owned(),
+            temp,
             spans: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// A cluster whose `FILAMENT_TEMP_DIR` is a symbolic link to its folder.
+    fn behind_a_link() -> (Cluster, tempfile::TempDir) {
+        let mut cluster = Cluster::new();
+        let links = tempfile::tempdir().unwrap();
+        let link = links.path().join("filament-root");
+        std::os::unix::fs::symlink(cluster.temp.path(), &link).unwrap();
+        cluster.root = link;
+        (cluster, links)
     }
 
     fn command(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
         command
-            .env("FILAMENT_TEMP_DIR", self.temp.path())
+            .env("FILAMENT_TEMP_DIR", &self.root)
             .env("FILAMENT_SPANS_DIR", self.spans.path())
             .env("RUST_BACKTRACE", "0")
             .env_remove("FILAMENT_ADDRESS")
@@ -456,8 +470,63 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
                 .contains("refused a connection from 127.0.0.1")
         },
     );
+    // A process that presents the wrong token to the driver's port is refused, and the driver
+    // says so.
+    let fake = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .env("FILAMENT_WORKER", format!("tcp:{job_address}:99"))
+        .env("FILAMENT_CLUSTER_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    assert!(!fake.status.success());
+    assert!(
+        String::from_utf8_lossy(&fake.stderr).contains("wrong or missing cluster token"),
+        "{}",
+        text(&fake)
+    );
+    wait_until(
+        "the driver logs the wrong token",
+        Duration::from_secs(10),
+        || {
+            stderr
+                .lock()
+                .unwrap()
+                .contains("wrong or missing cluster token")
+        },
+    );
+
+    // The driver killed: its job ends, and its workers with it.
+    let workers: Vec<u32> = seen["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap()["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "worker")
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(workers.len(), 2);
     let _ = child.kill();
     let _ = child.wait();
+    wait_until(
+        "the killed driver's workers end",
+        Duration::from_secs(10),
+        || workers.iter().all(|pid| !alive(*pid)),
+    );
+    wait_until(
+        "the killed driver's job ends",
+        Duration::from_secs(10),
+        || {
+            cluster.status()["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["job_id"] == job.as_str() && j["state"] != "running")
+        },
+    );
 
     // Jobs ran in processes of their own: no span file holds two jobs' spans.
     for (pid, spans) in read_spans_dir(cluster.spans.path()) {
@@ -495,7 +564,8 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
 
 #[test]
 fn two_nodes_run_one_trace() {
-    let cluster = Cluster::new();
+    // Through a link: status and stop find the daemons all the same.
+    let (cluster, _links) = Cluster::behind_a_link();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
     let output = cluster.join_node(&address, 2);
     assert!(output.status.success(), "join: {}", text(&output));
@@ -547,6 +617,15 @@ fn two_nodes_run_one_trace() {
         2,
         "actors on both nodes: {actor_nodes:?}"
     );
+
+    let pids = cluster.daemon_pids();
+    assert_eq!(pids.len(), 2);
+    let output = cluster.filament(&["stop"]);
+    assert!(output.status.success(), "stop: {}", text(&output));
+    for (role, pid) in pids {
+        assert!(!alive(pid), "the {role} survived stop");
+        assert_eq!(group_members(pid), Vec::<u32>::new(), "{role}'s processes");
+    }
 }
 
 #[test]
@@ -607,6 +686,61 @@ fn a_broken_hook_at_start_starts_nothing() {
             .count();
         assert_eq!(sessions, 0, "{hook}: a session folder was left");
     }
+}
+
+#[test]
+fn a_hook_that_fails_in_workers_fails_the_driver_and_shows_in_status() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some("filament_test_hooks:fails_in_workers"), 2);
+    let run = cluster.run_program(&["one-task"], &[]);
+    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("no collector is reachable from worker processes")
+            && stderr.contains("worker"),
+        "{stderr}"
+    );
+    let status = cluster.status();
+    let failed = status["jobs"][0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let hook = p["hook"].as_str().unwrap();
+            hook.starts_with("failed: ") && hook.contains("no collector is reachable")
+        })
+        .count();
+    assert!(failed > 0, "{status}");
+    assert_ne!(status["jobs"][0]["state"], "running");
+}
+
+#[test]
+fn session_folders_others_can_write_are_refused() {
+    let cluster = Cluster::new();
+    let open = cluster.temp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0"])
+        .env("FILAMENT_TEMP_DIR", &open)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("may be written by others"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+    // A driver does not trust it either.
+    let run = cluster.run_program(
+        &["one-task"],
+        &[("FILAMENT_TEMP_DIR", open.to_str().unwrap())],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("may be written by others"),
+        "{}",
+        text(&run.output)
+    );
 }
 
 #[test]

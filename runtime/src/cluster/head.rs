@@ -93,11 +93,22 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String
         head.hook.as_deref().unwrap_or("none")
     ));
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: not a reason to spin.
+                log(&format!("accepting a connection failed: {e}"));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
         let head = Arc::clone(&head);
-        let _ = std::thread::Builder::new()
+        if let Err(e) = std::thread::Builder::new()
             .name("filament-head-conn".into())
-            .spawn(move || head.serve(Conn::tcp(stream)));
+            .spawn(move || head.serve(Conn::tcp(stream)))
+        {
+            log(&format!("no thread for a connection: {e}"));
+        }
     }
 }
 
@@ -115,10 +126,14 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
             format!("cannot listen on {}:{}: {e}", options.host, options.port)
         }
     })?;
-    let address = listener
+    let mut listening = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?
-        .to_string();
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    // Listening on every interface: tell nodes and drivers an address they can reach.
+    if listening.ip().is_unspecified() {
+        listening.set_ip(routable_ip());
+    }
+    let address = listening.to_string();
     let node_id = super::new_node_id();
     // The hook is run here, in full: one that cannot be loaded, is not a hook, or fails or panics
     // in setup fails the start, before any driver relies on it.
@@ -180,6 +195,18 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
     Ok((head, listener, guard))
 }
 
+/// This machine's address on its default route (no packet is sent: a UDP socket is only
+/// connected); loopback if it has none.
+fn routable_ip() -> std::net::IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("192.0.2.1:9")?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
 impl Head {
     fn lock(&self) -> std::sync::MutexGuard<'_, HeadState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -212,7 +239,7 @@ impl Head {
             ))
         } else if hello.token.is_empty() {
             Some("no cluster token was presented".to_owned())
-        } else if hello.token != self.token {
+        } else if !super::same_token(&hello.token, &self.token) {
             Some("wrong cluster token".to_owned())
         } else {
             None
@@ -222,6 +249,7 @@ impl Head {
             let _ = wire::write_message(&conn, &FromHead::Refused(why));
             return;
         }
+        reader.trust();
         let _ = conn.set_read_timeout(None);
         let outbox = Outbox::new(conn);
         match hello.peer {
@@ -260,34 +288,11 @@ impl Head {
             "node {node_id} joined from {address} (pid {pid}, {num_cpus} CPUs)"
         ));
         loop {
-            let event = match reader.read::<ToHead>() {
-                Ok(Some(ToHead::Spawned { job, worker, pid })) => {
-                    NodeEvent::Spawned { job, worker, pid }
-                }
-                Ok(Some(ToHead::SpawnFailed {
-                    job,
-                    worker,
-                    message,
-                })) => NodeEvent::SpawnFailed {
-                    job,
-                    worker,
-                    message,
-                },
-                Ok(Some(ToHead::Exited {
-                    job,
-                    worker,
-                    pid,
-                    status,
-                })) => NodeEvent::Exited {
-                    job,
-                    worker,
-                    pid,
-                    status,
-                },
-                Ok(Some(_)) => continue,
+            match reader.read::<ToHead>() {
+                Ok(Some(ToHead::Node(event))) => self.on_node_event(&node_id, event),
+                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
-            };
-            self.on_node_event(&node_id, event);
+            }
         }
         log(&format!("node {node_id} at {address} left the cluster"));
         let mut state = self.lock();

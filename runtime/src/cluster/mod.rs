@@ -15,7 +15,7 @@ pub mod session;
 
 pub use proto::{ClusterStatus, JobStatus, NodeStatus, ProcessInfo};
 
-use node::{NodeAgent, NodeEvent};
+use node::NodeAgent;
 use proto::{FromHead, Peer, ToHead, Welcome};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +31,16 @@ pub(crate) fn log(message: &str) {
         now.subsec_millis(),
         std::process::id()
     );
+}
+
+/// Whether a presented token is the cluster's, in a time that does not depend on where they differ.
+pub(crate) fn same_token(presented: &str, ours: &str) -> bool {
+    presented.len() == ours.len()
+        && presented
+            .bytes()
+            .zip(ours.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// A new node id: 8 random bytes, in hex.
@@ -97,8 +107,12 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(session::root);
-    if session::live_daemon(&session::latest(&root)).is_none() {
-        let _ = session::set_latest(&root, dir);
+    if session::live_daemon(&session::latest(&root)).is_none()
+        && let Err(why) = session::set_latest(&root, dir)
+    {
+        log(&format!(
+            "drivers of this machine cannot attach with `auto`: {why}"
+        ));
     }
 
     let outbox = crate::wire::Outbox::<ToHead>::new(match conn.try_clone() {
@@ -113,29 +127,7 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
         node_id.clone(),
         options.token.clone(),
         Box::new(move |event| {
-            events_outbox.send(match event {
-                NodeEvent::Spawned { job, worker, pid } => ToHead::Spawned { job, worker, pid },
-                NodeEvent::SpawnFailed {
-                    job,
-                    worker,
-                    message,
-                } => ToHead::SpawnFailed {
-                    job,
-                    worker,
-                    message,
-                },
-                NodeEvent::Exited {
-                    job,
-                    worker,
-                    pid,
-                    status,
-                } => ToHead::Exited {
-                    job,
-                    worker,
-                    pid,
-                    status,
-                },
-            });
+            events_outbox.send(ToHead::Node(event));
         }),
     ));
     let watching = Arc::clone(&agent);

@@ -15,7 +15,7 @@ pub(crate) const NODE_ID_ENV: &str = "FILAMENT_NODE_ID";
 pub(crate) const NODE_PIPE_ENV: &str = "FILAMENT_NODE_PIPE";
 
 /// Something a node's workers did, for the head.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) enum NodeEvent {
     Spawned {
         job: String,

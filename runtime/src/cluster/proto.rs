@@ -1,6 +1,7 @@
 //! Messages to and from the head of a standing cluster. Every connection opens with a [`Hello`]
 //! carrying the cluster token; the head answers [`FromHead::Welcome`] or [`FromHead::Refused`].
 
+use super::node::NodeEvent;
 use crate::wire::{self, Conn, FrameReader, TracingStats};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -97,21 +98,8 @@ pub(crate) enum ToHead {
     StartWorker { worker: u32, actor: bool },
     /// A driver's processes and their tracing, when it changed.
     JobStats(Vec<ProcessStatus>),
-    /// A node started a worker.
-    Spawned { job: String, worker: u32, pid: u32 },
-    /// A node could not start a worker.
-    SpawnFailed {
-        job: String,
-        worker: u32,
-        message: String,
-    },
-    /// A node's worker process ended.
-    Exited {
-        job: String,
-        worker: u32,
-        pid: u32,
-        status: String,
-    },
+    /// What a node's workers did.
+    Node(NodeEvent),
 }
 
 /// One process of a job, as its driver sees it.
@@ -245,6 +233,8 @@ pub(crate) fn connect(
         conn.try_clone()
             .map_err(|e| format!("connection to {address}: {e}"))?,
     );
+    // The head this process chose to connect to.
+    reader.trust();
     let welcome = match reader.read::<FromHead>() {
         Ok(Some(FromHead::Welcome(welcome))) => welcome,
         Ok(Some(FromHead::Refused(why))) => {

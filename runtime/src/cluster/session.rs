@@ -34,6 +34,46 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
 }
 
+/// The root of the session folders as it really is (links resolved), checked to be this user's
+/// to write — a folder another user made (or can write) could point drivers at a head of theirs, whose
+/// hook they would load. `Ok(None)` if there is no root yet.
+pub(crate) fn checked_root() -> Result<Option<PathBuf>, String> {
+    let root = root();
+    match fs::canonicalize(&root) {
+        Ok(real) => check_private(&real).map(|()| Some(real)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot use {}: {e}", root.display())),
+    }
+}
+
+/// `dir` must be a folder owned by this user that no one else may write (the token files in it are
+/// readable by this user only).
+fn check_private(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(dir).map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+    let me = rustix::process::getuid().as_raw();
+    if !meta.is_dir() {
+        return Err(format!("{} is not a folder", dir.display()));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "{} belongs to user {}, not to this user ({me}): refusing to trust its sessions; \
+             set {TEMP_DIR_ENV} to a folder of yours",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} may be written by others (mode {:o}): refusing to trust its sessions; \
+             `chmod go-w` it or set {TEMP_DIR_ENV} to a folder of yours",
+            dir.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
 /// The link to the current session.
 pub fn latest(root: &Path) -> PathBuf {
     root.join("session_latest")
@@ -46,7 +86,8 @@ pub(crate) fn new_token() -> Result<String, String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A new session folder (with its `logs/`), readable by this user only.
+/// A new session folder (with its `logs/`), readable by this user only, under the real path of
+/// `root` (which must be this user's alone).
 pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
@@ -54,6 +95,9 @@ pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
         .mode(0o700)
         .create(root)
         .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let root =
+        &fs::canonicalize(root).map_err(|e| format!("cannot use {}: {e}", root.display()))?;
+    check_private(root)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -154,8 +198,11 @@ pub(crate) fn live_daemons(root: &Path) -> Vec<Daemon> {
 /// The head address and token drivers and commands of this machine use: the `session_latest`
 /// folder's, unless `address` (or the token variable) says otherwise.
 pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
-    let root = root();
+    let root = checked_root()?.unwrap_or_else(root);
     let latest = latest(&root);
+    if let Ok(session) = fs::canonicalize(&latest) {
+        check_private(&session)?;
+    }
     let address = if address == "auto" {
         read(&latest, "address").ok_or_else(|| {
             format!(
