@@ -9,7 +9,9 @@
 //!    each sample (and how long `init` itself and dropping the cluster took); ms;
 //! 5. **tracing overhead per task**: on − off, per task, for batches, round trips and actor calls;
 //! 6. **driver memory** over many tasks whose results are dropped (batches of 1,000, tracing on):
-//!    the driver's `VmRSS` after the first 10% and at the end.
+//!    the driver's `VmRSS` after the first 10% and at the end;
+//! 7. **attached**: phases 1–4 with the driver attached to a standing cluster (a head started with
+//!    the `filament` command, 2 CPUs, the same hook; workers connect over TCP), beside "on".
 //!
 //! Every cluster is one variant and is dropped before the next starts; the variants alternate,
 //! off/on then on/off, for a few rounds, so that the noise of a shared machine lands on both alike.
@@ -18,7 +20,8 @@
 //! here judges a timing.
 //!
 //! "off" sets no hook whatever `FILAMENT_TRACING_STARTUP_HOOK` says, and checks that the driver has
-//! no tracing. "on" gives every traced cluster a spans directory of its own; after the cluster is
+//! no tracing. "attached" clusters take their turn in every round too, after the head was started
+//! (the bench builds the `filament` binary with cargo first, and stops the head at the end). "on" gives every traced cluster a spans directory of its own; after the cluster is
 //! dropped the bench checks that the driver and the workers each wrote at least one span line per
 //! task, and keeps the directory until the end of the run: deleting hundreds of MB between clusters
 //! made the next traced `init` several times slower here (file creation stalls behind the freeing,
@@ -123,6 +126,8 @@ const SMOKE: Plan = Plan {
 enum Tracing {
     Off,
     On,
+    /// Traced, attached to the standing cluster of [`HEAD`].
+    Attached,
 }
 
 impl Tracing {
@@ -130,7 +135,84 @@ impl Tracing {
         match self {
             Tracing::Off => "off",
             Tracing::On => "on",
+            Tracing::Attached => "attached",
         }
+    }
+
+    fn traced(self) -> bool {
+        self != Tracing::Off
+    }
+}
+
+/// The head of the standing cluster the "attached" variant attaches to: its address and token.
+static HEAD: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// A standing cluster started with the `filament` command (built first), stopped when dropped.
+struct Head {
+    filament: std::path::PathBuf,
+    sessions: TempDir,
+    /// Where the head's own (empty) span file goes.
+    _spans: TempDir,
+}
+
+impl Head {
+    fn start() -> Head {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "filament",
+                "--bin",
+                "filament",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(built.success(), "building the filament command failed");
+        let exe = std::env::current_exe().expect("the bench's path");
+        let release = exe
+            .ancestors()
+            .find(|dir| dir.file_name().is_some_and(|n| n == "release"))
+            .expect("the bench runs from target/release");
+        let filament = release.join("filament");
+        let sessions = tempfile::tempdir().expect("a temporary directory");
+        let spans = tempfile::tempdir().expect("a temporary directory");
+        let started = std::process::Command::new(&filament)
+            .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+            .args(["--tracing-startup-hook", HOOK])
+            .env("FILAMENT_TEMP_DIR", sessions.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .output()
+            .expect("filament start runs");
+        assert!(
+            started.status.success(),
+            "filament start failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let read = |name: &str| {
+            let path = sessions.path().join("session_latest").join(name);
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .trim()
+                .to_owned()
+        };
+        let _ = HEAD.set((read("address"), read("token")));
+        Head {
+            filament,
+            sessions,
+            _spans: spans,
+        }
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.filament)
+            .arg("stop")
+            .env("FILAMENT_TEMP_DIR", self.sessions.path())
+            .output();
     }
 }
 
@@ -140,6 +222,15 @@ fn config(tracing: Tracing, spans_dir: Option<&Path>) -> Config {
     let mut config = Config::default().num_workers(WORKERS);
     match tracing {
         Tracing::Off => config.tracing_startup_hook = None,
+        Tracing::Attached => {
+            let (address, token) = HEAD.get().expect("the head started");
+            let dir = spans_dir.expect("a spans directory for the traced variant");
+            config.tracing_startup_hook = None;
+            config = config.address(address).cluster_token(token).tracing_config(
+                filament_local_file::SPANS_DIR_KEY,
+                dir.to_str().expect("a UTF-8 temporary path"),
+            );
+        }
         Tracing::On => {
             let dir = spans_dir.expect("a spans directory for the traced variant");
             config = config.tracing_startup_hook(HOOK).tracing_config(
@@ -194,7 +285,7 @@ impl Cluster {
         first: Option<(Runtime, Instant, Instant)>,
         samples: &mut Samples,
     ) -> Cluster {
-        let spans_dir = (tracing == Tracing::On).then(|| {
+        let spans_dir = tracing.traced().then(|| {
             tempfile::Builder::new()
                 .prefix("filament-bench-runtime-spans-")
                 .tempdir()
@@ -210,7 +301,7 @@ impl Cluster {
         let done = Instant::now();
         assert_eq!(
             runtime.tracing().is_some(),
-            tracing == Tracing::On,
+            tracing.traced(),
             "{}: the driver's tracing is not what the variant asked for",
             tracing.name()
         );
@@ -220,7 +311,7 @@ impl Cluster {
             .init_call_ms
             .push((returned - started).as_secs_f64() * 1e3);
         let index = CLUSTERS.fetch_add(1, Ordering::Relaxed);
-        let traced_index = if tracing == Tracing::On {
+        let traced_index = if tracing.traced() {
             TRACED_CLUSTERS.fetch_add(1, Ordering::Relaxed)
         } else {
             TRACED_CLUSTERS.load(Ordering::Relaxed)
@@ -438,7 +529,7 @@ fn report(plan: Plan, off: &Samples, on: &Samples, memory: &Memory, elapsed: Dur
         ""
     };
     println!(
-        "runtime: {WORKERS} workers; {} rounds of an off and an on cluster each (order alternating); \
+        "runtime: {WORKERS} workers; {} rounds of an off, an on and an attached cluster each (order alternating); \
          per cluster {}x{} + {}x{} batched tasks, {}x{} round trips, {}x{} actor calls{smoke}",
         plan.rounds,
         plan.batches,
@@ -633,17 +724,24 @@ fn main() {
         SMOKE
     };
 
-    let (mut off, mut on) = (Samples::default(), Samples::default());
+    // Started when the first "attached" cluster needs it, after the first cluster's first result.
+    let mut head = None;
+    let (mut off, mut on, mut attached) =
+        (Samples::default(), Samples::default(), Samples::default());
     for round in 0..plan.rounds {
         let order = if round % 2 == 0 {
-            [Tracing::Off, Tracing::On]
+            [Tracing::Off, Tracing::On, Tracing::Attached]
         } else {
-            [Tracing::On, Tracing::Off]
+            [Tracing::Attached, Tracing::On, Tracing::Off]
         };
         for tracing in order {
+            if tracing == Tracing::Attached && head.is_none() {
+                head = Some(Head::start());
+            }
             let samples = match tracing {
                 Tracing::Off => &mut off,
                 Tracing::On => &mut on,
+                Tracing::Attached => &mut attached,
             };
             let runtime = if tracing == Tracing::Off {
                 first.take()
@@ -654,11 +752,84 @@ fn main() {
         }
     }
     for _ in 0..plan.extra_inits {
-        for (tracing, samples) in [(Tracing::On, &mut on), (Tracing::Off, &mut off)] {
+        for (tracing, samples) in [
+            (Tracing::On, &mut on),
+            (Tracing::Off, &mut off),
+            (Tracing::Attached, &mut attached),
+        ] {
             let cluster = Cluster::start(tracing, None, samples);
             cluster.finish(samples);
         }
     }
     let memory = memory(plan, Tracing::On, &mut on);
+    drop(head);
     report(plan, &off, &on, &memory, started.elapsed());
+    report_attached(plan, &on, &attached);
+}
+
+fn report_attached(plan: Plan, on: &Samples, attached: &Samples) {
+    println!(
+        "7. attached to a standing cluster (head with 2 CPUs, hook {HOOK}, workers over TCP), \
+         beside the embedded \"on\":"
+    );
+    println!(
+        "{:<35} {:>18} {:>18} {:>9}",
+        "measure", "on median (best)", "attached med.(best)", "attached/on"
+    );
+    let tasks_per_s = |us: f64| 1e6 / us;
+    let ident = |x: f64| x;
+    let batch = format!("   batch of {}, tasks/s", plan.batch_tasks);
+    let small_batch = format!("   batch of {}, tasks/s", plan.small_batch_tasks);
+    let rows: [(&str, &Vec<f64>, &Vec<f64>, bool); 5] = [
+        (batch.as_str(), &on.batch_us, &attached.batch_us, true),
+        (
+            small_batch.as_str(),
+            &on.small_batch_us,
+            &attached.small_batch_us,
+            true,
+        ),
+        (
+            "   sequential round trip, us",
+            &on.round_trip_us,
+            &attached.round_trip_us,
+            false,
+        ),
+        (
+            "   sequential actor call, us",
+            &on.actor_call_us,
+            &attached.actor_call_us,
+            false,
+        ),
+        (
+            "   init to first result, ms",
+            &on.init_ms,
+            &attached.init_ms,
+            false,
+        ),
+    ];
+    for (name, on, attached, rate) in rows {
+        let (scale, decimals): (&dyn Fn(f64) -> f64, usize) =
+            if rate { (&tasks_per_s, 0) } else { (&ident, 1) };
+        let fig = |s: &[f64]| {
+            format!(
+                "{:.decimals$} ({:.decimals$})",
+                scale(median(s)),
+                scale(min(s))
+            )
+        };
+        println!(
+            "{name:<35} {:>18} {:>18} {:>9.2}",
+            fig(on),
+            fig(attached),
+            scale(median(attached)) / scale(median(on))
+        );
+    }
+    println!(
+        "  attached round trip us: {}",
+        list(&attached.round_trip_us, ident, 1)
+    );
+    println!(
+        "  attached actor call us: {}",
+        list(&attached.actor_call_us, ident, 1)
+    );
 }

@@ -83,6 +83,9 @@ pub struct Config {
     /// `filament start` started on this machine) or the head's `host:port`. By default
     /// `FILAMENT_ADDRESS`; `None`: an embedded cluster.
     pub address: Option<String>,
+    /// The standing cluster's token; by default `FILAMENT_CLUSTER_TOKEN`, else the one in this
+    /// machine's session folder.
+    pub cluster_token: Option<String>,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             address: std::env::var(cluster::session::ADDRESS_ENV)
                 .ok()
                 .filter(|address| !address.trim().is_empty()),
+            cluster_token: None,
         }
     }
 }
@@ -117,6 +121,12 @@ impl Config {
     /// Attaches to a standing cluster (`auto`, or the head's `host:port`).
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// Sets the standing cluster's token (see [`Config::cluster_token`]).
+    pub fn cluster_token(mut self, token: impl Into<String>) -> Self {
+        self.cluster_token = Some(token.into());
         self
     }
 
@@ -223,7 +233,8 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     let mut config = config;
     let attached = match &config.address {
         Some(address) => {
-            let attached = cluster::client::attach(address).map_err(InitError::Cluster)?;
+            let attached = cluster::client::attach(address, config.cluster_token.as_deref())
+                .map_err(InitError::Cluster)?;
             config.tracing_startup_hook =
                 cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
             Some(attached)

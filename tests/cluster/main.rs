@@ -842,6 +842,8 @@ fn bad_starts_and_nothing_running() {
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("wrong cluster token"), "{log}");
     assert!(log.contains("no Filament hello"), "{log}");
+    // "GET " read as a frame length announces 517 MB: refused before anything is allocated.
+    assert!(log.contains("exceeds the 65536-byte limit"), "{log}");
     // Still serving.
     assert!(cluster.status()["nodes"].as_array().unwrap().len() == 1);
 }

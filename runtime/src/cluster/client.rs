@@ -39,9 +39,13 @@ fn job_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Registers a job with the head at `address` (`auto`: this machine's current session).
-pub(crate) fn attach(address: &str) -> Result<Attached, String> {
-    let (address, token) = session::resolve(address)?;
+/// Registers a job with the head at `address` (`auto`: this machine's current session), with
+/// `token` or the one [`session::resolve`] finds.
+pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, String> {
+    let (address, token) = match token {
+        Some(token) => (session::resolve_address(address)?, token.to_owned()),
+        None => session::resolve(address)?,
+    };
     let mut listener = None;
     let (welcome, conn, reader) = proto::connect(&address, &token, |stream| {
         // Workers connect back on the address the head sees this driver at: reachable from the

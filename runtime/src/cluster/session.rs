@@ -195,9 +195,9 @@ pub(crate) fn live_daemons(root: &Path) -> Vec<Daemon> {
     daemons
 }
 
-/// The head address and token drivers and commands of this machine use: the `session_latest`
-/// folder's, unless `address` (or the token variable) says otherwise.
-pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
+/// The head's address: `address` itself (checked to be host:port), or for `auto` the one in
+/// this machine's `session_latest` folder.
+pub(crate) fn resolve_address(address: &str) -> Result<String, String> {
     let root = checked_root()?.unwrap_or_else(root);
     let latest = latest(&root);
     if let Ok(session) = fs::canonicalize(&latest) {
@@ -222,6 +222,14 @@ pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
         }
         address.to_owned()
     };
+    Ok(address)
+}
+
+/// The head address and token drivers and commands of this machine use: the `session_latest`
+/// folder's, unless `address` (or the token variable) says otherwise.
+pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
+    let address = resolve_address(address)?;
+    let latest = latest(&checked_root()?.unwrap_or_else(root));
     let token = match std::env::var(TOKEN_ENV) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
         _ => read(&latest, "token").ok_or_else(|| {
