@@ -87,6 +87,9 @@ struct State {
     remote_gets: HashMap<(u32, u64), Vec<ObjectId>>,
     /// Workers started but not yet registered, and the actor each will host.
     starting: HashMap<u32, Option<ActorId>>,
+    /// When each worker of `starting` was reserved: one that has not connected within
+    /// [`WORKER_START_TIMEOUT`] fails what waits for it.
+    starting_since: HashMap<u32, Instant>,
     /// Why a worker failed to start (its tracing hook, usually).
     start_failures: Vec<String>,
     /// `init` returned: later start failures no longer fail it.
@@ -373,6 +376,7 @@ impl Driver {
         state.next_worker += 1;
         let id = state.next_worker;
         state.starting.insert(id, actor);
+        state.starting_since.insert(id, Instant::now());
         Ok(id)
     }
 
@@ -544,7 +548,14 @@ impl Driver {
         let _ = reader.stream().set_read_timeout(None);
         {
             let mut state = self.lock();
-            let actor = state.starting.remove(&worker).flatten();
+            let Some(actor) = state.starting.remove(&worker) else {
+                // Given up on (it came too late), or never asked for: what waited for it has
+                // failed already.
+                drop(state);
+                eprintln!("filament: worker {worker} (pid {pid}) came too late; it is sent away");
+                outbox.send(ToWorker::Shutdown);
+                return;
+            };
             state.workers.insert(
                 worker,
                 WorkerSlot {
@@ -1296,6 +1307,33 @@ impl Driver {
                         worker,
                         format!("worker {worker} (pid {pid}) ended ({status}) before it connected"),
                     );
+                }
+            }
+            // A worker that neither connects nor ends (a node that never started it, a process
+            // stuck before `init`) must not keep an actor's calls or `init` waiting forever.
+            let late: Vec<u32> = {
+                let mut state = self.lock();
+                let State {
+                    starting,
+                    starting_since,
+                    ..
+                } = &mut *state;
+                starting_since.retain(|worker, _| starting.contains_key(worker));
+                starting_since
+                    .iter()
+                    .filter(|(_, since)| since.elapsed() > WORKER_START_TIMEOUT)
+                    .map(|(worker, _)| *worker)
+                    .collect()
+            };
+            for worker in late {
+                self.lock().starting_since.remove(&worker);
+                self.worker_start_failed(
+                    worker,
+                    format!("worker {worker} did not connect within {WORKER_START_TIMEOUT:?}"),
+                );
+                let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, child)) = children.iter_mut().find(|(id, _)| *id == worker) {
+                    let _ = child.kill();
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
