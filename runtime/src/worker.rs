@@ -85,9 +85,15 @@ fn serve(marker: &str) -> Result<(), String> {
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
-    // Started by a node of a standing cluster: its standard input is a pipe from the node, whose
-    // end means the node is gone.
+    // Started by a node of a standing cluster: its standard input is a pipe from the node, which
+    // gives the cluster token first, and whose end means the job ended or the node is gone.
+    let mut node_token = None;
     if std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some() {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the cluster token from the node: {e}"))?;
+        node_token = Some(line.trim().to_owned());
         std::thread::Builder::new()
             .name("filament-node-watch".into())
             .spawn(|| {
@@ -109,7 +115,7 @@ fn serve(marker: &str) -> Result<(), String> {
                             .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
                     })?,
             ),
-            std::env::var(crate::cluster::session::TOKEN_ENV).unwrap_or_default(),
+            node_token.unwrap_or_default(),
         ),
         None => (
             Conn::Unix(

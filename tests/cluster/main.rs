@@ -472,17 +472,28 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     );
     // A process that presents the wrong token to the driver's port is refused, and the driver
     // says so.
-    let fake = cluster
+    // (It poses as a node's worker: the token comes first on its standard input.)
+    let mut fake = cluster
         .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
         .env("FILAMENT_WORKER", format!("tcp:{job_address}:99"))
-        .env("FILAMENT_CLUSTER_TOKEN", "not-the-token")
-        .output()
+        .env("FILAMENT_NODE_PIPE", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!fake.status.success());
+    let mut pipe = fake.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        writeln!(pipe, "not-the-token").unwrap();
+    }
+    let mut fake_stderr = String::new();
+    std::io::Read::read_to_string(&mut fake.stderr.take().unwrap(), &mut fake_stderr).unwrap();
+    let fake_status = fake.wait().unwrap();
+    drop(pipe);
+    assert!(!fake_status.success(), "{fake_stderr}");
     assert!(
-        String::from_utf8_lossy(&fake.stderr).contains("wrong or missing cluster token"),
-        "{}",
-        text(&fake)
+        fake_stderr.contains("refused by the driver: wrong or missing cluster token"),
+        "{fake_stderr}"
     );
     wait_until(
         "the driver logs the wrong token",
@@ -509,6 +520,17 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
         .map(|p| p["pid"].as_u64().unwrap() as u32)
         .collect();
     assert_eq!(workers.len(), 2);
+    // The token reached them through their node's pipe, not their environment (which every
+    // process a task starts would inherit).
+    let token = cluster.session_file("token");
+    for pid in &workers {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            !environ.contains(&token),
+            "worker {pid} has the token in its environment"
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
     wait_until(

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 /// The variable that tells a worker its node's id.
 pub(crate) const NODE_ID_ENV: &str = "FILAMENT_NODE_ID";
-/// Set in workers a node starts: their standard input is a pipe from the node, and its end means
-/// the node is gone (a worker never outlives its node).
+/// Set in workers a node starts: their standard input is a pipe from the node. Its first line is
+/// the cluster token (kept out of the environment, which every process a task starts would
+/// inherit); its end means the job ended or the node is gone (a worker never outlives its node).
 pub(crate) const NODE_PIPE_ENV: &str = "FILAMENT_NODE_PIPE";
 
 /// Something a node's workers did, for the head.
@@ -90,15 +91,22 @@ impl NodeAgent {
                 WORKER_ENV,
                 format!("tcp:{}:{worker}", request.worker_address),
             )
-            .env(super::session::TOKEN_ENV, &self.token)
+            .env_remove(super::session::TOKEN_ENV)
             .env(NODE_ID_ENV, &self.node_id)
             .env(NODE_PIPE_ENV, "1")
             .stdin(Stdio::piped())
             .spawn();
         match spawned {
             Ok(mut child) => {
+                use std::io::Write;
                 let pid = child.id();
-                let pipe = child.stdin.take();
+                let mut pipe = child.stdin.take();
+                // One line, far below a pipe's buffer: the write never waits for the worker.
+                if let Some(pipe) = &mut pipe
+                    && let Err(e) = writeln!(pipe, "{}", self.token)
+                {
+                    super::log(&format!("job {job}: worker {worker} (pid {pid}): {e}"));
+                }
                 self.running().push(Running {
                     job: job.clone(),
                     worker,
