@@ -12,7 +12,7 @@ use crate::wire::{self, Conn, FrameReader, Outbox, TracingStats};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 /// How many ended jobs `filament status` still shows.
@@ -28,6 +28,7 @@ pub(crate) struct HeadOptions {
     pub(crate) hook: Option<String>,
 }
 
+#[derive(Clone)]
 enum NodeLink {
     Local(Arc<NodeAgent>),
     Remote(Outbox<FromHead>),
@@ -68,7 +69,6 @@ struct Head {
     started: Instant,
     tracing: Option<crate::tracing::Reporter>,
     state: Mutex<HeadState>,
-    local: OnceLock<Arc<NodeAgent>>,
     /// The first half of every job id: jobs of different heads (whose spans may share a folder)
     /// never share an id.
     job_prefix: String,
@@ -166,7 +166,6 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
         started: Instant::now(),
         tracing: guard.as_ref().map(|g| g.reporter()),
         state: Mutex::new(HeadState::default()),
-        local: OnceLock::new(),
         job_prefix: super::new_node_id()[..4].to_owned(),
     });
     let weak: Weak<Head> = Arc::downgrade(&head);
@@ -180,7 +179,6 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
             }
         }),
     ));
-    let _ = head.local.set(Arc::clone(&agent));
     head.lock().nodes.push(NodeEntry {
         node_id,
         address: "head".into(),
@@ -406,18 +404,13 @@ impl Head {
                 },
             );
         }
+        let link = state.nodes[index].link.clone();
+        drop(state);
         let what = if actor { "an actor's worker" } else { "worker" };
-        match &state.nodes[index].link {
-            NodeLink::Local(agent) => {
-                let agent = Arc::clone(agent);
-                drop(state);
-                log(&format!("job {job_id}: {what} {worker} on node {node_id}"));
-                agent.spawn(job_id.to_owned(), worker, request);
-            }
+        log(&format!("job {job_id}: {what} {worker} on node {node_id}"));
+        match link {
+            NodeLink::Local(agent) => agent.spawn(job_id.to_owned(), worker, request),
             NodeLink::Remote(outbox) => {
-                let outbox = outbox.clone();
-                drop(state);
-                log(&format!("job {job_id}: {what} {worker} on node {node_id}"));
                 outbox.send(FromHead::Spawn {
                     job: job_id.to_owned(),
                     worker,
@@ -481,14 +474,7 @@ impl Head {
         let status = Self::job_status(job_id, &job, &state.nodes, end.clone());
         state.ended.push_front(status);
         state.ended.truncate(ENDED_JOBS_KEPT);
-        let links: Vec<NodeLink> = state
-            .nodes
-            .iter()
-            .map(|n| match &n.link {
-                NodeLink::Local(agent) => NodeLink::Local(Arc::clone(agent)),
-                NodeLink::Remote(outbox) => NodeLink::Remote(outbox.clone()),
-            })
-            .collect();
+        let links: Vec<NodeLink> = state.nodes.iter().map(|n| n.link.clone()).collect();
         drop(state);
         log(&format!("job {job_id} {end}"));
         for link in links {
@@ -550,10 +536,7 @@ impl Head {
 
     fn status(&self) -> ClusterStatus {
         let state = self.lock();
-        let head_tracing = match &self.tracing {
-            Some(reporter) => TracingStats::of(Some(reporter)),
-            None => TracingStats::default(),
-        };
+        let head_tracing = TracingStats::of(self.tracing.as_ref());
         let nodes = state
             .nodes
             .iter()
