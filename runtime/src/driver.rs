@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 /// The environment variable that puts a process in worker mode: `<socket path>:<worker id>`.
 pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
 
-/// How long a new worker has to connect, handshake and run the tracing hook.
-const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new worker has to connect, handshake and run the tracing hook, unless
+/// [`crate::Config::worker_start_timeout`] says otherwise.
+pub(crate) const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long `get` spins, yielding, before it sleeps until a task completes.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
@@ -88,7 +89,7 @@ struct State {
     /// Workers started but not yet registered, and the actor each will host.
     starting: HashMap<u32, Option<ActorId>>,
     /// When each worker of `starting` was reserved: one that has not connected within
-    /// [`WORKER_START_TIMEOUT`] fails what waits for it.
+    /// [`Driver::start_timeout`] fails what waits for it.
     starting_since: HashMap<u32, Instant>,
     /// Why a worker failed to start (its tracing hook, usually).
     start_failures: Vec<String>,
@@ -165,14 +166,17 @@ pub(crate) struct Driver {
     welcome: WelcomeInfo,
     /// The driver's own tracing, for the head's `status`.
     tracing: Option<crate::tracing::Reporter>,
+    /// How long a new worker has to connect, handshake and run the tracing hook.
+    start_timeout: Duration,
 }
 
+/// What every worker of the job is told when it connects.
 #[derive(Clone)]
-struct WelcomeInfo {
-    hook: Option<String>,
-    config: Vec<(String, String)>,
-    job_id: String,
-    node_id: String,
+pub(crate) struct WelcomeInfo {
+    pub(crate) hook: Option<String>,
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) job_id: String,
+    pub(crate) node_id: String,
 }
 
 fn random_u64() -> u64 {
@@ -194,12 +198,10 @@ impl Driver {
     /// worker is ready, or the first worker's failure.
     pub(crate) fn start(
         workers: usize,
-        hook: Option<String>,
-        config: Vec<(String, String)>,
-        job_id: String,
-        node_id: String,
+        welcome: WelcomeInfo,
         mode: Mode,
         tracing: Option<crate::tracing::Reporter>,
+        start_timeout: Duration,
     ) -> Result<Arc<Driver>, InitError> {
         let cluster = random_u64();
         let (launcher, listener, head) = match mode {
@@ -248,13 +250,9 @@ impl Driver {
             changed: Condvar::new(),
             launcher,
             children: Mutex::new(Vec::new()),
-            welcome: WelcomeInfo {
-                hook,
-                config,
-                job_id,
-                node_id,
-            },
+            welcome,
             tracing,
+            start_timeout,
         });
         if let Some((reader, address)) = head {
             let listening = Arc::clone(&driver);
@@ -297,7 +295,7 @@ impl Driver {
                 return Err(error);
             }
         }
-        let deadline = Instant::now() + WORKER_START_TIMEOUT;
+        let deadline = Instant::now() + driver.start_timeout;
         let mut state = driver.lock();
         loop {
             if let Some(failure) = state.start_failures.first() {
@@ -314,7 +312,8 @@ impl Driver {
                 drop(state);
                 driver.shutdown(Duration::from_secs(2));
                 return Err(InitError::Worker(format!(
-                    "workers did not start within {WORKER_START_TIMEOUT:?}"
+                    "workers did not start within {:?}",
+                    driver.start_timeout
                 )));
             }
             state = driver
@@ -438,7 +437,7 @@ impl Driver {
 
     /// Handshake, then the worker's messages until it goes away.
     fn serve_worker(self: Arc<Self>, stream: Conn) {
-        let _ = stream.set_read_timeout(Some(WORKER_START_TIMEOUT));
+        let _ = stream.set_read_timeout(Some(self.start_timeout));
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
@@ -1321,7 +1320,7 @@ impl Driver {
                 starting_since.retain(|worker, _| starting.contains_key(worker));
                 starting_since
                     .iter()
-                    .filter(|(_, since)| since.elapsed() > WORKER_START_TIMEOUT)
+                    .filter(|(_, since)| since.elapsed() > self.start_timeout)
                     .map(|(worker, _)| *worker)
                     .collect()
             };
@@ -1329,7 +1328,10 @@ impl Driver {
                 self.lock().starting_since.remove(&worker);
                 self.worker_start_failed(
                     worker,
-                    format!("worker {worker} did not connect within {WORKER_START_TIMEOUT:?}"),
+                    format!(
+                        "worker {worker} did not connect within {:?}",
+                        self.start_timeout
+                    ),
                 );
                 let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((_, child)) = children.iter_mut().find(|(id, _)| *id == worker) {

@@ -86,6 +86,9 @@ pub struct Config {
     /// The standing cluster's token; by default `FILAMENT_CLUSTER_TOKEN`, else the one in this
     /// machine's session folder.
     pub cluster_token: Option<String>,
+    /// How long a new worker process has to connect and run the tracing hook before what waits
+    /// for it (`init`, an actor's calls) fails; by default 30 seconds.
+    pub worker_start_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
                 .ok()
                 .filter(|address| !address.trim().is_empty()),
             cluster_token: None,
+            worker_start_timeout: None,
         }
     }
 }
@@ -121,6 +125,12 @@ impl Config {
     /// Attaches to a standing cluster (`auto`, or the head's `host:port`).
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// Sets how long a new worker has to start (see [`Config::worker_start_timeout`]).
+    pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
+        self.worker_start_timeout = Some(timeout);
         self
     }
 
@@ -275,12 +285,17 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     };
     let driver = driver::Driver::start(
         workers,
-        config.tracing_startup_hook.clone(),
-        config.tracing_config.into_iter().collect(),
-        job_id.clone(),
-        node_id,
+        driver::WelcomeInfo {
+            hook: config.tracing_startup_hook.clone(),
+            config: config.tracing_config.into_iter().collect(),
+            job_id: job_id.clone(),
+            node_id,
+        },
         mode,
         tracing_guard.as_ref().map(tracing::TracingGuard::reporter),
+        config
+            .worker_start_timeout
+            .unwrap_or(driver::WORKER_START_TIMEOUT),
     )
     .inspect_err(|_| spans::disable())?;
     context::set(Some(context::Context::Driver(std::sync::Arc::clone(

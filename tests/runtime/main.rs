@@ -399,6 +399,38 @@ fn calls_to_an_actor_whose_process_died_before_connecting_fail() {
 }
 
 #[test]
+fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout() {
+    // Workers 1 and 2 are the pool; the actor's process is worker 3, which hangs before `init`.
+    let started = Instant::now();
+    let run = run_program(
+        &["stalled-actor"],
+        Some(LOCAL_FILE),
+        &[
+            ("TEST_STALL_WORKER", "3"),
+            ("TEST_WORKER_START_TIMEOUT_MS", "500"),
+        ],
+    );
+    assert!(
+        run.output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.output.stderr)
+    );
+    let error = run.value("error");
+    assert!(
+        error.starts_with("task Counter::incr failed: actor Counter(")
+            && error.contains("worker 3 did not connect within 500ms"),
+        "{error}"
+    );
+    // The pool goes on; the program did not wait for the stalled process's two minutes.
+    assert_eq!(run.value("after"), "42");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
     let run = run(&["actor-handle-in-task"]);
     assert_eq!(

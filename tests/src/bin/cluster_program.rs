@@ -130,9 +130,24 @@ fn main() -> ExitCode {
     {
         std::process::exit(1);
     }
+    // Fault injection: the worker process with this id hangs before it connects.
+    if let (Ok(marker), Ok(id)) = (
+        std::env::var("FILAMENT_WORKER"),
+        std::env::var("TEST_STALL_WORKER"),
+    ) && marker.ends_with(&format!(":{id}"))
+    {
+        std::thread::sleep(Duration::from_secs(120));
+        std::process::exit(1);
+    }
     let mut config = filament::Config::default();
     if let Ok(workers) = std::env::var("TEST_WORKERS") {
         config = config.num_workers(workers.parse().expect("TEST_WORKERS is a number"));
+    }
+    if let Ok(ms) = std::env::var("TEST_WORKER_START_TIMEOUT_MS") {
+        let ms = ms
+            .parse()
+            .expect("TEST_WORKER_START_TIMEOUT_MS is a number");
+        config = config.worker_start_timeout(Duration::from_millis(ms));
     }
     let started = Instant::now();
     let runtime = match filament::init(config) {
@@ -273,6 +288,14 @@ fn main() -> ExitCode {
             let values = filament::get_all(&refs).unwrap();
             let expected: i64 = (0..n as i64).map(|i| i + 1).sum();
             println!("sum={} expected={expected}", values.iter().sum::<i64>());
+        }
+        "stalled-actor" => {
+            let counter = Counter::remote(0);
+            match counter.incr(1).get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+            println!("after={}", add::remote(20, 22).get().unwrap());
         }
         "two-actors" => {
             let first = Counter::remote(0);
