@@ -275,19 +275,8 @@ fn daemon(args: DaemonArgs) -> Result<String, String> {
 }
 
 fn status(address: &str, json: bool) -> Result<String, String> {
-    if address == "auto" {
-        let root = session::checked_root()?.unwrap_or_else(session::root);
-        let latest = session::latest(&root);
-        if session::live_daemon(&latest).is_none() {
-            return Err(format!(
-                "no Filament cluster runs on this machine ({} names no running daemon); \
-                 start one with `filament start --head`",
-                latest.display()
-            ));
-        }
-    }
     let (address, token) = session::resolve(address)?;
-    let (_, _, mut reader) = proto::connect(&address, &token, |_| Ok(Peer::Status))?;
+    let (_, _, mut reader) = proto::connect(&address, &token, |_| Ok((Peer::Status, None)))?;
     let status = match reader.read::<FromHead>() {
         Ok(Some(FromHead::Status(status))) => status,
         other => return Err(format!("the head at {address} sent no status: {other:?}")),

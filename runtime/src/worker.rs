@@ -94,15 +94,6 @@ fn serve(marker: &str) -> Result<(), String> {
             .read_line(&mut line)
             .map_err(|e| format!("reading the cluster token from the node: {e}"))?;
         node_token = Some(line.trim().to_owned());
-        std::thread::Builder::new()
-            .name("filament-node-watch".into())
-            .spawn(|| {
-                let mut sink = [0u8; 64];
-                while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
-                // The node closed the pipe: the job ended, or the node is gone.
-                std::process::exit(0);
-            })
-            .map_err(|e| format!("cannot watch the node: {e}"))?;
     }
     let (stream, token) = match socket.strip_prefix("tcp:") {
         Some(address) => (
@@ -115,7 +106,7 @@ fn serve(marker: &str) -> Result<(), String> {
                             .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
                     })?,
             ),
-            node_token.unwrap_or_default(),
+            node_token.clone().unwrap_or_default(),
         ),
         None => (
             Conn::Unix(
@@ -208,6 +199,19 @@ fn serve(marker: &str) -> Result<(), String> {
         activity: Activity::new(),
     });
     crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
+    if node_token.is_some() {
+        // The node closed the pipe: the job ended, or the node is gone. The worker stops as when
+        // its driver says so, flushing its spans (the node kills it if that takes too long).
+        let watching = Arc::clone(&core);
+        std::thread::Builder::new()
+            .name("filament-node-watch".into())
+            .spawn(move || {
+                let mut sink = [0u8; 64];
+                while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+                watching.stop();
+            })
+            .map_err(|e| format!("cannot watch the node: {e}"))?;
+    }
     // Two threads: one runs a task while the other reads the next message.
     core.start_thread();
     core.start_thread();
@@ -312,15 +316,20 @@ impl WorkerCore {
                     }
                 }
                 Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => {
-                    let (stopped, changed) = &self.stopped;
-                    self.stopping.store(true, Ordering::Release);
-                    *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                    changed.notify_all();
+                    self.stop();
                     return;
                 }
                 Ok(Some(ToWorker::Welcome { .. } | ToWorker::Refused(_))) => {}
             }
         }
+    }
+
+    /// The driver said stop, or went away, or the node did: the main thread winds the worker up.
+    fn stop(&self) {
+        let (stopped, changed) = &self.stopped;
+        self.stopping.store(true, Ordering::Release);
+        *stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        changed.notify_all();
     }
 
     fn lock_execution(&self) -> std::sync::MutexGuard<'_, Execution> {

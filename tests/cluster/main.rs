@@ -918,6 +918,50 @@ fn a_driver_may_not_bring_another_hook() {
 }
 
 #[test]
+fn a_job_is_configured_by_its_driver_not_by_the_daemons() {
+    let cluster = Cluster::new();
+    // A relative hook path, and a variable the driver does not have, at start.
+    let plugin = filament_tests::plugin_path("filament_local_file");
+    let output = cluster
+        .command(&filament_bin())
+        .current_dir(plugin.parent().unwrap())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args([
+            "--tracing-startup-hook",
+            "./libfilament_local_file.so:setup_tracing",
+        ])
+        .env("OTEL_SERVICE_NAME", "from-the-head")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", text(&output));
+    // Stored as an absolute path: drivers run anywhere.
+    let status = cluster.status();
+    assert_eq!(
+        status["hook"].as_str().unwrap(),
+        format!("{}:setup_tracing", plugin.display())
+    );
+
+    // A driver in another folder, with a long command line (~70 KB) and no OTEL_SERVICE_NAME.
+    let long = "x".repeat(70_000);
+    let mut command = cluster.command(Path::new(env!("CARGO_BIN_EXE_cluster-program")));
+    command
+        .current_dir("/")
+        .args(["one-task", &long])
+        .env("FILAMENT_ADDRESS", "auto");
+    let run = Run::new(command.output().unwrap(), cluster.spans.path()).ok();
+    assert_eq!(run.value("result"), "3");
+    let (_, producer) = run.span("cluster_program::add filament.remote");
+    let (_, consumer) = run.span("cluster_program::add filament.remote_worker");
+    let service = |span: &ReadSpan| format!("{:?}", span.resource_attribute("service.name"));
+    assert!(
+        !service(consumer).contains("from-the-head"),
+        "{}",
+        service(consumer)
+    );
+    assert_eq!(service(consumer), service(producer));
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);

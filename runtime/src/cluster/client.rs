@@ -20,6 +20,10 @@ pub(crate) struct Attached {
     pub(crate) reader: FrameReader,
 }
 
+/// The environment variables that make a job's configuration: its workers get the driver's, and
+/// none of their node's.
+pub(crate) const JOB_ENV_PREFIXES: [&str; 3] = ["OTEL_", "FILAMENT_", "RUST_"];
+
 /// Environment variables a job's workers get from its driver: the job's configuration, not the
 /// driver's own connection to the cluster.
 fn job_env() -> Vec<(String, String)> {
@@ -33,8 +37,7 @@ fn job_env() -> Vec<(String, String)> {
     ];
     std::env::vars()
         .filter(|(key, _)| {
-            (key.starts_with("OTEL_") || key.starts_with("FILAMENT_") || key.starts_with("RUST_"))
-                && !OWN.contains(&key.as_str())
+            JOB_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) && !OWN.contains(&key.as_str())
         })
         .collect()
 }
@@ -60,7 +63,7 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
             .map_err(|e| format!("cannot read the workers' address: {e}"))?
             .to_string();
         listener = Some(bound);
-        Ok(Peer::Driver(JobRequest {
+        let job = JobRequest {
             pid: std::process::id(),
             exe: std::fs::read_link("/proc/self/exe")
                 .map_err(|e| format!("cannot read /proc/self/exe: {e}"))?,
@@ -68,7 +71,8 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
             cwd: std::env::current_dir().unwrap_or_default(),
             env: job_env(),
             worker_address,
-        }))
+        };
+        Ok((Peer::Driver, Some(ToHead::Job(job))))
     })?;
     let Welcome::Driver { job_id, hook, cpus } = welcome else {
         return Err(format!(

@@ -135,9 +135,10 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
     }
     let address = listening.to_string();
     let node_id = super::new_node_id();
+    let hook = options.hook.as_deref().map(absolute_hook).transpose()?;
     // The hook is run here, in full: one that cannot be loaded, is not a hook, or fails or panics
     // in setup fails the start, before any driver relies on it.
-    let guard = match &options.hook {
+    let guard = match &hook {
         Some(hook) => Some(
             crate::tracing::Tracing::new(hook.clone())
                 .node_id(node_id.clone())
@@ -151,7 +152,7 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
     session::write_private(dir, "token", &token)?;
     session::write_private(dir, "address", &address)?;
     session::write_private(dir, "role", "head")?;
-    session::write_private(dir, "hook", options.hook.as_deref().unwrap_or(""))?;
+    session::write_private(dir, "hook", hook.as_deref().unwrap_or(""))?;
     session::write_private(dir, "daemon.pid", &std::process::id().to_string())?;
     let root = dir
         .parent()
@@ -161,7 +162,7 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
 
     let head = Arc::new(Head {
         token: token.clone(),
-        hook: options.hook.clone(),
+        hook,
         address,
         started: Instant::now(),
         tracing: guard.as_ref().map(|g| g.reporter()),
@@ -191,6 +192,29 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
         .spawn(move || agent.watch())
         .map_err(|e| format!("cannot start the reaper thread: {e}"))?;
     Ok((head, listener, guard))
+}
+
+/// `hooks` with every library given as a path made absolute: drivers and nodes run elsewhere, and a
+/// path relative to where `start` ran would mean another file, or none, to them. Bare library names
+/// stay: each machine searches for them.
+fn absolute_hook(hooks: &str) -> Result<String, String> {
+    let specs = crate::tracing::parse_hooks(hooks)
+        .map_err(|e| format!("the tracing startup hook was refused: {e}"))?;
+    let absolute: Vec<String> = specs
+        .into_iter()
+        .map(|spec| {
+            let library = std::path::Path::new(&spec.library);
+            if spec.library.contains('/') && library.is_relative() {
+                match std::path::absolute(library) {
+                    Ok(path) => format!("{}:{}", path.display(), spec.symbol),
+                    Err(_) => spec.to_string(),
+                }
+            } else {
+                spec.to_string()
+            }
+        })
+        .collect();
+    Ok(absolute.join(","))
 }
 
 /// This machine's address on its default route (no packet is sent: a UDP socket is only
@@ -258,7 +282,14 @@ impl Head {
             Peer::Node { pid, num_cpus } => {
                 self.serve_node(outbox, reader, peer_address, pid, num_cpus)
             }
-            Peer::Driver(request) => self.serve_driver(outbox, reader, request),
+            Peer::Driver => match reader.read::<ToHead>() {
+                Ok(Some(ToHead::Job(request))) => self.serve_driver(outbox, reader, request),
+                other => {
+                    let why = format!("a driver sent no job after its hello: {other:?}");
+                    log(&format!("refused a connection from {peer_address}: {why}"));
+                    outbox.send(FromHead::Refused(why));
+                }
+            },
         }
     }
 

@@ -66,10 +66,11 @@ pub(crate) struct NodeOptions {
 /// the head goes away, having killed this node's workers.
 pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, String>)) {
     let joined = proto::connect(&options.address, &options.token, |_| {
-        Ok(Peer::Node {
+        let node = Peer::Node {
             pid: std::process::id(),
             num_cpus: options.num_cpus,
-        })
+        };
+        Ok((node, None))
     });
     let (node_id, hook, conn, mut reader) = match joined {
         Ok((Welcome::Node { node_id, hook }, conn, reader)) => (node_id, hook, conn, reader),

@@ -83,7 +83,19 @@ impl NodeAgent {
         } else {
             std::env::temp_dir()
         };
-        let spawned = Command::new(&request.exe)
+        let mut command = Command::new(&request.exe);
+        // The job's configuration is the driver's: none of the daemon's own `OTEL_*`,
+        // `FILAMENT_*` or `RUST_*` variables may leak into its workers.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| {
+                super::client::JOB_ENV_PREFIXES
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            }) {
+                command.env_remove(key);
+            }
+        }
+        let spawned = command
             .args(&request.args)
             .current_dir(cwd)
             .envs(request.env.iter().map(|(k, v)| (k, v)))

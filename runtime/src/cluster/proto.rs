@@ -31,8 +31,9 @@ impl Hello {
 pub(crate) enum Peer {
     /// A node joining (`filament start --address`).
     Node { pid: u32, num_cpus: u32 },
-    /// A driver starting a job.
-    Driver(JobRequest),
+    /// A driver starting a job; its [`ToHead::Job`] follows the hello (a request may be large:
+    /// it is read only once the token checked out).
+    Driver,
     /// `filament status`.
     Status,
 }
@@ -91,9 +92,11 @@ pub(crate) enum Welcome {
     Status,
 }
 
-/// Sent to the head after the welcome.
+/// Sent to the head after the hello.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToHead {
+    /// A driver's job, right after its hello.
+    Job(JobRequest),
     /// A driver wants a worker (a pool worker, or an actor's process).
     StartWorker { worker: u32, actor: bool },
     /// A driver's processes and their tracing, when it changed.
@@ -194,12 +197,12 @@ pub(crate) fn hook_state(stats: &TracingStats) -> String {
     }
 }
 
-/// Connects to the head at `address`, says hello as the peer `peer` makes of the connection, and
-/// returns the welcome and the connection.
+/// Connects to the head at `address`, says hello as the peer `peer` makes of the connection
+/// (sending the message it may add right after), and returns the welcome and the connection.
 pub(crate) fn connect(
     address: &str,
     token: &str,
-    peer: impl FnOnce(&std::net::TcpStream) -> Result<Peer, String>,
+    peer: impl FnOnce(&std::net::TcpStream) -> Result<(Peer, Option<ToHead>), String>,
 ) -> Result<(Welcome, Conn, FrameReader), String> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<_> = address
@@ -224,9 +227,13 @@ pub(crate) fn connect(
                 .unwrap_or_else(|| "the address resolves to nothing".into())
         )
     })?;
-    let peer = peer(&stream)?;
+    let (peer, then) = peer(&stream)?;
     let conn = Conn::tcp(stream);
     wire::write_message(&conn, &Hello::new(token, peer))
+        .and_then(|()| match &then {
+            Some(message) => wire::write_message(&conn, message),
+            None => Ok(()),
+        })
         .map_err(|e| format!("saying hello to the head at {address}: {e}"))?;
     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
     let mut reader = FrameReader::new(

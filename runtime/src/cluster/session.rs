@@ -204,6 +204,13 @@ pub(crate) fn resolve_address(address: &str) -> Result<String, String> {
         check_private(&session)?;
     }
     let address = if address == "auto" {
+        if live_daemon(&latest).is_none() {
+            return Err(format!(
+                "no Filament cluster runs on this machine ({} names no running daemon); \
+                 start one with `filament start --head`",
+                latest.display()
+            ));
+        }
         read(&latest, "address").ok_or_else(|| {
             format!(
                 "no Filament cluster runs on this machine: {} has no address; \
