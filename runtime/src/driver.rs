@@ -4,7 +4,7 @@
 //! actor's process in submission order, and notices workers that die.
 
 use crate::InitError;
-use crate::cluster::client::{self, Attached, HeadEvent};
+use crate::cluster::client::{self, Attached};
 use crate::cluster::proto::{ProcessStatus, ToHead};
 use crate::object::{Arg, GetError, ObjectId, TaskError};
 use crate::registry::registry;
@@ -1395,8 +1395,8 @@ impl Driver {
     /// cannot go on, and every task waiting or to come fails, saying why.
     fn follow_head(self: Arc<Self>, mut reader: FrameReader, address: String) {
         let cause = loop {
-            match client::next_event(&mut reader, &address) {
-                Ok(HeadEvent::WorkerFailed { worker, message }) => {
+            match client::next_worker_failure(&mut reader, &address) {
+                Ok((worker, message)) => {
                     if self.lock().starting.contains_key(&worker) {
                         self.worker_start_failed(worker, message);
                     }

@@ -215,7 +215,12 @@ fn serve(marker: &str) -> Result<(), String> {
     // Two threads: one runs a task while the other reads the next message.
     core.start_thread();
     core.start_thread();
-    let reporter = tracing_guard.as_ref().map(|g| g.reporter());
+    // Only a standing cluster's `filament status` reads these: an embedded driver is not asked.
+    let attached = socket.starts_with("tcp:");
+    let reporter = tracing_guard
+        .as_ref()
+        .filter(|_| attached)
+        .map(|g| g.reporter());
     let mut reported = TracingStats::default();
     let (stopped, changed) = &core.stopped;
     let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,8 +256,10 @@ fn serve(marker: &str) -> Result<(), String> {
     if let Some(guard) = tracing_guard {
         let _ = guard.shutdown();
         // The last word on this process's spans, flushed ones included.
-        core.outbox
-            .send(ToDriver::Stats(TracingStats::of(reporter.as_ref())));
+        if reporter.is_some() {
+            core.outbox
+                .send(ToDriver::Stats(TracingStats::of(reporter.as_ref())));
+        }
     }
     Ok(())
 }

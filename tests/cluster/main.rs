@@ -4,11 +4,11 @@
 //! as JSON; processes are killed with SIGKILL. Every test has session and span folders of its own
 //! and stops what it started.
 
-use filament_tests::{ReadSpan, profile_dir, read_span_file, read_spans_dir};
+use filament_tests::{ReadSpan, Run, output_text, profile_dir, read_span_file, read_spans_dir};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -90,7 +90,11 @@ impl Cluster {
             args.extend(["--tracing-startup-hook", hook]);
         }
         let output = self.filament(&args);
-        assert!(output.status.success(), "start --head: {}", text(&output));
+        assert!(
+            output.status.success(),
+            "start --head: {}",
+            output_text(&output)
+        );
         self.session_file("address")
     }
 
@@ -125,7 +129,7 @@ impl Cluster {
 
     fn status(&self) -> Json {
         let output = self.filament(&["status", "--json"]);
-        assert!(output.status.success(), "status: {}", text(&output));
+        assert!(output.status.success(), "status: {}", output_text(&output));
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
@@ -156,101 +160,6 @@ impl Drop for Cluster {
         if !pids.is_empty() {
             let _ = self.filament(&["stop"]);
         }
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// A finished driver: its `key=value` lines and the spans of its job.
-struct Run {
-    output: Output,
-    values: HashMap<String, String>,
-    spans: BTreeMap<u32, Vec<ReadSpan>>,
-}
-
-impl Run {
-    fn new(output: Output, spans_dir: &Path) -> Run {
-        let values: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        let job = Value::StringValue(values.get("job_id").cloned().unwrap_or_default());
-        let spans = read_spans_dir(spans_dir)
-            .into_iter()
-            .map(|(pid, spans)| {
-                let ours: Vec<ReadSpan> = spans
-                    .into_iter()
-                    .filter(|s| s.resource_attribute("filament.job_id") == Some(&job))
-                    .collect();
-                (pid, ours)
-            })
-            .filter(|(_, spans)| !spans.is_empty())
-            .collect();
-        Run {
-            output,
-            values,
-            spans,
-        }
-    }
-
-    fn ok(self) -> Run {
-        assert!(self.output.status.success(), "{}", text(&self.output));
-        self
-    }
-
-    fn value(&self, key: &str) -> &str {
-        self.values
-            .get(key)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {key}= in {}", text(&self.output)))
-    }
-
-    fn all(&self) -> Vec<(u32, &ReadSpan)> {
-        self.spans
-            .iter()
-            .flat_map(|(pid, spans)| spans.iter().map(move |s| (*pid, s)))
-            .collect()
-    }
-
-    fn span(&self, name: &str) -> (u32, &ReadSpan) {
-        let found: Vec<_> = self
-            .all()
-            .into_iter()
-            .filter(|(_, s)| s.name() == name)
-            .collect();
-        assert_eq!(found.len(), 1, "spans named {name:?} in {:?}", self.names());
-        found[0]
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .all()
-            .iter()
-            .map(|(_, s)| s.name().to_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Every span's parent is a span of the run, or it is the one root.
-    fn assert_one_tree(&self) {
-        let all = self.all();
-        let ids: BTreeSet<String> = all.iter().map(|(_, s)| s.span_id()).collect();
-        let traces: BTreeSet<String> = all.iter().map(|(_, s)| s.trace_id()).collect();
-        assert_eq!(traces.len(), 1, "one trace: {:?}", self.names());
-        let roots = all
-            .iter()
-            .filter(|(_, s)| !ids.contains(&s.parent_span_id()))
-            .count();
-        assert_eq!(roots, 1, "one root: {:?}", self.names());
     }
 }
 
@@ -379,7 +288,11 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
         .env("FILAMENT_ADDRESS", "auto")
         .output()
         .unwrap();
-    assert!(output.status.success(), "quickstart: {}", text(&output));
+    assert!(
+        output.status.success(),
+        "quickstart: {}",
+        output_text(&output)
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("my_function returned 1"), "{stdout}");
     for line in [
@@ -562,7 +475,7 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     // Stop: nothing is left, and within 5 seconds.
     let started = Instant::now();
     let output = cluster.filament(&["stop"]);
-    assert!(output.status.success(), "stop: {}", text(&output));
+    assert!(output.status.success(), "stop: {}", output_text(&output));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "stop took {:?}",
@@ -580,7 +493,7 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
         String::from_utf8_lossy(&output.stderr)
             .contains("no Filament cluster runs on this machine"),
         "{}",
-        text(&output)
+        output_text(&output)
     );
 }
 
@@ -590,7 +503,7 @@ fn two_nodes_run_one_trace() {
     let (cluster, _links) = Cluster::behind_a_link();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
     let output = cluster.join_node(&address, 2);
-    assert!(output.status.success(), "join: {}", text(&output));
+    assert!(output.status.success(), "join: {}", output_text(&output));
     let status = cluster.status();
     let nodes: Vec<String> = status["nodes"]
         .as_array()
@@ -613,8 +526,8 @@ fn two_nodes_run_one_trace() {
     let consumer_nodes: BTreeSet<String> = run
         .all()
         .iter()
-        .filter(|(_, s)| kind(s) == SpanKind::Consumer)
-        .map(|(_, s)| match attr(s, "filament.node_id") {
+        .filter(|s| kind(s) == SpanKind::Consumer)
+        .map(|s| match attr(s, "filament.node_id") {
             Value::StringValue(node) => node.clone(),
             other => panic!("node id {other:?}"),
         })
@@ -631,8 +544,8 @@ fn two_nodes_run_one_trace() {
     let actor_nodes: BTreeSet<String> = run
         .all()
         .iter()
-        .filter(|(_, s)| s.name() == "Counter::incr filament.remote_worker")
-        .map(|(_, s)| format!("{:?}", attr(s, "filament.node_id")))
+        .filter(|s| s.name() == "Counter::incr filament.remote_worker")
+        .map(|s| format!("{:?}", attr(s, "filament.node_id")))
         .collect();
     assert_eq!(
         actor_nodes.len(),
@@ -643,7 +556,7 @@ fn two_nodes_run_one_trace() {
     let pids = cluster.daemon_pids();
     assert_eq!(pids.len(), 2);
     let output = cluster.filament(&["stop"]);
-    assert!(output.status.success(), "stop: {}", text(&output));
+    assert!(output.status.success(), "stop: {}", output_text(&output));
     for (role, pid) in pids {
         assert!(!alive(pid), "the {role} survived stop");
         assert_eq!(group_members(pid), Vec::<u32>::new(), "{role}'s processes");
@@ -689,7 +602,7 @@ fn a_broken_hook_at_start_starts_nothing() {
         assert!(
             !output.status.success(),
             "{hook}: started:\n{}",
-            text(&output)
+            output_text(&output)
         );
         assert!(
             stderr.contains(expected),
@@ -715,7 +628,12 @@ fn a_hook_that_fails_in_workers_fails_the_driver_and_shows_in_status() {
     let cluster = Cluster::new();
     cluster.start_head(Some("filament_test_hooks:fails_in_workers"), 2);
     let run = cluster.run_program(&["one-task"], &[]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert_eq!(
+        run.output.status.code(),
+        Some(3),
+        "{}",
+        output_text(&run.output)
+    );
     let stderr = String::from_utf8_lossy(&run.output.stderr);
     assert!(
         stderr.contains("no collector is reachable from worker processes")
@@ -748,7 +666,7 @@ fn session_folders_others_can_write_are_refused() {
         .env("FILAMENT_TEMP_DIR", &open)
         .output()
         .unwrap();
-    assert!(!output.status.success(), "{}", text(&output));
+    assert!(!output.status.success(), "{}", output_text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("may be written by others"), "{stderr}");
     assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
@@ -757,11 +675,16 @@ fn session_folders_others_can_write_are_refused() {
         &["one-task"],
         &[("FILAMENT_TEMP_DIR", open.to_str().unwrap())],
     );
-    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert_eq!(
+        run.output.status.code(),
+        Some(3),
+        "{}",
+        output_text(&run.output)
+    );
     assert!(
         String::from_utf8_lossy(&run.output.stderr).contains("may be written by others"),
         "{}",
-        text(&run.output)
+        output_text(&run.output)
     );
 }
 
@@ -771,7 +694,11 @@ fn bad_starts_and_nothing_running() {
     // Nothing runs yet.
     for args in [&["stop"][..], &["status"][..]] {
         let output = cluster.filament(args);
-        assert!(!output.status.success(), "{args:?}: {}", text(&output));
+        assert!(
+            !output.status.success(),
+            "{args:?}: {}",
+            output_text(&output)
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains("no Filament") && stderr.contains("runs on this machine"),
@@ -780,12 +707,17 @@ fn bad_starts_and_nothing_running() {
     }
     // Attaching with no head.
     let run = cluster.run_program(&["one-task"], &[]);
-    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert_eq!(
+        run.output.status.code(),
+        Some(3),
+        "{}",
+        output_text(&run.output)
+    );
     assert!(
         String::from_utf8_lossy(&run.output.stderr)
             .contains("no Filament cluster runs on this machine"),
         "{}",
-        text(&run.output)
+        output_text(&run.output)
     );
 
     // A port in use.
@@ -824,7 +756,7 @@ fn bad_starts_and_nothing_running() {
     assert!(
         String::from_utf8_lossy(&run.output.stderr).contains("no head answers"),
         "{}",
-        text(&run.output)
+        output_text(&run.output)
     );
 
     // Wrong tokens: a node and a driver are refused, and the head logs it.
@@ -838,7 +770,7 @@ fn bad_starts_and_nothing_running() {
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("wrong cluster token"),
         "{}",
-        text(&output)
+        output_text(&output)
     );
     let run = cluster.run_program(
         &["one-task"],
@@ -848,7 +780,7 @@ fn bad_starts_and_nothing_running() {
     assert!(
         String::from_utf8_lossy(&run.output.stderr).contains("wrong cluster token"),
         "{}",
-        text(&run.output)
+        output_text(&run.output)
     );
     // A connection that is not Filament's at all.
     {
@@ -882,7 +814,12 @@ fn a_driver_may_not_bring_another_hook() {
             "filament_test_hooks:adds_nothing",
         )],
     );
-    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert_eq!(
+        run.output.status.code(),
+        Some(3),
+        "{}",
+        output_text(&run.output)
+    );
     let stderr = String::from_utf8_lossy(&run.output.stderr);
     assert!(
         stderr.contains("filament_test_hooks:adds_nothing") && stderr.contains(LOCAL_FILE),
@@ -905,11 +842,16 @@ fn a_driver_may_not_bring_another_hook() {
         &["one-task"],
         &[("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)],
     );
-    assert_eq!(run.output.status.code(), Some(3), "{}", text(&run.output));
+    assert_eq!(
+        run.output.status.code(),
+        Some(3),
+        "{}",
+        output_text(&run.output)
+    );
     assert!(
         String::from_utf8_lossy(&run.output.stderr).contains("cluster's (none)"),
         "{}",
-        text(&run.output)
+        output_text(&run.output)
     );
     // And with none, a job runs untraced.
     let run = bare.run_program(&["one-task"], &[]).ok();
@@ -933,7 +875,7 @@ fn a_job_is_configured_by_its_driver_not_by_the_daemons() {
         .env("OTEL_SERVICE_NAME", "from-the-head")
         .output()
         .unwrap();
-    assert!(output.status.success(), "start: {}", text(&output));
+    assert!(output.status.success(), "start: {}", output_text(&output));
     // Stored as an absolute path: drivers run anywhere.
     let status = cluster.status();
     assert_eq!(

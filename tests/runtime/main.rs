@@ -1,60 +1,14 @@
 //! The task runtime, traced end to end: real driver and worker processes (`cluster-program`), the
 //! local-file hook in every process, spans read back from the files with the OTLP decoder.
 
-use filament_tests::{ReadSpan, read_spans_dir};
+use filament_tests::{ReadSpan, Run, read_spans_dir};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Command, Output};
+use std::collections::HashSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
-
-/// A finished run of `cluster-program`: its `key=value` output and the spans of its job.
-struct Run {
-    output: Output,
-    values: HashMap<String, String>,
-    /// Spans of this run's job, by the pid of the file they were in.
-    spans: BTreeMap<u32, Vec<ReadSpan>>,
-}
-
-impl Run {
-    fn value(&self, key: &str) -> &str {
-        self.values.get(key).map(String::as_str).unwrap_or_else(|| {
-            panic!(
-                "no {key}= in the output:\n{}\n{}",
-                String::from_utf8_lossy(&self.output.stdout),
-                String::from_utf8_lossy(&self.output.stderr)
-            )
-        })
-    }
-
-    fn driver_pid(&self) -> u32 {
-        self.value("driver_pid").parse().unwrap()
-    }
-
-    fn all(&self) -> Vec<&ReadSpan> {
-        self.spans.values().flatten().collect()
-    }
-
-    /// The one span of this name, and the pid of its process.
-    fn span(&self, name: &str) -> (u32, &ReadSpan) {
-        let found: Vec<(u32, &ReadSpan)> = self
-            .spans
-            .iter()
-            .flat_map(|(pid, spans)| spans.iter().map(move |s| (*pid, s)))
-            .filter(|(_, s)| s.name() == name)
-            .collect();
-        assert_eq!(found.len(), 1, "spans named {name:?}: {:?}", self.names());
-        found[0]
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.all().iter().map(|s| s.name().to_owned()).collect();
-        names.sort();
-        names
-    }
-}
 
 fn run_program(args: &[&str], hook: Option<&str>, envs: &[(&str, &str)]) -> Run {
     let dir = tempfile::tempdir().unwrap();
@@ -71,33 +25,7 @@ fn run_program(args: &[&str], hook: Option<&str>, envs: &[(&str, &str)]) -> Run 
     for (key, value) in envs {
         command.env(key, value);
     }
-    let output = command.output().expect("cluster-program runs");
-    let values = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect::<HashMap<_, _>>();
-    let job = values.get("job_id").cloned().unwrap_or_default();
-    let spans = if dir.path().read_dir().unwrap().next().is_some() {
-        read_spans_dir(dir.path())
-            .into_iter()
-            .map(|(pid, spans)| {
-                let ours: Vec<ReadSpan> = spans
-                    .into_iter()
-                    .filter(|s| s.resource_attribute("filament.job_id") == Some(&string(&job)))
-                    .collect();
-                (pid, ours)
-            })
-            .filter(|(_, spans)| !spans.is_empty())
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
-    Run {
-        output,
-        values,
-        spans,
-    }
+    Run::new(command.output().expect("cluster-program runs"), dir.path())
 }
 
 fn run(args: &[&str]) -> Run {

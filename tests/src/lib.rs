@@ -3,8 +3,9 @@
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// One span read back from a span file, with the resource and scope of its line.
 #[derive(Debug, Clone)]
@@ -140,4 +141,122 @@ pub fn plugin_path(name: &str) -> PathBuf {
         .into_iter()
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("{file} was not built in {}", dir.display()))
+}
+
+/// A finished run of a test program (`cluster-program`): the `key=value` lines it printed, and the
+/// spans of its job (`job_id=`) read from a spans directory.
+#[derive(Debug)]
+pub struct Run {
+    /// What the program printed, and how it ended.
+    pub output: Output,
+    /// Its `key=value` lines.
+    pub values: HashMap<String, String>,
+    /// Spans of this run's job, by the pid of the file they were in.
+    pub spans: BTreeMap<u32, Vec<ReadSpan>>,
+}
+
+impl Run {
+    /// Reads the run's lines and the spans of its job from `spans_dir`.
+    pub fn new(output: Output, spans_dir: &Path) -> Run {
+        let values: HashMap<String, String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let job = any_value::Value::StringValue(values.get("job_id").cloned().unwrap_or_default());
+        let spans = read_spans_dir(spans_dir)
+            .into_iter()
+            .map(|(pid, spans)| {
+                let ours: Vec<ReadSpan> = spans
+                    .into_iter()
+                    .filter(|s| s.resource_attribute("filament.job_id") == Some(&job))
+                    .collect();
+                (pid, ours)
+            })
+            .filter(|(_, spans)| !spans.is_empty())
+            .collect();
+        Run {
+            output,
+            values,
+            spans,
+        }
+    }
+
+    /// The exit status and both outputs, for assertion messages.
+    pub fn text(&self) -> String {
+        output_text(&self.output)
+    }
+
+    /// The run, having checked that it succeeded.
+    pub fn ok(self) -> Run {
+        assert!(self.output.status.success(), "{}", self.text());
+        self
+    }
+
+    /// The value of a `key=value` line; panics, showing the output, if there is none.
+    pub fn value(&self, key: &str) -> &str {
+        self.values
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {key}= in {}", self.text()))
+    }
+
+    /// The driver's pid (`driver_pid=`).
+    pub fn driver_pid(&self) -> u32 {
+        self.value("driver_pid").parse().unwrap()
+    }
+
+    /// Every span of the job.
+    pub fn all(&self) -> Vec<&ReadSpan> {
+        self.spans.values().flatten().collect()
+    }
+
+    /// Every span of the job, with the pid of the file it was in.
+    pub fn with_pids(&self) -> Vec<(u32, &ReadSpan)> {
+        self.spans
+            .iter()
+            .flat_map(|(pid, spans)| spans.iter().map(move |s| (*pid, s)))
+            .collect()
+    }
+
+    /// The one span of this name, and the pid of its process.
+    pub fn span(&self, name: &str) -> (u32, &ReadSpan) {
+        let found: Vec<_> = self
+            .with_pids()
+            .into_iter()
+            .filter(|(_, s)| s.name() == name)
+            .collect();
+        assert_eq!(found.len(), 1, "spans named {name:?}: {:?}", self.names());
+        found[0]
+    }
+
+    /// The spans' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.all().iter().map(|s| s.name().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// Every span's parent is a span of the run, or it is the one root, of one trace.
+    pub fn assert_one_tree(&self) {
+        let all = self.all();
+        let ids: BTreeSet<String> = all.iter().map(|s| s.span_id()).collect();
+        let traces: BTreeSet<String> = all.iter().map(|s| s.trace_id()).collect();
+        assert_eq!(traces.len(), 1, "one trace: {:?}", self.names());
+        let roots = all
+            .iter()
+            .filter(|s| !ids.contains(&s.parent_span_id()))
+            .count();
+        assert_eq!(roots, 1, "one root: {:?}", self.names());
+    }
+}
+
+/// A process's exit status and both outputs, for assertion messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }

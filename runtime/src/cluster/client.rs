@@ -91,27 +91,22 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
     })
 }
 
-/// What the head tells a driver after the welcome.
-pub(crate) enum HeadEvent {
-    WorkerFailed { worker: u32, message: String },
-}
-
-/// The next message from the head; `Err` once it is gone, with why.
-pub(crate) fn next_event(reader: &mut FrameReader, address: &str) -> Result<HeadEvent, String> {
+/// The next worker the head says failed to start (`(worker, why)`); `Err` once the head is gone,
+/// with why.
+pub(crate) fn next_worker_failure(
+    reader: &mut FrameReader,
+    address: &str,
+) -> Result<(u32, String), String> {
     loop {
         match reader.read::<FromHead>() {
-            Ok(Some(FromHead::WorkerFailed { worker, message })) => {
-                return Ok(HeadEvent::WorkerFailed { worker, message });
-            }
+            Ok(Some(FromHead::WorkerFailed { worker, message })) => return Ok((worker, message)),
             Ok(Some(_)) => {}
             Ok(None) => {
                 return Err(format!(
                     "the cluster's head at {address} is gone: it closed the connection"
                 ));
             }
-            Err(e) => {
-                return Err(format!("the cluster's head at {address} is gone: {e}"));
-            }
+            Err(e) => return Err(format!("the cluster's head at {address} is gone: {e}")),
         }
     }
 }

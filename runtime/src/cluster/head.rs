@@ -4,7 +4,7 @@
 
 use super::node::{NodeAgent, NodeEvent};
 use super::proto::{
-    ClusterStatus, FromHead, Hello, JobRequest, JobStatus, NodeStatus, Peer, ProcessInfo,
+    ClusterStatus, FromHead, Hello, JobProcess, JobRequest, JobStatus, NodeStatus, Peer,
     ProcessStatus, ToHead, Welcome, hook_state,
 };
 use super::{log, session};
@@ -528,10 +528,10 @@ impl Head {
                 .any(|n| n.node_id == place.node)
                 .then(|| place.node.clone())
         };
-        let mut processes: Vec<ProcessInfo> = job
+        let mut processes: Vec<JobProcess> = job
             .processes
             .iter()
-            .map(|p| ProcessInfo {
+            .map(|p| JobProcess {
                 kind: p.kind.clone(),
                 worker: p.worker,
                 pid: p.pid,
@@ -544,7 +544,7 @@ impl Head {
         // Workers started but not yet reported by the driver.
         for (worker, place) in &job.workers {
             if !job.processes.iter().any(|p| p.worker == Some(*worker)) {
-                processes.push(ProcessInfo {
+                processes.push(JobProcess {
                     kind: "worker (starting)".into(),
                     worker: Some(*worker),
                     pid: place.pid.unwrap_or(0),

@@ -13,7 +13,7 @@ pub(crate) mod node;
 pub(crate) mod proto;
 pub mod session;
 
-pub use proto::{ClusterStatus, JobStatus, NodeStatus, ProcessInfo};
+pub use proto::{ClusterStatus, JobProcess, JobStatus, NodeStatus};
 
 use node::NodeAgent;
 use proto::{FromHead, Peer, ToHead, Welcome};

@@ -166,12 +166,12 @@ pub struct JobStatus {
     /// Where its workers connect to the driver.
     pub worker_address: String,
     /// Its processes.
-    pub processes: Vec<ProcessInfo>,
+    pub processes: Vec<JobProcess>,
 }
 
 /// A process of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ProcessInfo {
+pub struct JobProcess {
     /// `driver`, `worker`, or `actor <Class>`.
     pub kind: String,
     /// The worker's id in the job; none for the driver.
