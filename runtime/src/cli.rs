@@ -33,6 +33,8 @@ enum Cmd {
     Status(StatusArgs),
     /// Stops every head, node and worker this machine started.
     Stop,
+    /// Reads span files (default: $FILAMENT_SPANS_DIR, else /tmp/spans): tree, summary, html, export.
+    Spans(filament_spans::cli::SpansArgs),
     /// Runs a head or node in the foreground (what `start` runs in the background).
     #[command(name = "__daemon", hide = true)]
     Daemon(DaemonArgs),
@@ -97,6 +99,7 @@ pub fn main() -> ExitCode {
         Cmd::Start(args) => ("start", start(args)),
         Cmd::Status(args) => ("status", status(&args.address, args.json)),
         Cmd::Stop => ("stop", stop()),
+        Cmd::Spans(args) => return filament_spans::cli::run(args),
         Cmd::Daemon(args) => ("daemon", daemon(args)),
     };
     match outcome {
