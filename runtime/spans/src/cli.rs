@@ -221,12 +221,20 @@ impl ExportArgs {
     }
 }
 
-/// Runs `filament spans` with parsed arguments.
+/// Runs `filament spans` with parsed arguments, the views written to standard output.
 pub fn run(args: SpansArgs) -> ExitCode {
+    let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut out = BufWriter::new(io::stdout().lock());
+    run_to(args, &mut out, colour)
+}
+
+/// Runs `filament spans` with the views written to `out` (problems and reports still go to
+/// standard error); `terminal` says whether `out` is a terminal (colour by default).
+pub fn run_to(args: SpansArgs, out: &mut dyn Write, terminal: bool) -> ExitCode {
     let outcome = match args.command {
-        None => tree(&args.tree),
-        Some(SpansCommand::Tree(args)) => tree(&args),
-        Some(SpansCommand::Summary(args)) => summary(&args),
+        None => tree(&args.tree, out, terminal),
+        Some(SpansCommand::Tree(args)) => tree(&args, out, terminal),
+        Some(SpansCommand::Summary(args)) => summary(&args, out),
         Some(SpansCommand::Html(args)) => html(&args),
         Some(SpansCommand::Export(args)) => export_command(&args),
     };
@@ -314,32 +322,30 @@ fn with_traces(
     Ok(finish(&problems, set.spans.len(), set.files.len()))
 }
 
-fn tree(args: &TreeArgs) -> Result<ExitCode, String> {
+fn tree(args: &TreeArgs, out: &mut dyn Write, terminal: bool) -> Result<ExitCode, String> {
     let colour = match args.color {
         Colour::Always => true,
         Colour::Never => false,
-        Colour::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        Colour::Auto => terminal,
     };
     with_traces(&args.inputs, &args.select, false, |set, traces| {
-        let mut out = BufWriter::new(io::stdout().lock());
         let style = TreeStyle {
             colour,
             detailed: true,
         };
-        write_trees(&mut out, &set.spans, traces, style)?;
+        write_trees(out, &set.spans, traces, style)?;
         out.flush()
     })
 }
 
-fn summary(args: &SummaryArgs) -> Result<ExitCode, String> {
+fn summary(args: &SummaryArgs, out: &mut dyn Write) -> Result<ExitCode, String> {
     with_traces(&args.inputs, &args.select, false, |set, traces| {
         let summary = Summary::of(&set.spans, traces);
-        let mut out = BufWriter::new(io::stdout().lock());
         if args.json {
-            serde_json::to_writer_pretty(&mut out, &summary).map_err(io::Error::other)?;
+            serde_json::to_writer_pretty(&mut *out, &summary).map_err(io::Error::other)?;
             writeln!(out)?;
         } else {
-            summary.write_table(&mut out)?;
+            summary.write_table(out)?;
         }
         out.flush()
     })

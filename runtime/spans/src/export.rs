@@ -129,7 +129,7 @@ pub fn traces_url(endpoint: &str) -> Result<String, String> {
         ));
     }
     match rest.find('/') {
-        Some(slash) if rest[slash..].trim_end_matches('/').len() > 0 => Ok(endpoint.to_owned()),
+        Some(slash) if !rest[slash..].trim_end_matches('/').is_empty() => Ok(endpoint.to_owned()),
         _ => Ok(format!("{}{TRACES_PATH}", endpoint.trim_end_matches('/'))),
     }
 }
