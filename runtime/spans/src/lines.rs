@@ -93,10 +93,10 @@ impl<R: Read> Lines<R> {
                     unterminated: true,
                 }));
             }
-            let newline = memchr(b'\n', chunk);
+            let newline = memchr::memchr(b'\n', chunk);
             let take = newline.map_or(chunk.len(), |i| i + 1);
             let body = newline.map_or(chunk, |i| &chunk[..i]);
-            if let Some(nul) = memchr(0, body) {
+            if let Some(nul) = memchr::memchr(0, body) {
                 self.done = true;
                 return Some(Err(Problem::at(
                     &self.path,
@@ -135,10 +135,6 @@ impl<R: Read> Lines<R> {
             ProblemKind::LineTooLong { limit: MAX_LINE },
         )
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 #[cfg(test)]

@@ -249,7 +249,44 @@ impl<'p> FileReader<'p> {
     }
 
     /// Parses one line and appends its spans; on error appends nothing.
+    ///
+    /// Every line of a process repeats its resource and scope, the larger part of the line. So
+    /// a line that has one resource and one scope leaves what surrounds its `spans` array (the
+    /// bytes before and after it) in `processes`; a next line with the same bytes around its array
+    /// only has its array parsed. Replacing one JSON value with another at the same place leaves
+    /// the rest of the document as it was, so this reads exactly what a whole parse would.
     fn parse_line(
+        &mut self,
+        bytes: &[u8],
+        origin: &Origin,
+        processes: &mut Processes,
+        out: &mut Vec<Span>,
+    ) -> Result<(), String> {
+        if let Some(frame) = &processes.frame
+            && bytes.len() >= frame.head.len() + frame.tail.len()
+            && bytes.starts_with(&frame.head)
+            && bytes.ends_with(&frame.tail)
+        {
+            let array = &bytes[frame.head.len()..bytes.len() - frame.tail.len()];
+            if let Ok(spans) = serde_json::from_slice::<Vec<SpanIn<'_>>>(array) {
+                let (process, scope) = (Arc::clone(&frame.process), Arc::clone(&frame.scope));
+                let start = out.len();
+                let result = self.add_spans(spans, &process, &scope, origin, out);
+                if result.is_err() {
+                    out.truncate(start);
+                }
+                return result;
+            }
+        }
+        let start = out.len();
+        let result = self.parse_whole(bytes, origin, processes, out);
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+
+    fn parse_whole(
         &mut self,
         bytes: &[u8],
         origin: &Origin,
@@ -260,71 +297,85 @@ impl<'p> FileReader<'p> {
         let Some(resource_spans) = line.resource_spans else {
             return Err("no \"resourceSpans\" field".to_owned());
         };
-        let start = out.len();
-        let result = self.add_spans(resource_spans, origin, processes, out);
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
-    }
-
-    fn add_spans(
-        &mut self,
-        resource_spans: Vec<ResourceSpansIn<'_>>,
-        origin: &Origin,
-        processes: &mut Processes,
-        out: &mut Vec<Span>,
-    ) -> Result<(), String> {
+        let single = resource_spans.len() == 1 && resource_spans[0].scope_spans.len() == 1;
         for rs in resource_spans {
             let process = processes.get(rs.resource.map_or("{}", RawValue::get))?;
             for ss in rs.scope_spans {
                 let scope: Arc<str> = self.intern(ss.scope.as_ref().map_or("", |s| &s.name));
-                for span in ss.spans {
-                    let trace_id = parse_hex::<16>(&span.trace_id).ok_or_else(|| {
-                        format!("traceId {:?} is not 32 hex digits", span.trace_id)
-                    })?;
-                    let span_id = parse_hex::<8>(&span.span_id)
-                        .ok_or_else(|| format!("spanId {:?} is not 16 hex digits", span.span_id))?;
-                    let parent_id = if span.parent_span_id.is_empty() {
-                        [0; 8]
-                    } else {
-                        parse_hex::<8>(&span.parent_span_id).ok_or_else(|| {
-                            format!(
-                                "parentSpanId {:?} is not 16 hex digits",
-                                span.parent_span_id
-                            )
-                        })?
-                    };
-                    let status = match span.status {
-                        Some(StatusIn { code: 2, message }) => Status::Error(message.into()),
-                        Some(StatusIn { code: 1, .. }) => Status::Ok,
-                        _ => Status::Unset,
-                    };
-                    let details = self.details.then(|| {
-                        let raw =
-                            |v: Option<&RawValue>| Box::<str>::from(v.map_or("", RawValue::get));
-                        Box::new(Details {
-                            attributes_json: raw(span.attributes),
-                            events_json: raw(span.events),
-                            links_json: raw(span.links),
-                            scope: Arc::clone(&scope),
-                        })
-                    });
-                    out.push(Span {
-                        trace_id: TraceId(trace_id),
-                        span_id: SpanId(span_id),
-                        parent_id: SpanId(parent_id),
-                        name: self.intern(&span.name),
-                        kind: Kind::from_otlp(span.kind),
-                        start_ns: span.start_time_unix_nano,
-                        end_ns: span.end_time_unix_nano,
-                        status,
+                let Some(raw) = ss.spans else { continue };
+                let spans: Vec<SpanIn<'_>> = serde_json::from_str(raw.get()).map_err(|e| {
+                    match serde_json::from_slice::<LineChecked<'_>>(bytes) {
+                        // The same error, placed in the line rather than in its array.
+                        Err(whole) => whole.to_string(),
+                        Ok(_) => e.to_string(),
+                    }
+                })?;
+                self.add_spans(spans, &process, &scope, origin, out)?;
+                if single {
+                    // Where the array is in the line: the line borrows it.
+                    let at = raw.get().as_ptr() as usize - bytes.as_ptr() as usize;
+                    processes.frame = Some(Frame {
+                        head: bytes[..at].to_vec(),
+                        tail: bytes[at + raw.get().len()..].to_vec(),
                         process: Arc::clone(&process),
-                        origin: origin.clone(),
-                        details,
+                        scope,
                     });
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn add_spans(
+        &mut self,
+        spans: Vec<SpanIn<'_>>,
+        process: &Arc<Process>,
+        scope: &Arc<str>,
+        origin: &Origin,
+        out: &mut Vec<Span>,
+    ) -> Result<(), String> {
+        for span in spans {
+            let trace_id = parse_hex::<16>(&span.trace_id)
+                .ok_or_else(|| format!("traceId {:?} is not 32 hex digits", span.trace_id))?;
+            let span_id = parse_hex::<8>(&span.span_id)
+                .ok_or_else(|| format!("spanId {:?} is not 16 hex digits", span.span_id))?;
+            let parent_id = if span.parent_span_id.is_empty() {
+                [0; 8]
+            } else {
+                parse_hex::<8>(&span.parent_span_id).ok_or_else(|| {
+                    format!(
+                        "parentSpanId {:?} is not 16 hex digits",
+                        span.parent_span_id
+                    )
+                })?
+            };
+            let status = match span.status {
+                Some(StatusIn { code: 2, message }) => Status::Error(message.into()),
+                Some(StatusIn { code: 1, .. }) => Status::Ok,
+                _ => Status::Unset,
+            };
+            let details = self.details.then(|| {
+                let raw = |v: Option<&RawValue>| Box::<str>::from(v.map_or("", RawValue::get));
+                Box::new(Details {
+                    attributes_json: raw(span.attributes),
+                    events_json: raw(span.events),
+                    links_json: raw(span.links),
+                    scope: Arc::clone(scope),
+                })
+            });
+            out.push(Span {
+                trace_id: TraceId(trace_id),
+                span_id: SpanId(span_id),
+                parent_id: SpanId(parent_id),
+                name: self.intern(&span.name),
+                kind: Kind::from_otlp(span.kind),
+                start_ns: span.start_time_unix_nano,
+                end_ns: span.end_time_unix_nano,
+                status,
+                process: Arc::clone(process),
+                origin: origin.clone(),
+                details,
+            });
         }
         Ok(())
     }
@@ -344,6 +395,16 @@ struct Processes {
     file: Arc<PathBuf>,
     last: Option<(Box<str>, Arc<Process>)>,
     seen: HashMap<Box<str>, Arc<Process>>,
+    /// What surrounds the `spans` array of the last line with one resource and one scope.
+    frame: Option<Frame>,
+}
+
+/// The bytes of a line before and after its `spans` array, and the process and scope they hold.
+struct Frame {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    process: Arc<Process>,
+    scope: Arc<str>,
 }
 
 impl Processes {
@@ -352,6 +413,7 @@ impl Processes {
             file: Arc::clone(file),
             last: None,
             seen: HashMap::new(),
+            frame: None,
         }
     }
 
@@ -433,7 +495,32 @@ struct ResourceSpansIn<'a> {
 struct ScopeSpansIn<'a> {
     #[serde(borrow, default)]
     scope: Option<ScopeIn<'a>>,
+    /// Parsed apart, so that its place in the line is known.
     #[serde(borrow, default)]
+    spans: Option<&'a RawValue>,
+}
+
+/// A whole line parsed at once, for an error message that points into the line.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LineChecked<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    resource_spans: Option<Vec<ResourceSpansChecked<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpansChecked<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
+    scope_spans: Vec<ScopeSpansChecked<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ScopeSpansChecked<'a> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)]
     spans: Vec<SpanIn<'a>>,
 }
 
