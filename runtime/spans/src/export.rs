@@ -147,7 +147,8 @@ pub fn export(inputs: &[PathBuf], options: &ExportOptions) -> Result<ExportRepor
         .iter()
         .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
         .sum();
-    let progress = if options.progress && std::io::stderr().is_terminal() {
+    // A few MB go out before a bar would say anything.
+    let progress = if options.progress && total > 4 << 20 && std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
             "exporting {wide_bar} {binary_bytes}/{binary_total_bytes} read, {msg}",

@@ -171,8 +171,11 @@ pub fn read_files(files: &[PathBuf], options: ReadOptions) -> SpanSet {
     set
 }
 
+/// Below this many bytes a read is over before a bar would say anything.
+const PROGRESS_FROM_BYTES: u64 = 32 << 20;
+
 fn progress_bar(wanted: bool, total: u64) -> ProgressBar {
-    if !wanted || !std::io::stderr().is_terminal() {
+    if !wanted || total < PROGRESS_FROM_BYTES || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

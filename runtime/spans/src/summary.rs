@@ -122,17 +122,8 @@ impl Summary {
     /// Writes the figures as a table.
     pub fn write_table(&self, out: &mut dyn Write) -> io::Result<()> {
         let header = [
-            "name",
-            "role",
-            "count",
-            "errors",
-            "p50",
-            "p95",
-            "p99",
-            "max",
-            "start gap p50",
-            "p95",
-            "max",
+            "name", "role", "count", "errors", "p50", "p95", "p99", "max", "gap p50", "gap p95",
+            "gap max",
         ];
         let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
         for row in &self.rows {
