@@ -2,11 +2,11 @@
 //! max), and for task spans how long a task waited between its submission (PRODUCER start) and
 //! the start of its execution (CONSUMER start): queueing and transport.
 
-use crate::model::{Kind, Span, SpanId, TraceId};
+use crate::model::{Kind, Span};
 use crate::time::human;
 use crate::tree::Trace;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 /// The figures of a set of traces.
@@ -72,33 +72,35 @@ impl Stats {
 impl Summary {
     /// The figures of the spans of `traces`.
     pub fn of(spans: &[Span], traces: &[&Trace]) -> Summary {
-        let producers: HashMap<(TraceId, SpanId), u64> = traces
-            .iter()
-            .flat_map(|t| &t.nodes)
-            .map(|n| &spans[n.span])
-            .filter(|s| s.kind == Kind::Producer)
-            .map(|s| ((s.trace_id, s.span_id), s.start_ns))
-            .collect();
         #[derive(Default)]
         struct Acc {
             durations: Vec<i64>,
             gaps: Vec<i64>,
             errors: usize,
         }
-        let mut groups: BTreeMap<(&str, &str), Acc> = BTreeMap::new();
+        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut groups: Vec<((&str, &str), Acc)> = Vec::new();
         let mut count = 0;
-        for span in traces.iter().flat_map(|t| &t.nodes).map(|n| &spans[n.span]) {
+        for node in traces.iter().flat_map(|t| &t.nodes) {
+            let span = &spans[node.span];
             count += 1;
-            let acc = groups.entry((&span.name, &span.process.role)).or_default();
+            let key = (&*span.name, span.process.role.as_str());
+            let at = *index.entry(key).or_insert_with(|| {
+                groups.push((key, Acc::default()));
+                groups.len() - 1
+            });
+            let acc = &mut groups[at].1;
             acc.durations
                 .push(i64::try_from(span.duration_ns()).unwrap_or(i64::MAX));
             acc.errors += usize::from(span.status.is_error());
             if span.kind == Kind::Consumer
-                && let Some(&produced) = producers.get(&(span.trace_id, span.parent_id))
+                && let Some(parent) = node.parent.map(|p| &spans[p])
+                && parent.kind == Kind::Producer
             {
-                acc.gaps.push(span.start_ns as i64 - produced as i64);
+                acc.gaps.push(span.start_ns as i64 - parent.start_ns as i64);
             }
         }
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
         let rows = groups
             .into_iter()
             .filter_map(|((name, role), mut acc)| {

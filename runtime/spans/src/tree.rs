@@ -14,6 +14,8 @@ pub struct Node {
     pub span: usize,
     /// 0 for a root.
     pub depth: usize,
+    /// The parent span (an index into the same slice); `None` for a root.
+    pub parent: Option<usize>,
 }
 
 /// A trace: its spans in tree order (depth first, siblings by start time).
@@ -52,15 +54,23 @@ pub struct Forest<'a> {
 impl<'a> Forest<'a> {
     /// Groups `spans` into trees.
     pub fn build(spans: &'a [Span]) -> Forest<'a> {
-        let mut by_trace: HashMap<TraceId, Vec<usize>> = HashMap::new();
-        for (i, span) in spans.iter().enumerate() {
-            by_trace.entry(span.trace_id).or_default().push(i);
-        }
-        let mut orphans = Vec::new();
-        let mut traces: Vec<Trace> = by_trace
-            .into_iter()
-            .map(|(id, members)| build_trace(spans, id, members, &mut orphans))
+        // One sort puts each trace's spans together, by start then as read: no map of traces.
+        let mut keys: Vec<(TraceId, u64, usize)> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.trace_id, s.start_ns, i))
             .collect();
+        keys.sort_unstable();
+        let mut orphans = Vec::new();
+        let mut scratch = Scratch::default();
+        let mut traces = Vec::new();
+        let mut rest = keys.as_slice();
+        while let Some(&(id, _, _)) = rest.first() {
+            let len = rest.iter().take_while(|k| k.0 == id).count();
+            let (members, tail) = rest.split_at(len);
+            rest = tail;
+            traces.push(scratch.trace(spans, id, members, &mut orphans));
+        }
         traces.sort_by_key(|t| (t.start_ns, t.id));
         orphans.sort_by(|a: &Problem, b: &Problem| (&a.path, a.line).cmp(&(&b.path, b.line)));
         Forest {
@@ -71,80 +81,121 @@ impl<'a> Forest<'a> {
     }
 }
 
-fn build_trace(
-    spans: &[Span],
-    id: TraceId,
-    mut members: Vec<usize>,
-    orphans: &mut Vec<Problem>,
-) -> Trace {
-    // Siblings come out in this order: by start, then as read.
-    members.sort_by_key(|&i| (spans[i].start_ns, i));
-    let position: HashMap<SpanId, usize> = members
-        .iter()
-        .enumerate()
-        .map(|(pos, &i)| (spans[i].span_id, pos))
-        .collect();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); members.len()];
-    let mut roots = Vec::new();
-    for (pos, &i) in members.iter().enumerate() {
-        let span = &spans[i];
-        match position.get(&span.parent_id) {
-            _ if span.parent_id.is_none() => roots.push(pos),
-            Some(&parent) if parent != pos => children[parent].push(pos),
-            _ => {
-                orphans.push(Problem::at(
-                    &span.origin.file,
-                    Some(span.origin.line),
-                    ProblemKind::OrphanParent {
-                        name: span.name.to_string(),
-                        span_id: span.span_id.to_string(),
-                        parent_id: span.parent_id.to_string(),
-                    },
-                ));
-                roots.push(pos);
+/// Buffers reused from one trace to the next.
+#[derive(Default)]
+struct Scratch {
+    parent: Vec<Option<usize>>,
+    first_child: Vec<usize>,
+    children: Vec<usize>,
+    visited: Vec<bool>,
+    stack: Vec<(usize, usize)>,
+    roots: Vec<usize>,
+}
+
+/// Traces this small find parents by a scan rather than a map.
+const SCAN_UP_TO: usize = 32;
+
+impl Scratch {
+    /// The tree of one trace; `members` are its spans' keys, by start then as read.
+    fn trace(
+        &mut self,
+        spans: &[Span],
+        id: TraceId,
+        members: &[(TraceId, u64, usize)],
+        orphans: &mut Vec<Problem>,
+    ) -> Trace {
+        let n = members.len();
+        let span = |pos: usize| &spans[members[pos].2];
+        let map: Option<HashMap<SpanId, usize>> =
+            (n > SCAN_UP_TO).then(|| (0..n).map(|pos| (span(pos).span_id, pos)).collect());
+        let find = |wanted: SpanId| match &map {
+            Some(map) => map.get(&wanted).copied(),
+            None => (0..n).find(|&pos| span(pos).span_id == wanted),
+        };
+        self.parent.clear();
+        self.roots.clear();
+        for pos in 0..n {
+            let s = span(pos);
+            let parent = if s.parent_id.is_none() {
+                None
+            } else {
+                match find(s.parent_id) {
+                    Some(parent) if parent != pos => Some(parent),
+                    _ => {
+                        orphans.push(Problem::at(
+                            &s.origin.file,
+                            Some(s.origin.line),
+                            ProblemKind::OrphanParent {
+                                name: s.name.to_string(),
+                                span_id: s.span_id.to_string(),
+                                parent_id: s.parent_id.to_string(),
+                            },
+                        ));
+                        None
+                    }
+                }
+            };
+            if parent.is_none() {
+                self.roots.push(pos);
+            }
+            self.parent.push(parent);
+        }
+        // Children of `p` are children[first_child[p]..first_child[p + 1]], in start order.
+        self.first_child.clear();
+        self.first_child.resize(n + 1, 0);
+        for parent in self.parent.iter().flatten() {
+            self.first_child[parent + 1] += 1;
+        }
+        for p in 0..n {
+            self.first_child[p + 1] += self.first_child[p];
+        }
+        self.children.clear();
+        self.children.resize(n, 0);
+        let mut fill = self.first_child.clone();
+        for (pos, parent) in self.parent.iter().enumerate() {
+            if let Some(parent) = *parent {
+                self.children[fill[parent]] = pos;
+                fill[parent] += 1;
             }
         }
-    }
-    let mut nodes = Vec::with_capacity(members.len());
-    let mut visited = vec![false; members.len()];
-    let walk = |root: usize, nodes: &mut Vec<Node>, visited: &mut [bool]| {
-        let mut stack = vec![(root, 0)];
-        while let Some((pos, depth)) = stack.pop() {
-            if std::mem::replace(&mut visited[pos], true) {
+        let mut nodes = Vec::with_capacity(n);
+        self.visited.clear();
+        self.visited.resize(n, false);
+        // Roots first; then whatever a cycle of parents left unreached, as roots too.
+        let starts: Vec<usize> = self.roots.iter().copied().chain(0..n).collect();
+        for root in starts {
+            if self.visited[root] {
                 continue;
             }
-            nodes.push(Node {
-                span: members[pos],
-                depth,
-            });
-            stack.extend(children[pos].iter().rev().map(|&c| (c, depth + 1)));
+            self.stack.clear();
+            self.stack.push((root, 0));
+            while let Some((pos, depth)) = self.stack.pop() {
+                if std::mem::replace(&mut self.visited[pos], true) {
+                    continue;
+                }
+                nodes.push(Node {
+                    span: members[pos].2,
+                    depth,
+                    parent: self.parent[pos].filter(|_| depth > 0).map(|p| members[p].2),
+                });
+                let kids = &self.children[self.first_child[pos]..self.first_child[pos + 1]];
+                self.stack
+                    .extend(kids.iter().rev().map(|&c| (c, depth + 1)));
+            }
         }
-    };
-    for root in roots {
-        walk(root, &mut nodes, &mut visited);
-    }
-    // Parents that form a cycle leave spans unreached: show them as roots rather than lose them.
-    for pos in 0..members.len() {
-        if !visited[pos] {
-            walk(pos, &mut nodes, &mut visited);
+        let start_ns = members[0].1;
+        let end_ns = members.iter().map(|m| spans[m.2].end_ns).max().unwrap_or(0);
+        let errors = members
+            .iter()
+            .filter(|m| spans[m.2].status.is_error())
+            .count();
+        Trace {
+            id,
+            nodes,
+            start_ns,
+            end_ns,
+            errors,
         }
-    }
-    let start_ns = members
-        .iter()
-        .map(|&i| spans[i].start_ns)
-        .min()
-        .unwrap_or(0);
-    let end_ns = members.iter().map(|&i| spans[i].end_ns).max().unwrap_or(0);
-    let errors = members
-        .iter()
-        .filter(|&&i| spans[i].status.is_error())
-        .count();
-    Trace {
-        id,
-        nodes,
-        start_ns,
-        end_ns,
-        errors,
     }
 }
 
