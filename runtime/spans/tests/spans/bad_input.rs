@@ -164,6 +164,34 @@ fn a_span_whose_parent_is_in_no_file_is_a_root_and_reported() {
 }
 
 #[test]
+fn spans_whose_parents_form_a_cycle_are_all_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        5,
+        "worker",
+        "01",
+        &[
+            S::new(7, 1, 2, "a", 1, 10, 50),
+            S::new(7, 2, 1, "b", 1, 20, 30),
+            S::new(7, 3, 3, "self", 1, 25, 40),
+        ],
+    );
+    let (out, code) = spans(&[dir.path().to_str().unwrap()]);
+    assert_eq!(
+        code,
+        ExitCode::from(2),
+        "a span that is its own parent is reported"
+    );
+    let tree: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split(" (").next().unwrap())
+        .collect();
+    assert_eq!(tree, ["└─ self", "└─ a", "   └─ b"]);
+}
+
+#[test]
 fn arbitrary_text_never_panics_and_every_line_is_read_or_reported() {
     let dir = tempfile::tempdir().unwrap();
     // A fixed pseudo-random mix of good lines, their prefixes and JSON-ish noise.

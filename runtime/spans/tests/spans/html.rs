@@ -190,6 +190,49 @@ fn clicking_a_span_shows_its_attributes_events_and_resource() {
 }
 
 #[test]
+fn a_failed_span_shows_its_status_message_and_its_events() {
+    let Some(browser) = chromium("a_failed_span_shows_its_status_message_and_its_events") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spans_dir = dir.path().join("spans");
+    std::fs::create_dir(&spans_dir).unwrap();
+    write_file(
+        &spans_dir,
+        5,
+        "worker",
+        "01",
+        &[
+            S::new(7, 1, 0, "ok <b>task</b>", 4, 1_000, 9_000),
+            S::new(7, 2, 1, "failing", 5, 2_000, 5_000).failed("boom </script>"),
+        ],
+    );
+    let page = dir.path().join("spans.html");
+    write_page(&spans_dir, &page);
+    let dom = browse(&browser, &page, "#select=0000000000000002", &["--dump-dom"]);
+    let detail = &dom[dom.find("id=\"detail\"").expect("the detail panel")..];
+    for text in [
+        "ERROR: boom &lt;/script&gt;",
+        "started at +1 ns into the span",
+        "why</td><td>a test",
+        "n</td><td>2",
+    ] {
+        assert!(
+            detail.contains(text),
+            "the detail panel lacks {text:?}: {detail}"
+        );
+    }
+    assert!(
+        dom.contains("ok &lt;b&gt;task&lt;/b&gt;"),
+        "names are text, not markup"
+    );
+    assert!(
+        dom.contains("bar kind-consumer error status-error"),
+        "the failed bar is marked"
+    );
+}
+
+#[test]
 fn a_screenshot_of_the_page_is_not_blank() {
     let Some(browser) = chromium("a_screenshot_of_the_page_is_not_blank") else {
         return;

@@ -102,3 +102,78 @@ fn many_files_read_on_several_threads_give_every_span_in_file_order() {
         );
     }
 }
+
+/// Two lines' `TracesData` as one line: the second's spans in the first's scope when `same_scope`,
+/// else the second's resource as a second `resourceSpans`.
+fn merged(first: &str, second: &str, same_scope: bool) -> String {
+    let mut a: TracesData = serde_json::from_str(first).unwrap();
+    let b: TracesData = serde_json::from_str(second).unwrap();
+    if same_scope {
+        let spans = b.resource_spans[0].scope_spans[0].spans.clone();
+        a.resource_spans[0].scope_spans[0].spans.extend(spans);
+    } else {
+        a.resource_spans.extend(b.resource_spans);
+    }
+    serde_json::to_string(&a).unwrap()
+}
+
+#[test]
+fn lines_whose_resource_or_shape_changes_keep_every_span_with_its_own_process() {
+    use crate::support::line;
+    let s = |id: u64| S::new(1, id, 0, "s", 1, id, id + 1);
+    let text = [
+        line(&s(1), 10, "driver", "01"),
+        line(&s(2), 10, "driver", "01"),
+        line(&s(3), 20, "worker", "01"),
+        line(&s(4), 10, "driver", "01"),
+        merged(
+            &line(&s(5), 10, "driver", "01"),
+            &line(&s(6), 10, "driver", "01"),
+            true,
+        ),
+        line(&s(7), 10, "driver", "01"),
+        merged(
+            &line(&s(8), 10, "driver", "01"),
+            &line(&s(9), 30, "worker", "02"),
+            false,
+        ),
+        line(&s(10), 30, "worker", "02"),
+        line(&s(11), 10, "driver", "01"),
+        format!("  {}  ", line(&s(12), 10, "driver", "01")),
+    ]
+    .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mixed.json"), text).unwrap();
+    let set = read(&[dir.path().to_path_buf()], ReadOptions::default());
+    assert!(set.problems.is_empty(), "{:?}", set.problems);
+    let got: Vec<(u64, u32, &str)> = set
+        .spans
+        .iter()
+        .map(|s| {
+            (
+                u64::from_be_bytes(s.span_id.0),
+                s.process.pid,
+                s.process.job.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 10, "01"),
+            (2, 10, "01"),
+            (3, 20, "01"),
+            (4, 10, "01"),
+            (5, 10, "01"),
+            (6, 10, "01"),
+            (7, 10, "01"),
+            (8, 10, "01"),
+            (9, 30, "02"),
+            (10, 30, "02"),
+            (11, 10, "01"),
+            (12, 10, "01"),
+        ]
+    );
+    let lines: Vec<u64> = set.spans.iter().map(|s| s.origin.line).collect();
+    assert_eq!(lines, [1, 2, 3, 4, 5, 5, 6, 7, 7, 8, 9, 10]);
+}
