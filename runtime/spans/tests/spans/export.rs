@@ -4,6 +4,7 @@
 use crate::support::{S, write_file};
 use filament_spans::export::{ExportOptions, export};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +19,8 @@ struct Received {
     requests: usize,
     refused: usize,
     paths: Vec<String>,
+    /// Span id → the pid of the resource it came with.
+    pids: BTreeMap<u64, i64>,
 }
 
 /// An OTLP/HTTP receiver on a free loopback port that answers the first `fail` requests with
@@ -81,14 +84,22 @@ fn serve(stream: TcpStream, state: &Mutex<Received>, fail: usize, status: u16) {
             assert_eq!(content_type, "application/x-protobuf");
             let request =
                 ExportTraceServiceRequest::decode(body.as_slice()).expect("OTLP protobuf");
-            for span in request
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .flat_map(|ss| &ss.spans)
-            {
-                let id = u64::from_be_bytes(span.span_id.as_slice().try_into().unwrap());
-                *state.spans.entry(id).or_default() += 1;
+            for rs in &request.resource_spans {
+                let pid = rs
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "process.pid")
+                    .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::IntValue(pid) => Some(*pid),
+                        _ => None,
+                    })
+                    .expect("every span comes with its process's resource");
+                for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                    let id = u64::from_be_bytes(span.span_id.as_slice().try_into().unwrap());
+                    *state.spans.entry(id).or_default() += 1;
+                    state.pids.insert(id, pid);
+                }
             }
             "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
                 .to_owned()
@@ -154,6 +165,15 @@ fn every_span_arrives_exactly_once_in_batches() {
         received.paths.iter().all(|p| p == "/v1/traces"),
         "{:?}",
         received.paths
+    );
+    let pid_of = |id: u64| match id {
+        1..=400 => 1,
+        401..=700 => 2,
+        _ => 3,
+    };
+    assert!(
+        received.pids.iter().all(|(&id, &pid)| pid == pid_of(id)),
+        "a span came with another process's resource"
     );
 }
 
