@@ -97,6 +97,9 @@ pub fn span_files(inputs: &[PathBuf]) -> (Vec<PathBuf>, Vec<Problem>) {
         found.sort();
         files.append(&mut found);
     }
+    // A file named twice (a folder and a file in it) is read once: its spans are not doubled.
+    let mut seen = HashSet::new();
+    files.retain(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())));
     (files, problems)
 }
 

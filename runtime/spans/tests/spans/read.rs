@@ -177,3 +177,14 @@ fn lines_whose_resource_or_shape_changes_keep_every_span_with_its_own_process() 
     let lines: Vec<u64> = set.spans.iter().map(|s| s.origin.line).collect();
     assert_eq!(lines, [1, 2, 3, 4, 5, 5, 6, 7, 7, 8, 9, 10]);
 }
+
+#[test]
+fn a_file_named_twice_is_read_once() {
+    let dir = fixture("quickstart");
+    let set = read(
+        &[dir.clone(), dir.join("7383.json"), dir.join("./7383.json")],
+        ReadOptions::default(),
+    );
+    assert_eq!(set.files.len(), 3, "{:?}", set.files);
+    assert_eq!(set.spans.len(), 5);
+}
