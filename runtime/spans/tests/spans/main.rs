@@ -2,6 +2,7 @@
 //! gives, the page it writes (in a real headless browser) and what an OTLP receiver gets.
 
 mod bad_input;
+mod command;
 mod export;
 mod html;
 mod read;
