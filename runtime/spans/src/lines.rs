@@ -29,6 +29,8 @@ pub(crate) struct Lines<R> {
     line: Vec<u8>,
     number: u64,
     offset: u64,
+    /// Bytes of the buffer lent as the last line, consumed at the next call.
+    lent: usize,
     done: bool,
 }
 
@@ -42,12 +44,17 @@ impl Lines<File> {
 
 impl<R: Read> Lines<R> {
     pub(crate) fn new(reader: R, path: &Arc<PathBuf>) -> Lines<R> {
+        Lines::with_buffer(reader, path, BUFFER)
+    }
+
+    fn with_buffer(reader: R, path: &Arc<PathBuf>, buffer: usize) -> Lines<R> {
         Lines {
-            reader: BufReader::with_capacity(BUFFER, reader),
+            reader: BufReader::with_capacity(buffer, reader),
             path: Arc::clone(path),
             line: Vec::new(),
             number: 0,
             offset: 0,
+            lent: 0,
             done: false,
         }
     }
@@ -60,10 +67,38 @@ impl<R: Read> Lines<R> {
     /// The next line; `None` at the end. A problem that ends the file (unreadable, not text) is
     /// returned once, then `None`; a line too long is reported and skipped.
     pub(crate) fn next_line(&mut self) -> Option<Result<Line<'_>, Problem>> {
+        if self.lent > 0 {
+            self.reader.consume(std::mem::take(&mut self.lent));
+        }
         if self.done {
             return None;
         }
         self.line.clear();
+        // A whole line in the buffer is lent as it is, not copied (consumed at the next call).
+        let whole = match self.reader.fill_buf() {
+            Ok(chunk) => memchr::memchr(b'\n', chunk),
+            Err(_) => None, // the loop below reports it
+        };
+        if let Some(end) = whole {
+            if let Some(nul) = memchr::memchr(0, &self.reader.buffer()[..end]) {
+                self.done = true;
+                return Some(Err(Problem::at(
+                    &self.path,
+                    None,
+                    ProblemKind::NotText {
+                        offset: self.offset + nul as u64,
+                    },
+                )));
+            }
+            self.lent = end + 1;
+            self.offset += self.lent as u64;
+            self.number += 1;
+            return Some(Ok(Line {
+                number: self.number,
+                bytes: &self.reader.buffer()[..end],
+                unterminated: false,
+            }));
+        }
         let mut too_long = false;
         loop {
             let chunk = match self.reader.fill_buf() {
@@ -142,8 +177,12 @@ mod tests {
     use super::*;
 
     fn all(text: &[u8]) -> Vec<Result<(u64, String, bool), String>> {
+        all_with_buffer(text, BUFFER)
+    }
+
+    fn all_with_buffer(text: &[u8], buffer: usize) -> Vec<Result<(u64, String, bool), String>> {
         let path = Arc::new(PathBuf::from("f.json"));
-        let mut lines = Lines::new(text, &path);
+        let mut lines = Lines::with_buffer(text, &path, buffer);
         let mut out = Vec::new();
         while let Some(line) = lines.next_line() {
             out.push(
@@ -172,6 +211,34 @@ mod tests {
             ]
         );
         assert_eq!(all(b""), vec![]);
+    }
+
+    #[test]
+    fn lines_across_the_buffer_edge_are_whole_whatever_the_buffer() {
+        let text: String = (0..40)
+            .map(|i| "x".repeat(i * 7 % 23) + "\n")
+            .collect::<String>()
+            + "end";
+        let expected: Vec<_> = text
+            .split('\n')
+            .enumerate()
+            .map(|(i, l)| Ok((i as u64 + 1, l.to_owned(), l == "end")))
+            .collect();
+        for buffer in [1, 2, 5, 8, 23, 24, 100, 4096] {
+            assert_eq!(
+                all_with_buffer(text.as_bytes(), buffer),
+                expected,
+                "buffer {buffer}"
+            );
+        }
+        let with_nul = "ab\ncdef\ngh\0\n";
+        for buffer in [1, 3, 4096] {
+            assert_eq!(
+                all_with_buffer(with_nul.as_bytes(), buffer).last().unwrap(),
+                &Err("f.json: not a text file (a NUL byte at offset 10); file skipped".into()),
+                "buffer {buffer}"
+            );
+        }
     }
 
     #[test]
