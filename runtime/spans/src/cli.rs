@@ -5,11 +5,12 @@
 //! batch the endpoint did not take).
 
 use crate::export::{ExportOptions, export};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemKind};
 use crate::read::{ReadOptions, SpanSet, read};
 use crate::select::Selection;
 use crate::summary::Summary;
 use crate::tree::{Forest, Trace, TreeStyle, write_trees};
+use std::collections::HashSet;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -247,25 +248,15 @@ pub fn run_to(args: SpansArgs, out: &mut dyn Write, terminal: bool) -> ExitCode 
     }
 }
 
-/// What reading gave, ready for a view: the spans, their traces, and the problems.
-struct Loaded {
-    set: SpanSet,
-    problems: Vec<Problem>,
-}
-
-fn load(inputs: &Inputs, details: bool) -> Loaded {
-    let set = read(
+fn load(inputs: &Inputs, details: bool) -> SpanSet {
+    read(
         &inputs.paths(),
         ReadOptions {
             details,
             progress: true,
             threads: 0,
         },
-    );
-    Loaded {
-        problems: set.problems.clone(),
-        set,
-    }
+    )
 }
 
 /// Prints the problems to standard error and says how the command ends.
@@ -303,17 +294,34 @@ fn with_traces(
     details: bool,
     view: impl FnOnce(&SpanSet, &[&Trace]) -> io::Result<()>,
 ) -> Result<ExitCode, String> {
-    let Loaded { set, mut problems } = load(inputs, details);
+    let set = load(inputs, details);
     let forest = Forest::build(&set.spans);
-    problems.extend(forest.orphans.iter().cloned());
     let chosen = select.selection().apply(&set.spans, &forest.traces);
+    // Orphans matter where they are shown: in the traces chosen.
+    let chosen_ids: HashSet<String> = chosen.iter().map(|t| t.id.to_string()).collect();
+    let mut problems = set.problems.clone();
+    problems.extend(
+        forest
+            .orphans
+            .iter()
+            .filter(|p| match &p.kind {
+                ProblemKind::OrphanParent { trace_id, .. } => chosen_ids.contains(trace_id),
+                _ => true,
+            })
+            .cloned(),
+    );
     match view(&set, &chosen) {
         Ok(()) => {}
         // `filament spans | head` is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
         Err(e) => return Err(e.to_string()),
     }
-    if chosen.is_empty() && !set.spans.is_empty() {
+    if set.spans.is_empty() && !set.files.is_empty() && set.problems.is_empty() {
+        eprintln!(
+            "filament spans: the {} files read hold no span",
+            set.files.len()
+        );
+    } else if chosen.is_empty() && !set.spans.is_empty() {
         eprintln!(
             "filament spans: none of the {} traces read is chosen",
             forest.traces.len()

@@ -61,6 +61,8 @@ pub enum ProblemKind {
         "span {name:?} ({span_id}) has parent {parent_id}, which is in no file read; shown as a root"
     )]
     OrphanParent {
+        /// The span's trace id, hex.
+        trace_id: String,
         /// The span's name.
         name: String,
         /// The span's id, hex.

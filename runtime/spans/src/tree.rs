@@ -126,6 +126,7 @@ impl Scratch {
                             &s.origin.file,
                             Some(s.origin.line),
                             ProblemKind::OrphanParent {
+                                trace_id: id.to_string(),
                                 name: s.name.to_string(),
                                 span_id: s.span_id.to_string(),
                                 parent_id: s.parent_id.to_string(),

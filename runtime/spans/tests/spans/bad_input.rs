@@ -138,6 +138,7 @@ fn a_span_whose_parent_is_in_no_file_is_a_root_and_reported() {
             S::new(7, 1, 0, "root", 4, 10, 50),
             S::new(7, 2, 1, "child", 5, 20, 30),
             S::new(7, 3, 0x99, "orphan", 5, 25, 40),
+            S::new(8, 4, 0, "elsewhere", 4, 60, 70),
         ],
     );
     let set = read(&[dir.path().to_path_buf()], ReadOptions::default());
@@ -157,10 +158,23 @@ fn a_span_whose_parent_is_in_no_file_is_a_root_and_reported() {
     assert_eq!(code, ExitCode::from(2));
     let tree: Vec<&str> = out
         .lines()
-        .skip(1)
+        .filter(|l| l.contains("└─"))
         .map(|l| l.split(" (").next().unwrap())
         .collect();
-    assert_eq!(tree, ["└─ root", "   └─ child", "└─ orphan"]);
+    assert_eq!(
+        tree,
+        ["└─ root", "   └─ child", "└─ orphan", "└─ elsewhere"]
+    );
+    let (_, code) = spans(&[
+        dir.path().to_str().unwrap(),
+        "--trace",
+        "00000000000000000000000000000008",
+    ]);
+    assert_eq!(
+        code,
+        ExitCode::SUCCESS,
+        "an orphan of a trace not shown is no problem"
+    );
 }
 
 #[test]
