@@ -170,7 +170,15 @@ impl Summary {
             }
             writeln!(out, "{}", line.trim_end())?;
         }
-        writeln!(out, "{} traces, {} spans", self.traces, self.spans)
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        writeln!(
+            out,
+            "{} trace{}, {} span{}",
+            self.traces,
+            plural(self.traces),
+            self.spans,
+            plural(self.spans)
+        )
     }
 }
 
