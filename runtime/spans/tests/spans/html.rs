@@ -6,6 +6,7 @@
 use crate::support::{S, fixture, spans, write_file};
 use filament_spans::read::{ReadOptions, read};
 use filament_spans::tree::Forest;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +30,8 @@ fn chromium(test: &str) -> Option<PathBuf> {
         if std::env::var_os("CI").is_some() {
             panic!("{test} needs a headless browser and CI must have one: {why} (.ci/run does)");
         }
-        eprintln!("SKIPPED {test}: {why}");
+        // Straight to standard error: the test harness would hide an `eprintln!` of a passing test.
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
     }
     found
 }
