@@ -395,10 +395,10 @@ fn export_command(args: &ExportArgs) -> Result<ExitCode, String> {
     let report = export(&args.inputs.paths(), &options)?;
     let code = finish(&report.problems, report.spans_read as usize, report.files);
     eprintln!(
-        "filament spans: {} spans sent to {} in {} batches{}",
-        report.spans_sent,
+        "filament spans: {} sent to {} in {}{}",
+        count(report.spans_sent, "span"),
         report.url,
-        report.batches_sent,
+        count(report.batches_sent, "batch"),
         if report.spans_rejected > 0 {
             format!(
                 " ({} of them rejected by the endpoint)",
@@ -410,9 +410,9 @@ fn export_command(args: &ExportArgs) -> Result<ExitCode, String> {
     );
     if !report.failed.is_empty() {
         eprintln!(
-            "filament spans: error: {} spans in {} batches not sent{}",
-            report.spans_not_sent(),
-            report.failed.len(),
+            "filament spans: error: {} in {} not sent{}",
+            count(report.spans_not_sent(), "span"),
+            count(report.failed.len() as u64, "batch"),
             if report.gave_up {
                 format!(
                     "; stopped after {} failed batches in a row, the spans after them were not read",
@@ -425,4 +425,13 @@ fn export_command(args: &ExportArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(code)
+}
+
+/// `1 span`, `2 spans`, `1 batch`, `3 batches`.
+fn count(n: u64, noun: &str) -> String {
+    match (n, noun.ends_with("ch")) {
+        (1, _) => format!("1 {noun}"),
+        (_, true) => format!("{n} {noun}es"),
+        (_, false) => format!("{n} {noun}s"),
+    }
 }
