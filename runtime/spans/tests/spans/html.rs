@@ -358,4 +358,17 @@ fn a_hundred_thousand_spans_page_and_virtualise() {
         dom.contains(&format!("height: {}px", (3000 + 2) * 22)),
         "the scroll height is every row's"
     );
+    // The last span of the big trace, far below the first screen: scrolled to and clicked.
+    let last = format!("{:016x}", 100_000);
+    let dom = browse(&browser, &page, &format!("#select={last}"), &["--dump-dom"]);
+    let detail = &dom[dom.find("id=\"detail\"").expect("the detail panel")..];
+    assert!(
+        detail.contains(&format!("data-span-id=\"{last}\"")),
+        "{detail}"
+    );
+    assert!(detail.contains("<h2>big step</h2>"), "{detail}");
+    assert!(
+        dom.contains(&format!("class=\"row selected\" data-span-id=\"{last}\"")),
+        "the clicked row is rendered and marked"
+    );
 }
