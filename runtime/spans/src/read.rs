@@ -4,7 +4,9 @@
 //! A line is parsed into borrowed views of the OTLP/JSON fields the views need (ids, name, kind,
 //! times, status), the rest kept as the JSON text it was (attributes, events, links) and only when
 //! asked; a line's resource is parsed once per distinct resource text, since every line of a
-//! process repeats it. `tests/read.rs` checks this reader against `opentelemetry-proto`'s decoder.
+//! process repeats it, and a line that repeats the resource and scope of the line before has only
+//! its spans array parsed (`FileReader::parse_line` says why that is the same). `tests/spans/read.rs` checks this
+//! reader against `opentelemetry-proto`'s decoder.
 
 use crate::lines::Lines;
 use crate::model::{Details, Kind, Origin, Process, Span, SpanId, Status, TraceId, parse_hex};
