@@ -165,7 +165,7 @@ pub(crate) struct Driver {
     children: Mutex<Vec<(u32, Child)>>,
     welcome: WelcomeInfo,
     /// The driver's own tracing, for the head's `status`.
-    tracing: Option<crate::tracing::Reporter>,
+    tracing: Option<crate::tracing::ReportHandle>,
     /// How long a new worker has to connect, handshake and run the tracing hook.
     start_timeout: Duration,
 }
@@ -200,7 +200,7 @@ impl Driver {
         workers: usize,
         welcome: WelcomeInfo,
         mode: Mode,
-        tracing: Option<crate::tracing::Reporter>,
+        tracing: Option<crate::tracing::ReportHandle>,
         start_timeout: Duration,
     ) -> Result<Arc<Driver>, InitError> {
         let cluster = random_u64();

@@ -26,6 +26,7 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod cluster;
@@ -35,13 +36,13 @@ mod object;
 mod registry;
 mod spans;
 mod spin;
-pub mod tracing;
 mod wire;
 mod worker;
 
 pub use context::ActorHandle;
 pub use filament_macros::{actor, remote};
 pub use filament_plugin_api as plugin_api;
+pub use filament_tracing as tracing;
 pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
 
 use serde::de::DeserializeOwned;
@@ -292,7 +293,9 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             node_id,
         },
         mode,
-        tracing_guard.as_ref().map(tracing::TracingGuard::reporter),
+        tracing_guard
+            .as_ref()
+            .map(tracing::TracingGuard::report_handle),
         config
             .worker_start_timeout
             .unwrap_or(driver::WORKER_START_TIMEOUT),

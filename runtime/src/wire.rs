@@ -240,23 +240,16 @@ pub(crate) struct TracingStats {
 
 impl TracingStats {
     /// The counts of a process's tracing now.
-    pub(crate) fn of(reporter: Option<&crate::tracing::Reporter>) -> TracingStats {
-        let Some(reporter) = reporter else {
+    pub(crate) fn of(reports: Option<&crate::tracing::ReportHandle>) -> TracingStats {
+        let Some(reports) = reports else {
             return TracingStats::default();
         };
-        let mut stats = TracingStats {
+        let counts = reports.span_counts();
+        TracingStats {
             hook: Some(Ok(())),
-            ..TracingStats::default()
-        };
-        for report in reporter.processors() {
-            stats.exported += if report.plugin.exported > 0 {
-                report.plugin.exported
-            } else {
-                report.delivered
-            };
-            stats.dropped += report.failures + report.plugin.dropped;
+            exported: counts.exported,
+            dropped: counts.dropped,
         }
-        stats
     }
 }
 

@@ -220,7 +220,7 @@ fn serve(marker: &str) -> Result<(), String> {
     let reporter = tracing_guard
         .as_ref()
         .filter(|_| attached)
-        .map(|g| g.reporter());
+        .map(|g| g.report_handle());
     let mut reported = TracingStats::default();
     let (stopped, changed) = &core.stopped;
     let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());

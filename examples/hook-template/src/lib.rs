@@ -6,6 +6,9 @@
 //!
 //! Hook string once built: `target/release/libfilament_hook_template.so:setup_tracing`.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 use filament_plugin_api::{
     KeyValue, LogLevel, ProcessorError, ProcessorStats, ProviderConfig, SpanProcessor, SpanRecord,
     StatusCode, TracingSetup, Value, export_hook,

@@ -14,6 +14,7 @@
 //! lost when it exits, however it exits. A failed write drops that span, counts it, and warns once.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod json;
 

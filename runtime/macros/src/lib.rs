@@ -3,6 +3,9 @@
 //!
 //! Use them through the `filament` crate, which re-exports them.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};

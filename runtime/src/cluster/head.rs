@@ -67,7 +67,7 @@ struct Head {
     hook: Option<String>,
     address: String,
     started: Instant,
-    tracing: Option<crate::tracing::Reporter>,
+    tracing: Option<crate::tracing::ReportHandle>,
     state: Mutex<HeadState>,
     /// The first half of every job id: jobs of different heads (whose spans may share a folder)
     /// never share an id.
@@ -165,7 +165,7 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
         hook,
         address,
         started: Instant::now(),
-        tracing: guard.as_ref().map(|g| g.reporter()),
+        tracing: guard.as_ref().map(|g| g.report_handle()),
         state: Mutex::new(HeadState::default()),
         job_prefix: super::new_node_id()[..4].to_owned(),
     });

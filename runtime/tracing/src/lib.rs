@@ -1,5 +1,12 @@
-//! Tracing through startup hooks: load the plugins a hook string names, let them configure
+//! Filament's tracing host: load the plugins a hook string names, let them configure
 //! OpenTelemetry, and route every span of this process to them.
+//!
+//! This crate is the half of Filament that needs no cluster: any Rust program can load tracing
+//! startup hooks with [`install`]. The runtime (crate `filament`) re-exports it as
+//! `filament::tracing` and runs it in every process of a cluster. It depends on
+//! `filament-plugin-api` (the stable ABI) and OpenTelemetry, nothing of the runtime; the only
+//! `unsafe` code of the workspace lives in its [`loader`](self#the-loader), where a library is
+//! opened and its symbol proven to be a hook before anything in it runs.
 //!
 //! The path of a span: user or runtime code records it with the ordinary `opentelemetry` API on the
 //! host's tracer provider ([`provider`]); when it ends, the [`bridge`] processor turns it into a
@@ -11,14 +18,24 @@
 //! use opentelemetry::trace::{Tracer, TracerProvider as _};
 //!
 //! // Each process writes its spans to /tmp/spans/<pid>.json.
-//! let guard = filament::tracing::install("filament_local_file:setup_tracing")?;
+//! let guard = filament_tracing::install("filament_local_file:setup_tracing")?;
 //! let tracer = opentelemetry::global::tracer("my-app");
 //! tracer.in_span("foo", |_cx| {
 //!     // work
 //! });
 //! drop(guard); // flushes and shuts the plugins down, bounded in time
-//! # Ok::<(), filament::tracing::HookError>(())
+//! # Ok::<(), filament_tracing::HookError>(())
 //! ```
+//!
+//! # The loader
+//!
+//! A hook string `library:symbol[,library:symbol…]` is parsed ([`parse_hooks`]); each library is
+//! found (see [`PLUGIN_PATH_ENV`] for the search order), opened, and its symbol checked against the
+//! header that `filament_plugin_api::export_hook!` exports next to it: a magic value, the ABI
+//! version and abi_stable's layout check of the hook's signature. Only then is the hook called.
+//! Libraries are never unloaded.
+
+#![warn(missing_docs)]
 
 mod bridge;
 mod error;
@@ -72,7 +89,7 @@ pub fn check(hooks: &str) -> Result<Vec<HookSpec>, HookError> {
 
 /// The libraries and symbols `hooks` names, each library found, checked and given by its
 /// canonical path: two hook strings that name the same hooks differently resolve the same.
-pub(crate) fn resolve(hooks: &str) -> Result<Vec<(std::path::PathBuf, String)>, HookError> {
+pub fn resolve(hooks: &str) -> Result<Vec<(std::path::PathBuf, String)>, HookError> {
     parse_hooks(hooks)?
         .iter()
         .map(|spec| loader::load_hook(spec).map(|hook| (hook.path, hook.spec.symbol)))
@@ -271,9 +288,14 @@ impl TracingGuard {
         self.sinks.as_ref().map(Sinks::reports).unwrap_or_default()
     }
 
+    /// The spans of this process so far, summed over its processors.
+    pub fn span_counts(&self) -> SpanCounts {
+        self.report_handle().span_counts()
+    }
+
     /// A handle that reads [`TracingGuard::processors`] from anywhere, for as long as it lives.
-    pub(crate) fn reporter(&self) -> Reporter {
-        Reporter(self.sinks.clone())
+    pub fn report_handle(&self) -> ReportHandle {
+        ReportHandle(self.sinks.clone())
     }
 
     /// Asks every plugin processor to export what it buffers.
@@ -335,12 +357,45 @@ impl TracingGuard {
 }
 
 /// Reads a process's processor reports without holding its [`TracingGuard`].
-#[derive(Clone)]
-pub(crate) struct Reporter(Option<Sinks>);
+#[derive(Debug, Clone)]
+pub struct ReportHandle(Option<Sinks>);
 
-impl Reporter {
-    pub(crate) fn processors(&self) -> Vec<ProcessorReport> {
+impl ReportHandle {
+    /// What became of the spans of each processor the hooks added.
+    pub fn processors(&self) -> Vec<ProcessorReport> {
         self.0.as_ref().map(Sinks::reports).unwrap_or_default()
+    }
+
+    /// The spans of the process so far, summed over its processors.
+    pub fn span_counts(&self) -> SpanCounts {
+        SpanCounts::of(&self.processors())
+    }
+}
+
+/// A process's spans, summed over its plugin processors: what `filament status` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanCounts {
+    /// Spans the processors say they exported; for a processor that does not count, the spans it
+    /// took without error.
+    pub exported: u64,
+    /// Spans lost: failed or panicking processor calls, and what the processors say they dropped.
+    pub dropped: u64,
+}
+
+impl SpanCounts {
+    /// The sum over `reports`.
+    pub fn of(reports: &[ProcessorReport]) -> SpanCounts {
+        reports.iter().fold(SpanCounts::default(), |sum, report| {
+            let exported = if report.plugin.exported > 0 {
+                report.plugin.exported
+            } else {
+                report.delivered
+            };
+            SpanCounts {
+                exported: sum.exported + exported,
+                dropped: sum.dropped + report.failures + report.plugin.dropped,
+            }
+        })
     }
 }
 
