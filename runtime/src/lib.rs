@@ -30,20 +30,22 @@
 
 pub mod cli;
 pub mod cluster;
-mod context;
 mod driver;
+mod local;
 mod object;
 mod registry;
 mod spans;
 mod spin;
+mod status;
 mod wire;
 mod worker;
 
-pub use context::ActorHandle;
 pub use filament_macros::{actor, remote};
 pub use filament_plugin_api as plugin_api;
 pub use filament_tracing as tracing;
+pub use local::ActorHandle;
 pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
+pub use status::{HookState, ProcessKind};
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -52,7 +54,7 @@ use std::time::Duration;
 /// What the generated code of `#[remote]` and `#[actor]` uses. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::context::{create_actor, submit_function};
+    pub use crate::local::{create_actor, submit_function};
     pub use crate::registry::{
         ActorClass, ActorMethod, Args, InvokeResult, RemoteFunction, downcast_actor,
     };
@@ -155,13 +157,13 @@ pub enum InitError {
     /// The tracing hook was refused in the driver; no worker was started.
     #[error(transparent)]
     Hook(#[from] tracing::HookError),
-    /// A worker failed to start, e.g. its tracing hook failed there.
-    #[error("{0}")]
-    Worker(String),
-    /// The standing cluster could not be attached to: no head, a wrong token, a head that went
-    /// away.
+    /// A worker did not start: its hook failed there, it did not connect in time, it ended, or
+    /// the cluster went away.
+    #[error(transparent)]
+    WorkerStart(#[from] WorkerStartError),
+    /// The standing cluster could not be attached to: no head, a wrong token, no session.
     #[error("cannot attach to the cluster: {0}")]
-    Cluster(String),
+    Attach(#[from] cluster::AttachError),
     /// The driver asked for a tracing hook other than the one the cluster was started with.
     #[error(
         "this driver's tracing hook {driver:?} differs from the cluster's ({cluster}); \
@@ -177,13 +179,103 @@ pub enum InitError {
     #[error("filament is already initialized in this process")]
     AlreadyInitialized,
     /// The operating system refused something.
-    #[error("{what}: {cause}")]
+    #[error("{what}: {source}")]
     Io {
         /// What was being done.
         what: String,
         /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a worker process did not start serving tasks. `init` returns it for its pool's workers
+/// ([`InitError::WorkerStart`]); an actor whose process fails to start fails its calls with it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerStartError {
+    /// The tracing startup hook failed in the worker (it had loaded in the driver).
+    #[error("the tracing hook failed in worker {worker} (pid {pid}): {message}")]
+    Hook {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// The hook's error, as the worker reported it.
+        message: String,
+    },
+    /// The worker did not connect and run its hook within the start timeout
+    /// ([`Config::worker_start_timeout`]).
+    #[error("{} did not connect within {timeout:?}", who(.worker))]
+    Timeout {
+        /// The worker that was late; `None` when `init` gave up waiting for its pool.
+        worker: Option<u32>,
+        /// The start timeout.
+        timeout: Duration,
+    },
+    /// The worker's process ended before it connected.
+    #[error("worker {worker} (pid {pid}) ended ({status}) before it connected")]
+    Exited {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// The worker's connection broke before it was ready.
+    #[error("worker {worker} (pid {pid}) failed to start: {cause}")]
+    Disconnected {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// What happened to the connection.
         cause: String,
     },
+    /// The driver refused the worker (another binary, say).
+    #[error("worker {worker} (pid {pid}) was refused: {reason}")]
+    Refused {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The operating system could not start the worker's process.
+    #[error("starting worker {worker}: {source}")]
+    Spawn {
+        /// The worker's id.
+        worker: u32,
+        /// The system's reason.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The node the head placed the worker on could not start it.
+    #[error("{message}")]
+    Node {
+        /// The worker's id.
+        worker: u32,
+        /// The head's words.
+        message: String,
+    },
+    /// The standing cluster's head is gone: no worker can start any more.
+    #[error("{cause}")]
+    ClusterLost {
+        /// How the head went away.
+        cause: String,
+    },
+    /// The runtime is shutting down.
+    #[error("the cluster is shutting down")]
+    ShuttingDown,
+}
+
+fn who(worker: &Option<u32>) -> String {
+    match worker {
+        Some(worker) => format!("worker {worker}"),
+        None => "the workers".to_owned(),
+    }
 }
 
 /// The running cluster. Dropping it stops the workers and flushes tracing.
@@ -220,7 +312,7 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.driver.shutdown(Duration::from_secs(2));
-        context::set(None);
+        local::set(None);
         spans::disable();
         if let Some(guard) = self.tracing.take() {
             let _ = guard.shutdown();
@@ -238,14 +330,13 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     if let Ok(marker) = std::env::var(driver::WORKER_ENV) {
         worker::run(&marker);
     }
-    if context::current().is_some() {
+    if local::current().is_some() {
         return Err(InitError::AlreadyInitialized);
     }
     let mut config = config;
     let attached = match &config.address {
         Some(address) => {
-            let attached = cluster::client::attach(address, config.cluster_token.as_deref())
-                .map_err(InitError::Cluster)?;
+            let attached = cluster::client::attach(address, config.cluster_token.as_deref())?;
             config.tracing_startup_hook =
                 cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
             Some(attached)
@@ -301,7 +392,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             .unwrap_or(driver::WORKER_START_TIMEOUT),
     )
     .inspect_err(|_| spans::disable())?;
-    context::set(Some(context::Context::Driver(std::sync::Arc::clone(
+    local::set(Some(local::LocalRuntime::Driver(std::sync::Arc::clone(
         &driver,
     ))));
     Ok(Runtime {
@@ -359,7 +450,7 @@ fn decode<T: DeserializeOwned>(
 
 /// Waits for an object and returns its value.
 pub fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T, GetError> {
-    let (name, result) = context::get_raw(object.cluster, &[object.id])?
+    let (name, result) = local::get_raw(object.cluster, &[object.id])?
         .pop()
         .expect("one result per id");
     decode(object.id, name, result)
@@ -371,7 +462,7 @@ pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, 
         return Ok(Vec::new());
     };
     let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
-    context::get_raw(first.cluster, &ids)?
+    local::get_raw(first.cluster, &ids)?
         .into_iter()
         .zip(ids)
         .map(|((name, result), id)| decode(id, name, result))
@@ -392,7 +483,7 @@ pub fn wait<T>(
         return Ok((Vec::new(), Vec::new()));
     };
     let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
-    let done = context::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
+    let done = local::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
     let (ready, pending): (Vec<_>, Vec<_>) = objects.into_iter().zip(done).partition(|(_, d)| *d);
     Ok((
         ready.into_iter().map(|(o, _)| o).collect(),

@@ -224,36 +224,9 @@ pub(crate) enum ToDriver {
     /// A blocked task goes on.
     Unblocked,
     /// What the worker's tracing did so far (sent when it changed, at most twice a second).
-    Stats(TracingStats),
+    Stats(crate::status::ProcessTracing),
 }
 
-/// A process's tracing, as `filament status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TracingStats {
-    /// `None`: no hook. `Some(Ok)`: loaded. `Some(Err)`: failed, and why.
-    pub(crate) hook: Option<Result<(), String>>,
-    /// Spans the plugins' processors took (or, if they count, say they exported).
-    pub(crate) exported: u64,
-    /// Spans lost: failed or panicking processor calls, and what the processors say they dropped.
-    pub(crate) dropped: u64,
-}
-
-impl TracingStats {
-    /// The counts of a process's tracing now.
-    pub(crate) fn of(reports: Option<&crate::tracing::ReportHandle>) -> TracingStats {
-        let Some(reports) = reports else {
-            return TracingStats::default();
-        };
-        let counts = reports.span_counts();
-        TracingStats {
-            hook: Some(Ok(())),
-            exported: counts.exported,
-            dropped: counts.dropped,
-        }
-    }
-}
-
-/// Writes one frame into a buffer.
 /// Appends one frame to a buffer. On failure the buffer is as it was: frames queued before are
 /// kept whole.
 pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::Result<()> {

@@ -6,8 +6,9 @@ use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
 use crate::spin::Activity;
+use crate::status::ProcessTracing;
 use crate::wire::{
-    self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker, TracingStats,
+    self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
 };
 use crossbeam_channel::Sender;
 use std::any::Any;
@@ -35,7 +36,7 @@ pub(crate) struct WorkerCore {
     /// if it is a task it may run, runs it itself while another thread takes over reading (no
     /// hand-off between a reader and an executor on the way from the socket to the task).
     reader: Mutex<FrameReader>,
-    execution: Mutex<Execution>,
+    execution: Mutex<RunQueue>,
     /// Threads not running a task (reading, or waiting to read).
     idle: AtomicUsize,
     /// The actor this process hosts, once created.
@@ -56,7 +57,7 @@ pub(crate) struct WorkerCore {
 /// Which tasks run: at most `allowed` at once (1, plus one per task blocked in `get`; always 1 in
 /// an actor's process), the rest queued in arrival order.
 #[derive(Default)]
-struct Execution {
+struct RunQueue {
     queue: VecDeque<Execute>,
     running: usize,
     allowed: usize,
@@ -185,9 +186,9 @@ fn serve(marker: &str) -> Result<(), String> {
         next_request: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
         reader: Mutex::new(reader),
-        execution: Mutex::new(Execution {
+        execution: Mutex::new(RunQueue {
             allowed: 1,
-            ..Execution::default()
+            ..RunQueue::default()
         }),
         idle: AtomicUsize::new(0),
         actor: Mutex::new(None),
@@ -198,7 +199,7 @@ fn serve(marker: &str) -> Result<(), String> {
         exporting: AtomicUsize::new(0),
         activity: Activity::new(),
     });
-    crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
+    crate::local::set(Some(crate::local::LocalRuntime::Worker(Arc::clone(&core))));
     if node_token.is_some() {
         // The node closed the pipe: the job ended, or the node is gone. The worker stops as when
         // its driver says so, flushing its spans (the node kills it if that takes too long).
@@ -221,7 +222,7 @@ fn serve(marker: &str) -> Result<(), String> {
         .as_ref()
         .filter(|_| attached)
         .map(|g| g.report_handle());
-    let mut reported = TracingStats::default();
+    let mut reported = ProcessTracing::of(None);
     let (stopped, changed) = &core.stopped;
     let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());
     while !*done {
@@ -230,7 +231,7 @@ fn serve(marker: &str) -> Result<(), String> {
             .unwrap_or_else(|p| p.into_inner())
             .0;
         if reporter.is_some() {
-            let stats = TracingStats::of(reporter.as_ref());
+            let stats = ProcessTracing::of(reporter.as_ref());
             if stats != reported {
                 core.outbox.send(ToDriver::Stats(stats.clone()));
                 reported = stats;
@@ -240,7 +241,7 @@ fn serve(marker: &str) -> Result<(), String> {
     drop(done);
     // Tasks whose results went out may still be ending their spans: let them, briefly.
     let deadline = Instant::now() + Duration::from_secs(1);
-    let mut execution = core.lock_execution();
+    let mut execution = core.lock_run_queue();
     while (execution.running > 0 || core.exporting.load(Ordering::Acquire) > 0)
         && Instant::now() < deadline
     {
@@ -252,13 +253,13 @@ fn serve(marker: &str) -> Result<(), String> {
     }
     drop(execution);
 
-    crate::context::set(None);
+    crate::local::set(None);
     if let Some(guard) = tracing_guard {
         let _ = guard.shutdown();
         // The last word on this process's spans, flushed ones included.
         if reporter.is_some() {
             core.outbox
-                .send(ToDriver::Stats(TracingStats::of(reporter.as_ref())));
+                .send(ToDriver::Stats(ProcessTracing::of(reporter.as_ref())));
         }
     }
     Ok(())
@@ -297,7 +298,7 @@ impl WorkerCore {
                     }
                     // Claimed or queued before the next reader can read the next task: tasks
                     // start in the order they arrived (an actor's calls, after its creation).
-                    let mut execution = self.lock_execution();
+                    let mut execution = self.lock_run_queue();
                     if execution.running < execution.allowed && execution.queue.is_empty() {
                         execution.running += 1;
                         drop(execution);
@@ -339,13 +340,13 @@ impl WorkerCore {
         changed.notify_all();
     }
 
-    fn lock_execution(&self) -> std::sync::MutexGuard<'_, Execution> {
+    fn lock_run_queue(&self) -> std::sync::MutexGuard<'_, RunQueue> {
         self.execution.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The next queued task, if one may run now (it then counts as running).
     fn claim_queued(&self) -> Option<Execute> {
-        let mut execution = self.lock_execution();
+        let mut execution = self.lock_run_queue();
         if execution.running < execution.allowed {
             let task = execution.queue.pop_front()?;
             execution.running += 1;
@@ -384,7 +385,7 @@ impl WorkerCore {
         // The task is over: the next one may start (an actor's next call included) while this
         // thread ends and exports the span, and the result travels.
         self.exporting.fetch_add(1, Ordering::AcqRel);
-        self.lock_execution().running -= 1;
+        self.lock_run_queue().running -= 1;
         self.idle.fetch_add(1, Ordering::AcqRel);
         drop(span);
         self.exporting.fetch_sub(1, Ordering::AcqRel);
@@ -397,7 +398,7 @@ impl WorkerCore {
 
     /// Runs a task; returns its result and its still open CONSUMER span, which the caller ends
     /// once the result is on its way.
-    fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::Finished) {
+    fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::FinishedConsumerSpan) {
         let execution = spans::on_execute(task.id, &task.name, &task.kind, &task.trace_context);
         let name = task.name.as_str();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -520,7 +521,7 @@ impl WorkerCore {
         let actor = self.hosts_actor.load(Ordering::Relaxed);
         let mut queued = false;
         if !actor {
-            let mut execution = self.lock_execution();
+            let mut execution = self.lock_run_queue();
             execution.allowed += 1;
             queued = !execution.queue.is_empty();
             drop(execution);
@@ -534,7 +535,7 @@ impl WorkerCore {
         }
         let result = wait();
         if !actor {
-            self.lock_execution().allowed -= 1;
+            self.lock_run_queue().allowed -= 1;
             self.outbox.send(ToDriver::Unblocked);
         }
         result

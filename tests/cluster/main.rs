@@ -993,6 +993,47 @@ fn a_worker_killed_mid_run_is_replaced() {
 }
 
 #[test]
+fn a_head_lost_while_init_waits_for_workers_fails_init_as_cluster_lost() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 1);
+    let head_pid: u32 = cluster.session_file("daemon.pid").parse().unwrap();
+    // The job's one worker hangs before it connects: `init` waits for it (a minute at most).
+    let child = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .args(["one-task"])
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("TEST_WORKERS", "1")
+        .env("TEST_STALL_WORKER", "1")
+        .env("TEST_WORKER_START_TIMEOUT_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The driver attached once the head lists its job.
+    wait_until("the driver attaches", Duration::from_secs(20), || {
+        cluster.status()["jobs"]
+            .as_array()
+            .is_some_and(|jobs| !jobs.is_empty())
+    });
+    let killed = Instant::now();
+    kill(head_pid);
+    let output = child.wait_with_output().unwrap();
+    let run = Run::new(output, cluster.spans.path());
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert_eq!(run.value("init_error"), "cluster-lost", "{:?}", run.output);
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("is gone"),
+        "{:?}",
+        run.output
+    );
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    // The stalled worker was the head's child: it does not outlive the test.
+    for pid in group_members(head_pid) {
+        kill(pid);
+    }
+}
+
+#[test]
 fn drivers_hear_of_a_dead_head_within_seconds() {
     let cluster = Cluster::new();
     cluster.start_head(Some(LOCAL_FILE), 2);

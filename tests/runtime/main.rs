@@ -359,6 +359,24 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
 }
 
 #[test]
+fn a_pool_worker_that_never_connects_fails_init_as_a_start_timeout() {
+    let run = run_program(
+        &["one-task"],
+        Some(LOCAL_FILE),
+        &[
+            ("TEST_WORKERS", "2"),
+            ("TEST_STALL_WORKER", "2"),
+            ("TEST_WORKER_START_TIMEOUT_MS", "500"),
+        ],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert_eq!(run.value("init_error"), "worker-start-timeout");
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    // (Whichever noticed first: the reaper, naming worker 2, or `init`, naming the workers.)
+    assert!(stderr.contains("did not connect within 500ms"), "{stderr}");
+}
+
+#[test]
 fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
     let run = run(&["actor-handle-in-task"]);
     assert_eq!(
@@ -461,6 +479,8 @@ fn a_hook_that_fails_only_in_workers_fails_init_within_seconds_without_retrying(
             && stderr.contains("hook \"filament_test_hooks:fails_in_workers\": setup failed: no collector is reachable from worker processes"),
         "{stderr}"
     );
+    // A program can tell this case from the others by matching on the error.
+    assert_eq!(run.value("init_error"), "worker-hook");
     let attempts = stderr.matches("filament worker: ").count();
     assert!(
         attempts <= 2,

@@ -1,6 +1,7 @@
 //! A driver attached to a standing cluster: its job's registration with the head, and the link
 //! through which it asks for workers and hears about those that failed to start.
 
+use super::error::{AttachError, ConnectError};
 use super::proto::{self, FromHead, JobRequest, Peer, ToHead, Welcome};
 use super::session;
 use crate::wire::{FrameReader, Outbox};
@@ -44,7 +45,7 @@ fn job_env() -> Vec<(String, String)> {
 
 /// Registers a job with the head at `address` (`auto`: this machine's current session), with
 /// `token` or the one [`session::resolve`] finds.
-pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, String> {
+pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, AttachError> {
     let (address, token) = match token {
         Some(token) => (session::resolve_address(address)?, token.to_owned()),
         None => session::resolve(address)?,
@@ -53,20 +54,21 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
     let (welcome, conn, reader) = proto::connect(&address, &token, |stream| {
         // Workers connect back on the address the head sees this driver at: reachable from the
         // cluster if the head is.
-        let local = stream
-            .local_addr()
-            .map_err(|e| format!("the local address of the connection to the head: {e}"))?;
-        let bound = TcpListener::bind((local.ip(), 0))
-            .map_err(|e| format!("cannot listen for workers on {}: {e}", local.ip()))?;
+        let local = |what: String| move |source| ConnectError::Local { what, source };
+        let here = stream.local_addr().map_err(local(
+            "the local address of the connection to the head".into(),
+        ))?;
+        let bound = TcpListener::bind((here.ip(), 0))
+            .map_err(local(format!("cannot listen for workers on {}", here.ip())))?;
         let worker_address = bound
             .local_addr()
-            .map_err(|e| format!("cannot read the workers' address: {e}"))?
+            .map_err(local("cannot read the workers' address".into()))?
             .to_string();
         listener = Some(bound);
         let job = JobRequest {
             pid: std::process::id(),
             exe: std::fs::read_link("/proc/self/exe")
-                .map_err(|e| format!("cannot read /proc/self/exe: {e}"))?,
+                .map_err(local("cannot read /proc/self/exe".into()))?,
             args: std::env::args().skip(1).collect(),
             cwd: std::env::current_dir().unwrap_or_default(),
             env: job_env(),
@@ -75,9 +77,11 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
         Ok((Peer::Driver, Some(ToHead::Job(job))))
     })?;
     let Welcome::Driver { job_id, hook, cpus } = welcome else {
-        return Err(format!(
-            "the head at {address} answered {welcome:?} to a driver"
-        ));
+        return Err(ConnectError::Unexpected {
+            answer: format!("{welcome:?} to a driver"),
+            address,
+        }
+        .into());
     };
     Ok(Attached {
         address,

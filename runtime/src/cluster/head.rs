@@ -2,13 +2,15 @@
 //! drivers, places each job's workers on the node with the most free CPUs, tells drivers about
 //! workers that failed to start, and answers `filament status`. It is also the first node.
 
+use super::error::StartError;
 use super::node::{NodeAgent, NodeEvent};
 use super::proto::{
     ClusterStatus, FromHead, Hello, JobProcess, JobRequest, JobStatus, NodeStatus, Peer,
-    ProcessStatus, ToHead, Welcome, hook_state,
+    ProcessStatus, ToHead, Welcome,
 };
 use super::{log, session};
-use crate::wire::{self, Conn, FrameReader, Outbox, TracingStats};
+use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::wire::{self, Conn, FrameReader, Outbox};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -76,11 +78,11 @@ struct Head {
 
 /// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
 /// reports `Ok(address)` or the failure through `ready`, then serves forever.
-pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String>)) {
+pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, StartError>)) {
     let started = match start(&options) {
         Ok(started) => started,
-        Err(message) => {
-            ready(Err(message));
+        Err(error) => {
+            ready(Err(error));
             return;
         }
     };
@@ -114,21 +116,19 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String
 
 type Started = (Arc<Head>, TcpListener, Option<crate::tracing::TracingGuard>);
 
-fn start(options: &HeadOptions) -> Result<Started, String> {
-    let listener = TcpListener::bind((options.host.as_str(), options.port)).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!(
-                "port {} is in use on {}: another program (or head) listens there; \
-                 pick another with --port",
-                options.port, options.host
-            )
+fn start(options: &HeadOptions) -> Result<Started, StartError> {
+    let listener = TcpListener::bind((options.host.as_str(), options.port)).map_err(|source| {
+        let (host, port) = (options.host.clone(), options.port);
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::PortInUse { host, port }
         } else {
-            format!("cannot listen on {}:{}: {e}", options.host, options.port)
+            StartError::Listen { host, port, source }
         }
     })?;
-    let mut listening = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let mut listening = listener.local_addr().map_err(|source| StartError::Io {
+        what: "reading the listening address",
+        source,
+    })?;
     // Listening on every interface: tell nodes and drivers an address they can reach.
     if listening.ip().is_unspecified() {
         listening.set_ip(routable_ip());
@@ -143,7 +143,7 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
             crate::tracing::Tracing::new(hook.clone())
                 .node_id(node_id.clone())
                 .install()
-                .map_err(|e| format!("the tracing startup hook was refused: {e}"))?,
+                .map_err(StartError::Hook)?,
         ),
         None => None,
     };
@@ -190,16 +190,18 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
     std::thread::Builder::new()
         .name("filament-node-reaper".into())
         .spawn(move || agent.watch())
-        .map_err(|e| format!("cannot start the reaper thread: {e}"))?;
+        .map_err(|source| StartError::Io {
+            what: "starting the reaper thread",
+            source,
+        })?;
     Ok((head, listener, guard))
 }
 
 /// `hooks` with every library given as a path made absolute: drivers and nodes run elsewhere, and a
 /// path relative to where `start` ran would mean another file, or none, to them. Bare library names
 /// stay: each machine searches for them.
-fn absolute_hook(hooks: &str) -> Result<String, String> {
-    let specs = crate::tracing::parse_hooks(hooks)
-        .map_err(|e| format!("the tracing startup hook was refused: {e}"))?;
+fn absolute_hook(hooks: &str) -> Result<String, StartError> {
+    let specs = crate::tracing::parse_hooks(hooks).map_err(StartError::Hook)?;
     let absolute: Vec<String> = specs
         .into_iter()
         .map(|spec| {
@@ -536,7 +538,7 @@ impl Head {
                 worker: p.worker,
                 pid: p.pid,
                 node_id: node_of(p.worker),
-                hook: hook_state(&p.tracing),
+                hook: p.tracing.hook.clone(),
                 spans_exported: p.tracing.exported,
                 spans_dropped: p.tracing.dropped,
             })
@@ -545,11 +547,11 @@ impl Head {
         for (worker, place) in &job.workers {
             if !job.processes.iter().any(|p| p.worker == Some(*worker)) {
                 processes.push(JobProcess {
-                    kind: "worker (starting)".into(),
+                    kind: ProcessKind::StartingWorker,
                     worker: Some(*worker),
                     pid: place.pid.unwrap_or(0),
                     node_id: Some(place.node.clone()),
-                    hook: "not yet reported".into(),
+                    hook: HookState::NotReported,
                     spans_exported: 0,
                     spans_dropped: 0,
                 });
@@ -567,7 +569,7 @@ impl Head {
 
     fn status(&self) -> ClusterStatus {
         let state = self.lock();
-        let head_tracing = TracingStats::of(self.tracing.as_ref());
+        let head_tracing = ProcessTracing::of(self.tracing.as_ref());
         let nodes = state
             .nodes
             .iter()
@@ -580,15 +582,15 @@ impl Head {
                     .count() as u32;
                 let (hook, exported, dropped) = match &node.link {
                     NodeLink::Local(_) => (
-                        hook_state(&head_tracing),
+                        head_tracing.hook.clone(),
                         head_tracing.exported,
                         head_tracing.dropped,
                     ),
                     NodeLink::Remote(_) => (
                         if self.hook.is_some() {
-                            "checked (nodes run no tasks)".to_owned()
+                            HookState::Checked
                         } else {
-                            "none".to_owned()
+                            HookState::None
                         },
                         0,
                         0,

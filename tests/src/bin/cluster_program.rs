@@ -121,6 +121,21 @@ impl Fragile {
     }
 }
 
+/// Which case of `InitError` a failed `init` is, as a program matching on it sees it.
+fn init_error_kind(error: &filament::InitError) -> &'static str {
+    use filament::{InitError, WorkerStartError};
+    match error {
+        InitError::Hook(_) => "hook",
+        InitError::WorkerStart(WorkerStartError::Hook { .. }) => "worker-hook",
+        InitError::WorkerStart(WorkerStartError::Timeout { .. }) => "worker-start-timeout",
+        InitError::WorkerStart(WorkerStartError::ClusterLost { .. }) => "cluster-lost",
+        InitError::WorkerStart(_) => "worker-start-other",
+        InitError::Attach(_) => "attach",
+        InitError::HookMismatch { .. } => "hook-mismatch",
+        _ => "other",
+    }
+}
+
 fn main() -> ExitCode {
     // Fault injection: the worker process with this id dies before it connects to its driver.
     if let (Ok(marker), Ok(id)) = (
@@ -154,6 +169,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: {error}");
+            println!("init_error={}", init_error_kind(&error));
             println!("init_failed_after_ms={}", started.elapsed().as_millis());
             return ExitCode::from(3);
         }

@@ -10,38 +10,39 @@ use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// The runtime this process talks to (not to be confused with OpenTelemetry's `Context`).
 #[derive(Clone)]
-pub(crate) enum Context {
+pub(crate) enum LocalRuntime {
     Driver(Arc<Driver>),
     Worker(Arc<WorkerCore>),
 }
 
-static CONTEXT: RwLock<Option<Context>> = RwLock::new(None);
+static LOCAL: RwLock<Option<LocalRuntime>> = RwLock::new(None);
 
-pub(crate) fn set(context: Option<Context>) {
-    *CONTEXT.write().unwrap_or_else(|p| p.into_inner()) = context;
+pub(crate) fn set(context: Option<LocalRuntime>) {
+    *LOCAL.write().unwrap_or_else(|p| p.into_inner()) = context;
 }
 
-pub(crate) fn current() -> Option<Context> {
-    CONTEXT.read().unwrap_or_else(|p| p.into_inner()).clone()
+pub(crate) fn current() -> Option<LocalRuntime> {
+    LOCAL.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn current_or_panic() -> Context {
+fn current_or_panic() -> LocalRuntime {
     current().expect("filament: no runtime in this process; call filament::init first")
 }
 
-impl Context {
+impl LocalRuntime {
     pub(crate) fn cluster(&self) -> u64 {
         match self {
-            Context::Driver(d) => d.cluster,
-            Context::Worker(w) => w.cluster,
+            LocalRuntime::Driver(d) => d.cluster,
+            LocalRuntime::Worker(w) => w.cluster,
         }
     }
 
     fn next_id(&self) -> ObjectId {
         match self {
-            Context::Driver(d) => d.next_id(),
-            Context::Worker(w) => w.next_id(),
+            LocalRuntime::Driver(d) => d.next_id(),
+            LocalRuntime::Worker(w) => w.next_id(),
         }
     }
 
@@ -57,8 +58,8 @@ impl Context {
             })
             .collect();
         match self {
-            Context::Driver(d) => d.submit(spec),
-            Context::Worker(w) => w.submit(spec),
+            LocalRuntime::Driver(d) => d.submit(spec),
+            LocalRuntime::Worker(w) => w.submit(spec),
         }
         // The submission holds them now: the references given with the arguments can go.
         for id in moved {
@@ -69,21 +70,21 @@ impl Context {
 
 pub(crate) fn add_ref(cluster: u64, id: ObjectId) {
     match current() {
-        Some(Context::Driver(d)) if d.cluster == cluster => d.add_ref(id),
-        Some(Context::Worker(w)) if w.cluster == cluster => w.add_ref(id),
+        Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.add_ref(id),
+        Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.add_ref(id),
         _ => {}
     }
 }
 
 pub(crate) fn release(cluster: u64, id: ObjectId) {
     match current() {
-        Some(Context::Driver(d)) if d.cluster == cluster => d.release(id),
-        Some(Context::Worker(w)) if w.cluster == cluster => w.release(id),
+        Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.release(id),
+        Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.release(id),
         _ => {}
     }
 }
 
-fn object_ref<T>(context: &Context, id: ObjectId) -> ObjectRef<T> {
+fn object_ref<T>(context: &LocalRuntime, id: ObjectId) -> ObjectRef<T> {
     ObjectRef {
         id,
         cluster: context.cluster(),
@@ -179,8 +180,8 @@ pub(crate) fn get_raw(
         return Err(GetError::OtherCluster { id: ids[0] });
     }
     match context {
-        Context::Driver(d) => d.get(ids),
-        Context::Worker(w) => w.get(ids),
+        LocalRuntime::Driver(d) => d.get(ids),
+        LocalRuntime::Worker(w) => w.get(ids),
     }
 }
 
@@ -196,7 +197,7 @@ pub(crate) fn wait_raw(
         return Err(GetError::OtherCluster { id: ids[0] });
     }
     match context {
-        Context::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
-        Context::Worker(w) => w.wait(ids, num_returns, timeout),
+        LocalRuntime::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
+        LocalRuntime::Worker(w) => w.wait(ids, num_returns, timeout),
     }
 }
