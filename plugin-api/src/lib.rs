@@ -67,7 +67,7 @@
 //!   thread-locals and statics in plugins are safe.
 //! - **Grows by appending.** The host-side trait and the processor trait are abi_stable prefix types:
 //!   methods added later go at the end with a default, so a plugin built today keeps loading.
-//!   A change to a record type bumps [`ABI_MAJOR`](hook::ABI_MAJOR) and the host refuses older hooks
+//!   A change to a record type bumps [`ABI_MAJOR`] and the host refuses older hooks
 //!   with a one-line cause.
 
 #![warn(missing_docs)]

@@ -13,7 +13,7 @@
 //! task's envelope (never in your arguments); spans your task code makes are children of its
 //! CONSUMER span, and tasks it submits continue the trace. See [`tracing`] for the hook machinery.
 //!
-//! ```ignore
+//! ```no_run
 //! #[filament::remote]
 //! fn my_function() -> i32 { 1 }
 //!
@@ -27,6 +27,11 @@
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+// The README's examples compile as doctests of this crate (`cargo test --doc -p filament`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 pub mod cli;
 pub mod cluster;

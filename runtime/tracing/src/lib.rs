@@ -9,10 +9,10 @@
 //! opened and its symbol proven to be a hook before anything in it runs.
 //!
 //! The path of a span: user or runtime code records it with the ordinary `opentelemetry` API on the
-//! host's tracer provider ([`provider`]); when it ends, the [`bridge`] processor turns it into a
+//! host's tracer provider (`provider`); when it ends, the `bridge` processor turns it into a
 //! borrowed [`SpanRecord`](filament_plugin_api::SpanRecord) and hands it across the ABI to every
-//! processor the hooks added. The hooks themselves were found and checked by the [`loader`] before
-//! anything in them ran, and configured the host through [`setup`].
+//! processor the hooks added. The hooks themselves were found and checked by the `loader` before
+//! anything in them ran, and configured the host through `setup`.
 //!
 //! ```no_run
 //! use opentelemetry::trace::{Tracer, TracerProvider as _};
