@@ -30,7 +30,6 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// A TCP connection, with Nagle's delay off (frames are small and latency matters).
     /// A TCP connection, with Nagle's delay off (frames are small and latency matters), and a
     /// peer whose machine vanished noticed within about 15–20 s, not hours: keepalive probes while
     /// the connection is quiet, and a limit on how long sent data may stay unacknowledged.
