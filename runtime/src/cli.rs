@@ -41,8 +41,8 @@ enum CommandError {
     #[error("cannot start the daemon: {0}")]
     Spawn(#[source] std::io::Error),
     /// The daemon's own words (it wrote them to its session's `failed` file).
-    #[error("{0}")]
-    DaemonFailed(String),
+    #[error("{message} (the daemon's log: {})", log.display())]
+    DaemonFailed { message: String, log: PathBuf },
     #[error("the daemon ended ({status}) before it was ready; its log says:\n{log}")]
     DaemonEnded {
         status: std::process::ExitStatus,
@@ -59,6 +59,23 @@ enum CommandError {
     NothingToStop { root: PathBuf },
     #[error("processes {0:?} survived SIGKILL (run `filament stop` again, or see `ps`)")]
     Survivors(Vec<u32>),
+}
+
+impl CommandError {
+    /// The same error, pointing at the daemon's log where it now is.
+    fn with_log(self, moved: PathBuf) -> CommandError {
+        match self {
+            CommandError::DaemonFailed { message, .. } => CommandError::DaemonFailed {
+                message,
+                log: moved,
+            },
+            CommandError::DaemonNotReady { timeout, .. } => CommandError::DaemonNotReady {
+                timeout,
+                log: moved,
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -204,10 +221,13 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
     }
     command.args(["--num-cpus", &num_cpus.to_string()]);
     let dir = session::create(&root)?;
-    let outcome = launch(command, &dir);
-    if outcome.is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    let outcome = launch(command, &dir).map_err(|error| {
+        // The error points at the daemon's log: keep it, and nothing else of the session.
+        match keep_log_of_failed_session(&root, &dir) {
+            Some(log) => error.with_log(log),
+            None => error,
+        }
+    });
     let ready = outcome?;
     Ok(if args.head {
         format!(
@@ -229,6 +249,25 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
             dir.display()
         )
     })
+}
+
+/// Removes the folder of a session whose daemon failed to start, keeping its log as
+/// `<root>/failed/<session>.log`; returns where the log is now.
+fn keep_log_of_failed_session(root: &Path, dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = root.join("failed");
+    let kept = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&failed)
+        .ok()
+        .and_then(|()| {
+            let log = failed.join(format!("{}.log", dir.file_name()?.to_string_lossy()));
+            std::fs::rename(dir.join("logs").join("daemon.log"), &log).ok()?;
+            Some(log)
+        });
+    let _ = std::fs::remove_dir_all(dir);
+    kept
 }
 
 /// Starts a daemon in the background (its own process group, output in the session's log) and
@@ -262,7 +301,10 @@ fn launch(mut command: Command, dir: &Path) -> Result<String, CommandError> {
         }
         if let Some(why) = session::read(dir, "failed") {
             let _ = child.wait();
-            return Err(CommandError::DaemonFailed(why));
+            return Err(CommandError::DaemonFailed {
+                message: why,
+                log: log_path,
+            });
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();

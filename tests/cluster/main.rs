@@ -624,6 +624,36 @@ fn a_broken_hook_at_start_starts_nothing() {
 }
 
 #[test]
+fn a_hook_whose_setup_blocks_fails_start_at_its_deadline_pointing_at_a_log_that_exists() {
+    let cluster = Cluster::new();
+    let started = Instant::now();
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0"])
+        .args(["--tracing-startup-hook", "filament_test_hooks:setup_blocks"])
+        .env("FILAMENT_HOOK_SETUP_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", output_text(&output));
+    assert!(
+        stderr
+            .contains("hook \"filament_test_hooks:setup_blocks\": setup did not return within 1s"),
+        "{stderr}"
+    );
+    // Within the deadline and a little, not `start`'s own minute.
+    assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
+    let log = stderr
+        .split("(the daemon's log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no log named in: {stderr}"));
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    assert!(text.contains("setup did not return within 1s"), "{text}");
+    assert_eq!(cluster.daemon_pids(), Vec::new(), "a daemon was left");
+}
+
+#[test]
 fn a_hook_that_fails_in_workers_fails_the_driver_and_shows_in_status() {
     let cluster = Cluster::new();
     cluster.start_head(Some("filament_test_hooks:fails_in_workers"), 2);

@@ -151,6 +151,85 @@ fn unreadable_library_is_refused_with_the_cause() {
     assert!(error.to_string().contains(&hooks), "{error}");
 }
 
+/// `check(hooks)` on a thread of its own, so that a hang fails the test instead of stalling it.
+fn check_within(hooks: &str, limit: Duration) -> Result<(), HookError> {
+    let (done, answer) = std::sync::mpsc::channel();
+    let hooks = hooks.to_owned();
+    std::thread::spawn(move || {
+        let _ = done.send(tracing::check(&hooks).map(|_| ()));
+    });
+    answer
+        .recv_timeout(limit)
+        .expect("checking the hook returned in time")
+}
+
+#[test]
+fn a_fifo_given_as_the_library_is_refused_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("libfifo.so");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let hooks = format!("{}:setup_tracing", fifo.display());
+    // Opening a FIFO for reading blocks until a writer comes: no one ever will.
+    let error = check_within(&hooks, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(error, HookError::LoadFailed { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("it is a FIFO, not a shared object"),
+        "{error}"
+    );
+    // A link to it is refused the same way.
+    let link = dir.path().join("liblink.so");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let error = check_within(
+        &format!("{}:setup_tracing", link.display()),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("it is a FIFO"), "{error}");
+}
+
+#[test]
+fn a_hook_whose_setup_blocks_fails_at_its_deadline_naming_the_hook() {
+    let hooks = test_hooks("setup_blocks");
+    let started = Instant::now();
+    let error = match Tracing::new(&hooks)
+        .setup_timeout(Duration::from_millis(300))
+        .build()
+    {
+        Ok(_) => panic!("a blocking hook was accepted"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(error, HookError::SetupTimeout { ref hook, timeout } if *hook == hooks && timeout == Duration::from_millis(300)),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("setup did not return within 300ms"),
+        "{error}"
+    );
+    // Not the hook's hour: the deadline, and a little.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_malformed_setup_deadline_is_an_error_naming_the_variable() {
+    let output = traced_program(LOCAL_FILE, &[("FILAMENT_HOOK_SETUP_TIMEOUT", "soon")], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("FILAMENT_HOOK_SETUP_TIMEOUT=\"soon\" is not valid"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_shared_object_is_refused_with_the_loaders_reason() {
     let dir = tempfile::tempdir().unwrap();

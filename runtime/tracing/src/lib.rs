@@ -69,6 +69,35 @@ pub const TRACING_STARTUP_HOOK_ENV: &str = "FILAMENT_TRACING_STARTUP_HOOK";
 /// How long dropping a [`TracingGuard`] waits for the plugins to flush and shut down.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a hook's setup may take before the host gives up on it, unless
+/// [`SETUP_TIMEOUT_ENV`] or [`Tracing::setup_timeout`] says otherwise.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The environment variable that sets the deadline of each hook's setup, in seconds (`2.5`): a
+/// cluster's processes inherit it, so one value holds for the driver, every worker and the head.
+pub const SETUP_TIMEOUT_ENV: &str = "FILAMENT_HOOK_SETUP_TIMEOUT";
+
+/// The setup deadline from [`SETUP_TIMEOUT_ENV`], else [`DEFAULT_SETUP_TIMEOUT`].
+fn setup_timeout_from_env() -> Result<Duration, HookError> {
+    let Some(value) = std::env::var_os(SETUP_TIMEOUT_ENV) else {
+        return Ok(DEFAULT_SETUP_TIMEOUT);
+    };
+    let bad = |reason: &str| HookError::BadSetting {
+        variable: SETUP_TIMEOUT_ENV,
+        value: value.to_string_lossy().into_owned(),
+        reason: reason.to_owned(),
+    };
+    let text = value.to_str().ok_or_else(|| bad("it is not UTF-8"))?;
+    let seconds: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| bad("give a number of seconds, such as 10 or 2.5"))?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|timeout| !timeout.is_zero())
+        .ok_or_else(|| bad("give a positive number of seconds"))
+}
+
 /// Loads, checks and runs the hooks of `hooks` (`library:symbol[,library:symbol…]`), installs the
 /// resulting tracer provider as this process's global one, and the W3C trace-context propagator.
 ///
@@ -103,6 +132,7 @@ pub struct Tracing {
     process: ProcessInfo,
     config: BTreeMap<String, String>,
     shutdown_timeout: Duration,
+    setup_timeout: Option<Duration>,
 }
 
 impl Tracing {
@@ -119,6 +149,7 @@ impl Tracing {
             },
             config: BTreeMap::new(),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            setup_timeout: None,
         }
     }
 
@@ -158,6 +189,14 @@ impl Tracing {
         self
     }
 
+    /// How long each hook's setup may take (by default [`SETUP_TIMEOUT_ENV`], else
+    /// [`DEFAULT_SETUP_TIMEOUT`]). A hook that has not returned by then fails with
+    /// [`HookError::SetupTimeout`].
+    pub fn setup_timeout(mut self, timeout: Duration) -> Self {
+        self.setup_timeout = Some(timeout);
+        self
+    }
+
     /// Runs the hooks and builds the tracer provider, without installing it globally: use
     /// [`TracingGuard::provider`] to make tracers.
     pub fn build(self) -> Result<TracingGuard, HookError> {
@@ -185,26 +224,22 @@ impl Tracing {
             return Ok(TracingGuard::inert(specs, self.shutdown_timeout));
         }
 
-        let mut host = setup::HostSetup {
-            current_hook: String::new(),
-            process: &self.process,
-            config: &self.config,
-            provider: None,
-            processors: Vec::new(),
+        let setup_timeout = match self.setup_timeout {
+            Some(timeout) => timeout,
+            None => setup_timeout_from_env()?,
         };
-        for hook in &checked {
-            host.current_hook = hook.spec.to_string();
-            let raw = RawTracingSetup_TO::from_ptr(&mut host, TD_Opaque);
-            if let RResult::RErr(message) = (hook.entry.setup)(raw) {
-                // Processors that earlier hooks added may hold files or threads: release them.
-                let (bridge, _) = Bridge::new(std::mem::take(&mut host.processors));
-                let _ = bridge.shutdown_with_timeout(self.shutdown_timeout);
-                return Err(HookError::SetupFailed {
-                    hook: hook.spec.to_string(),
-                    message: message.into_string(),
-                });
-            }
-        }
+        let mut host = run_hooks(
+            checked,
+            setup::HostSetup {
+                current_hook: String::new(),
+                process: self.process.clone(),
+                config: self.config.clone(),
+                provider: None,
+                processors: Vec::new(),
+            },
+            setup_timeout,
+            self.shutdown_timeout,
+        )?;
         if host.processors.is_empty() {
             log::emit(
                 HookLog::Host,
@@ -236,6 +271,75 @@ impl Tracing {
             global,
             shutdown_timeout: self.shutdown_timeout,
         })
+    }
+}
+
+/// Runs each hook's setup in order on a thread of its own, giving each `timeout`: a hook that
+/// blocks fails the process's tracing with [`HookError::SetupTimeout`] instead of hanging it (its
+/// thread is left behind, and nothing the hooks set up is used).
+fn run_hooks(
+    hooks: Vec<loader::CheckedHook>,
+    host: setup::HostSetup,
+    timeout: Duration,
+    shutdown_timeout: Duration,
+) -> Result<setup::HostSetup, HookError> {
+    enum Step {
+        /// Hook `n` returned.
+        Returned(
+            usize,
+            RResult<(), filament_plugin_api::abi_stable::std_types::RString>,
+        ),
+        /// Every hook returned; the host with what they asked for.
+        Done(setup::HostSetup),
+    }
+    let names: Vec<String> = hooks.iter().map(|hook| hook.spec.to_string()).collect();
+    let (steps, step) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("filament-hook-setup".into())
+        .spawn(move || {
+            let mut host = host;
+            for (n, hook) in hooks.iter().enumerate() {
+                host.current_hook = hook.spec.to_string();
+                let raw = RawTracingSetup_TO::from_ptr(&mut host, TD_Opaque);
+                let returned = (hook.entry.setup)(raw);
+                let failed = returned.is_err();
+                if steps.send(Step::Returned(n, returned)).is_err() || failed {
+                    // Processors that earlier hooks added may hold files or threads: release them.
+                    let (bridge, _) = Bridge::new(std::mem::take(&mut host.processors));
+                    let _ = bridge.shutdown_with_timeout(shutdown_timeout);
+                    return;
+                }
+            }
+            let _ = steps.send(Step::Done(host));
+        })
+        .map_err(|error| HookError::SetupFailed {
+            hook: names.join(","),
+            message: format!("no thread to run the setup on: {error}"),
+        })?;
+    let mut next = 0;
+    loop {
+        match step.recv_timeout(timeout) {
+            Ok(Step::Returned(n, RResult::ROk(()))) => next = n + 1,
+            Ok(Step::Returned(n, RResult::RErr(message))) => {
+                return Err(HookError::SetupFailed {
+                    hook: names[n].clone(),
+                    message: message.into_string(),
+                });
+            }
+            Ok(Step::Done(host)) => return Ok(host),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(HookError::SetupTimeout {
+                    hook: names[next.min(names.len() - 1)].clone(),
+                    timeout,
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(HookError::SetupFailed {
+                    hook: names[next.min(names.len() - 1)].clone(),
+                    message: "the setup thread ended without an answer".into(),
+                });
+            }
+        }
     }
 }
 

@@ -24,16 +24,16 @@ pub(crate) struct AddedProcessor {
 }
 
 /// What all hooks of a process asked for.
-pub(crate) struct HostSetup<'a> {
+pub(crate) struct HostSetup {
     /// The hook being run now, for messages.
     pub(crate) current_hook: String,
-    pub(crate) process: &'a ProcessInfo,
-    pub(crate) config: &'a BTreeMap<String, String>,
+    pub(crate) process: ProcessInfo,
+    pub(crate) config: BTreeMap<String, String>,
     pub(crate) provider: Option<RequestedProvider>,
     pub(crate) processors: Vec<AddedProcessor>,
 }
 
-impl RawTracingSetup for HostSetup<'_> {
+impl RawTracingSetup for HostSetup {
     fn configure_provider(&mut self, config: &ProviderConfig<'_>) -> RResult<(), ConfigureError> {
         if let Some(first) = &self.provider {
             log::emit(
