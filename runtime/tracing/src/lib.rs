@@ -290,7 +290,7 @@ fn run_hooks(
             RResult<(), filament_plugin_api::abi_stable::std_types::RString>,
         ),
         /// Every hook returned; the host with what they asked for.
-        Done(setup::HostSetup),
+        Done(Box<setup::HostSetup>),
     }
     let names: Vec<String> = hooks.iter().map(|hook| hook.spec.to_string()).collect();
     let (steps, step) = mpsc::channel();
@@ -310,7 +310,7 @@ fn run_hooks(
                     return;
                 }
             }
-            let _ = steps.send(Step::Done(host));
+            let _ = steps.send(Step::Done(Box::new(host)));
         })
         .map_err(|error| HookError::SetupFailed {
             hook: names.join(","),
@@ -326,7 +326,7 @@ fn run_hooks(
                     message: message.into_string(),
                 });
             }
-            Ok(Step::Done(host)) => return Ok(host),
+            Ok(Step::Done(host)) => return Ok(*host),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 return Err(HookError::SetupTimeout {
                     hook: names[next.min(names.len() - 1)].clone(),
