@@ -405,7 +405,10 @@ impl Driver {
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
-            .env(WORKER_ENV, format!("{}:{id}", socket.display()))
+            .env(
+                WORKER_ENV,
+                crate::worker::marker_for(&format!("{}:{id}", socket.display())),
+            )
             .stdin(Stdio::null())
             .spawn()
             .map_err(|source| WorkerStartError::Spawn {

@@ -97,22 +97,39 @@ pub struct Config {
     /// How long a new worker process has to connect and run the tracing hook before what waits
     /// for it (`init`, an actor's calls) fails; by default 30 seconds.
     pub worker_start_timeout: Option<Duration>,
+    /// Variables `Config::default` read that are not UTF-8 (the name and the value, lossily): an
+    /// error at `init`, unless the setting they give is set in code.
+    unreadable_env: Vec<(&'static str, String)>,
+}
+
+/// The value of environment variable `name` if it is set and not blank; one that is not UTF-8 is
+/// recorded in `unreadable`, not taken as unset.
+fn env_setting(name: &'static str, unreadable: &mut Vec<(&'static str, String)>) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) => Some(value).filter(|value| !value.trim().is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(raw)) => {
+            unreadable.push((name, raw.to_string_lossy().into_owned()));
+            None
+        }
+    }
 }
 
 impl Default for Config {
     /// Workers for every core; the hook from `FILAMENT_TRACING_STARTUP_HOOK`, if set and not empty.
     fn default() -> Self {
+        let mut unreadable_env = Vec::new();
         Config {
             num_workers: None,
-            tracing_startup_hook: std::env::var(tracing::TRACING_STARTUP_HOOK_ENV)
-                .ok()
-                .filter(|hook| !hook.trim().is_empty()),
+            tracing_startup_hook: env_setting(
+                tracing::TRACING_STARTUP_HOOK_ENV,
+                &mut unreadable_env,
+            ),
             tracing_config: BTreeMap::new(),
-            address: std::env::var(cluster::session::ADDRESS_ENV)
-                .ok()
-                .filter(|address| !address.trim().is_empty()),
+            address: env_setting(cluster::session::ADDRESS_ENV, &mut unreadable_env),
             cluster_token: None,
             worker_start_timeout: None,
+            unreadable_env,
         }
     }
 }
@@ -126,12 +143,16 @@ impl Config {
 
     /// Sets the tracing startup hook(s).
     pub fn tracing_startup_hook(mut self, hook: impl Into<String>) -> Self {
+        self.unreadable_env
+            .retain(|(name, _)| *name != tracing::TRACING_STARTUP_HOOK_ENV);
         self.tracing_startup_hook = Some(hook.into());
         self
     }
 
     /// Attaches to a standing cluster (`auto`, or the head's `host:port`).
     pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.unreadable_env
+            .retain(|(name, _)| *name != cluster::session::ADDRESS_ENV);
         self.address = Some(address.into());
         self
     }
@@ -183,6 +204,17 @@ pub enum InitError {
     /// The runtime is already running in this process.
     #[error("filament is already initialized in this process")]
     AlreadyInitialized,
+    /// An environment variable that configures `init` is set but not UTF-8: it is not taken as
+    /// unset (which would silently run untraced, or embedded instead of attached).
+    #[error(
+        "the environment variable {variable} is not UTF-8 ({value:?}); set it in UTF-8 or unset it"
+    )]
+    UnreadableEnv {
+        /// The variable.
+        variable: &'static str,
+        /// Its value, with what is not UTF-8 replaced.
+        value: String,
+    },
     /// The operating system refused something.
     #[error("{what}: {source}")]
     Io {
@@ -332,11 +364,17 @@ impl Drop for Runtime {
 /// worker before its first task; a hook that fails in a worker fails `init` with the worker and the
 /// cause, without retrying.
 pub fn init(config: Config) -> Result<Runtime, InitError> {
-    if let Ok(marker) = std::env::var(driver::WORKER_ENV) {
+    if let Some(marker) = worker::marker() {
         worker::run(&marker);
     }
     if local::current().is_some() {
         return Err(InitError::AlreadyInitialized);
+    }
+    if let Some((variable, value)) = config.unreadable_env.first() {
+        return Err(InitError::UnreadableEnv {
+            variable,
+            value: value.clone(),
+        });
     }
     let mut config = config;
     let attached = match &config.address {

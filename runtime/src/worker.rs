@@ -81,6 +81,49 @@ pub(crate) fn run(marker: &str) -> ! {
     }
 }
 
+/// The value of the worker marker for a worker that this process starts and that connects to
+/// `address` (`<socket>:<id>` or `tcp:<host:port>:<id>`): it names this process as the parent.
+pub(crate) fn marker_for(address: &str) -> String {
+    format!("{}@{address}", std::process::id())
+}
+
+/// This process's worker marker (its address part), if this process is a worker.
+///
+/// Every child inherits the variable, so the marker names the process that started the worker:
+/// a worker's parent is that process (or, if it died already, no longer an ancestor at all, and the
+/// worker finds no driver and exits). A program started from inside a task has it as an ancestor
+/// further up, through the worker: it runs as the ordinary program it is. (Removing the variable
+/// from the worker's environment would need `unsafe` in this crate, which forbids it.)
+pub(crate) fn marker() -> Option<String> {
+    let value = std::env::var(crate::driver::WORKER_ENV).ok()?;
+    let Some((parent, address)) = value
+        .split_once('@')
+        .and_then(|(parent, address)| Some((parent.parse::<u32>().ok()?, address)))
+    else {
+        // Malformed: a worker all the same, which says so and exits.
+        return Some(value);
+    };
+    let mut ancestors = std::iter::successors(parent_of(std::process::id()), |pid| parent_of(*pid));
+    match ancestors.next() {
+        Some(direct) if direct == parent => Some(address.to_owned()),
+        _ if ancestors.any(|pid| pid == parent) => None,
+        _ => Some(address.to_owned()),
+    }
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`; `None` past the first process.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid …; comm may hold spaces and parentheses.
+    let ppid: u32 = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    (ppid > 1).then_some(ppid)
+}
+
 fn serve(marker: &str) -> Result<(), String> {
     let (socket, worker) = marker
         .rsplit_once(':')

@@ -359,6 +359,39 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
 }
 
 #[test]
+fn a_filament_program_started_from_inside_a_task_runs_its_own_main() {
+    let run = run_program(&["runs-a-program"], Some(LOCAL_FILE), &[]).ok();
+    // The child inherited the worker's environment, marker included, and still ran as a program:
+    // its own cluster, its own task.
+    assert_eq!(run.value("child_child_sum"), "42", "{}", run.text());
+    assert_ne!(run.value("child_driver_pid"), run.value("driver_pid"));
+}
+
+#[test]
+fn init_refuses_a_hook_or_address_variable_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"filament_local_file:setup_\xff");
+    for variable in ["FILAMENT_TRACING_STARTUP_HOOK", "FILAMENT_ADDRESS"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .arg("one-task")
+            .env(variable, not_utf8)
+            .env_remove(if variable == "FILAMENT_ADDRESS" {
+                "FILAMENT_TRACING_STARTUP_HOOK"
+            } else {
+                "FILAMENT_ADDRESS"
+            })
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{variable}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("the environment variable {variable} is not UTF-8")),
+            "{variable}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_pool_worker_that_never_connects_fails_init_as_a_start_timeout() {
     let run = run_program(
         &["one-task"],

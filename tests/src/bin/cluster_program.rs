@@ -45,6 +45,22 @@ fn sleeps(millis: u64) -> i64 {
     0
 }
 
+/// Runs this program again from inside a task, as a program of its own (`child-program`), and
+/// returns what it printed.
+#[filament::remote]
+fn runs_a_program() -> String {
+    let output = std::process::Command::new("/proc/self/exe")
+        .arg("child-program")
+        .env("TEST_WORKERS", "1")
+        .output()
+        .expect("the program starts");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        output.status
+    )
+}
+
 #[filament::remote]
 fn pid() -> u32 {
     std::process::id()
@@ -180,6 +196,13 @@ fn main() -> ExitCode {
     let scenario = args.first().map(String::as_str).unwrap_or("");
     match scenario {
         "one-task" => println!("result={}", add::remote(1, 2).get().unwrap()),
+        "child-program" => println!("child_sum={}", add::remote(20, 22).get().unwrap()),
+        "runs-a-program" => {
+            let printed = runs_a_program::remote().get().unwrap();
+            for line in printed.lines() {
+                println!("child_{line}");
+            }
+        }
         "actor-one-call" => {
             let counter = Counter::remote(0);
             println!("result={}", counter.incr(1).get().unwrap());
