@@ -179,7 +179,7 @@ pub(crate) struct WelcomeInfo {
     pub(crate) node_id: String,
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(

@@ -388,7 +388,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     };
     let job_id = match &attached {
         Some(attached) => attached.job_id.clone(),
-        None => format!("{:08x}", std::process::id()),
+        None => cluster::new_job_id(),
     };
     let node_id = node_id();
     let mut tracing_guard = None;

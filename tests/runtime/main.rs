@@ -359,6 +359,23 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
 }
 
 #[test]
+fn embedded_job_ids_are_random_not_the_drivers_pid() {
+    let first = run(&["one-task"]);
+    let second = run(&["one-task"]);
+    for run in [&first, &second] {
+        let id = run.value("job_id");
+        assert_eq!(id.len(), 32, "128 random bits in hex: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let pid: u32 = run.value("driver_pid").parse().unwrap();
+        assert!(
+            !id.contains(&format!("{pid:08x}")),
+            "{id} holds the pid {pid}"
+        );
+    }
+    assert_ne!(first.value("job_id"), second.value("job_id"));
+}
+
+#[test]
 fn a_filament_program_started_from_inside_a_task_runs_its_own_main() {
     let run = run_program(&["runs-a-program"], Some(LOCAL_FILE), &[]).ok();
     // The child inherited the worker's environment, marker included, and still ran as a program:

@@ -61,7 +61,6 @@ struct HeadState {
     nodes: Vec<NodeEntry>,
     jobs: BTreeMap<String, JobEntry>,
     ended: VecDeque<JobStatus>,
-    next_job: u64,
 }
 
 struct Head {
@@ -71,9 +70,6 @@ struct Head {
     started: Instant,
     tracing: Option<crate::tracing::ReportHandle>,
     state: Mutex<HeadState>,
-    /// The first half of every job id: jobs of different heads (whose spans may share a folder)
-    /// never share an id.
-    job_prefix: String,
 }
 
 /// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
@@ -167,7 +163,6 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
         started: Instant::now(),
         tracing: guard.as_ref().map(|g| g.report_handle()),
         state: Mutex::new(HeadState::default()),
-        job_prefix: super::new_node_id()[..4].to_owned(),
     });
     let weak: Weak<Head> = Arc::downgrade(&head);
     let local_id = node_id.clone();
@@ -355,8 +350,11 @@ impl Head {
     fn serve_driver(&self, outbox: Outbox<FromHead>, mut reader: FrameReader, request: JobRequest) {
         let (job_id, cpus) = {
             let mut state = self.lock();
-            state.next_job += 1;
-            let job_id = format!("{}{:04x}", self.job_prefix, state.next_job);
+            let job_id = std::iter::repeat_with(super::new_job_id)
+                .find(|id| {
+                    !state.jobs.contains_key(id) && !state.ended.iter().any(|j| j.job_id == *id)
+                })
+                .expect("an endless supply of ids");
             let cpus = state.nodes.iter().map(|n| n.num_cpus).sum::<u32>();
             state.jobs.insert(
                 job_id.clone(),

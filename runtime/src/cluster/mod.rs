@@ -48,9 +48,24 @@ pub(crate) fn same_token(presented: &str, ours: &str) -> bool {
 
 /// A new node id: 8 random bytes, in hex.
 pub(crate) fn new_node_id() -> String {
-    let mut bytes = [0u8; 8];
+    random_hex::<8>()
+}
+
+/// A new job id: 16 random bytes, in hex. Random, not the driver's pid: two drivers in different
+/// pid namespaces (containers) share pids, and a job id names span files.
+pub(crate) fn new_job_id() -> String {
+    random_hex::<16>()
+}
+
+/// `N` random bytes, in hex.
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
     if getrandom::fill(&mut bytes).is_err() {
-        bytes = u64::from(std::process::id()).to_le_bytes();
+        // No system randomness (it does not happen on Linux): the hasher's per-process keys.
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let word = crate::driver::random_u64() ^ i as u64;
+            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
