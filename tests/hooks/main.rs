@@ -533,6 +533,8 @@ fn a_panicking_processor_is_reported_once_on_standard_error() {
         .filter(|l| l.contains("failed in on_end"))
         .count();
     assert_eq!(reports, 1, "{stderr}");
+    // The panics themselves print once too, not once per span; the count stays exact.
+    assert_eq!(stderr.matches("panicked at").count(), 1, "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("processor \"panicking-processor\" delivered=0 failures=50"),
