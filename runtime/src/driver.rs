@@ -206,16 +206,13 @@ impl Driver {
         let cluster = random_u64();
         let (launcher, listener, head) = match mode {
             Mode::Embedded => {
-                let socket_dir = std::env::temp_dir().join(format!(
-                    "filament-{}-{:08x}",
-                    std::process::id(),
-                    cluster as u32
-                ));
-                std::fs::create_dir_all(&socket_dir).map_err(|source| InitError::Io {
-                    what: format!("creating {}", socket_dir.display()),
-                    source,
-                })?;
-                let socket = socket_dir.join("driver.sock");
+                crate::socket_dir::sweep();
+                let socket =
+                    crate::socket_dir::create(cluster).map_err(|source| InitError::Io {
+                        what: "creating the embedded cluster's socket folder".into(),
+                        source,
+                    })?;
+                let socket_dir = socket.parent().expect("a socket in a folder").to_owned();
                 let listener = UnixListener::bind(&socket).map_err(|source| InitError::Io {
                     what: format!("listening on {}", socket.display()),
                     source,

@@ -39,6 +39,7 @@ mod driver;
 mod local;
 mod object;
 mod registry;
+mod socket_dir;
 mod spans;
 mod spin;
 mod status;

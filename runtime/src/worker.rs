@@ -72,7 +72,14 @@ const STATS_INTERVAL: Duration = Duration::from_millis(500);
 /// Runs this process as worker `marker` (`<socket>:<id>` or `tcp:<host:port>:<id>`) and exits;
 /// never returns.
 pub(crate) fn run(marker: &str) -> ! {
-    match serve(marker) {
+    let served = serve(marker);
+    // A driver killed (even by SIGKILL) cannot remove its socket's folder: its workers do.
+    if let Some((socket, _)) = marker.rsplit_once(':')
+        && !socket.starts_with("tcp:")
+    {
+        crate::socket_dir::remove_if_driver_gone(std::path::Path::new(socket));
+    }
+    match served {
         Ok(()) => std::process::exit(0),
         Err(message) => {
             eprintln!("filament worker: {message}");

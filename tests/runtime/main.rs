@@ -596,6 +596,94 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
     }
 }
 
+/// The embedded cluster's socket folders in `tmp`: `(name, mode)`.
+fn socket_folders(tmp: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("filament-"))
+        .map(|e| {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            (e.file_name().to_string_lossy().into_owned(), mode)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_drivers_socket_folder_is_private_and_removed_by_its_workers_or_the_next_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    // Under umask 000 the folder is still the user's alone.
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000; exec \"$0\" workers hang"])
+        .arg(env!("CARGO_BIN_EXE_cluster-program"))
+        .env("TMPDIR", tmp.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+        .env("TEST_WORKERS", "2")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
+        if let Some(rest) = line.trim().strip_prefix("worker=") {
+            pids.push(rest.split(" pid=").nth(1).unwrap().parse::<u32>().unwrap());
+        }
+        if line.trim() == "hanging" {
+            break;
+        }
+    }
+    let folders = socket_folders(tmp.path());
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    assert!(
+        folders[0]
+            .0
+            .starts_with(&format!("filament-{}-", child.id())),
+        "{folders:?}"
+    );
+    assert_eq!(folders[0].1, 0o700, "{folders:?}");
+
+    // SIGKILL: the driver cannot clean up; its workers, seeing it gone, do.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (!socket_folders(tmp.path()).is_empty() || pids.iter().any(|p| alive(*p)))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(socket_folders(tmp.path()), Vec::new());
+
+    // A folder left by a driver that died before any worker could notice: the next init sweeps it.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.path().join(format!("filament-{dead}-0000abcd"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("driver.sock"), "").unwrap();
+    // One that is not a socket folder, and one of a driver that runs (this test), stay.
+    let other = tmp.path().join("filament-notes");
+    std::fs::create_dir(&other).unwrap();
+    let running = tmp
+        .path()
+        .join(format!("filament-{}-0000abcd", std::process::id()));
+    std::fs::create_dir(&running).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .arg("one-task")
+        .env("TMPDIR", tmp.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!stale.exists(), "the dead driver's folder was swept");
+    assert!(other.exists() && running.exists());
+}
+
 #[test]
 fn workers_exit_when_the_driver_panics() {
     let run = run_program(&["driver-panics"], Some(LOCAL_FILE), &[]);
