@@ -862,7 +862,8 @@ impl Driver {
 
     /// The task's argument values, or the error of the first argument that failed.
     fn resolve(state: &State, spec: &TaskSpec) -> Result<Vec<Vec<u8>>, TaskError> {
-        spec.args
+        let args = spec
+            .args
             .iter()
             .enumerate()
             .map(|(index, arg)| match arg {
@@ -882,7 +883,13 @@ impl Driver {
                     }
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = args.iter().map(Vec::len).sum();
+        wire::check_value_size(bytes, "arguments").map_err(|message| TaskError::Invalid {
+            task: spec.name.clone(),
+            message,
+        })?;
+        Ok(args)
     }
 
     /// Sends ready function tasks to workers with free slots.

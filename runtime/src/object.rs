@@ -89,7 +89,7 @@ impl<T> Drop for ObjectRef<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Arg {
     /// A value, serialized with postcard.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The result of another task.
     Ref(ObjectId),
     /// The result of another task, whose reference the caller gave up with the argument: the

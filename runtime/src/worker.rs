@@ -505,6 +505,14 @@ impl WorkerCore {
             }
         }));
         match outcome {
+            Ok(Ok(value)) if let Err(message) = wire::check_value_size(value.len(), "result") => {
+                let error = TaskError::Invalid {
+                    task: name.to_owned(),
+                    message,
+                };
+                let finished = execution.finish(Some(&error.to_string()));
+                (Err(error), finished)
+            }
             Ok(result) => (result, execution.finish(None)),
             Err(payload) => {
                 let message = filament_plugin_api::processor::panic_message(&*payload);

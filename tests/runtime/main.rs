@@ -376,6 +376,22 @@ fn embedded_job_ids_are_random_not_the_drivers_pid() {
 }
 
 #[test]
+fn a_result_and_an_argument_of_one_and_a_half_gigabytes_arrive_intact() {
+    // Past the 1 GiB frame: each travels as two frames and is joined again.
+    let bytes = 1_500_000_000u64;
+    let run = run_program(
+        &["big-values", &bytes.to_string()],
+        None,
+        &[("TEST_WORKERS", "1")],
+    )
+    .ok();
+    assert_eq!(run.value("result_len"), bytes.to_string());
+    assert_eq!(run.value("result_intact"), "true");
+    assert_eq!(run.value("argument_len"), bytes.to_string());
+    assert_eq!(run.value("argument_intact"), "true");
+}
+
+#[test]
 fn a_filament_program_started_from_inside_a_task_runs_its_own_main() {
     let run = run_program(&["runs-a-program"], Some(LOCAL_FILE), &[]).ok();
     // The child inherited the worker's environment, marker included, and still ran as a program:

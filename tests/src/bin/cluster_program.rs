@@ -61,6 +61,36 @@ fn runs_a_program() -> String {
     )
 }
 
+/// `bytes` bytes whose every mebibyte starts with its index: a piece out of place shows.
+fn big_value(bytes: u64) -> serde_bytes::ByteBuf {
+    let mut value = vec![0xa5u8; bytes as usize];
+    for (index, piece) in value.chunks_mut(1 << 20).enumerate() {
+        let mark = (index as u32).to_le_bytes();
+        let n = mark.len().min(piece.len());
+        piece[..n].copy_from_slice(&mark[..n]);
+    }
+    serde_bytes::ByteBuf::from(value)
+}
+
+/// Whether `value` is `big_value(value.len())`.
+fn is_big_value(value: &[u8]) -> bool {
+    value.chunks(1 << 20).enumerate().all(|(index, piece)| {
+        let mark = (index as u32).to_le_bytes();
+        let n = mark.len().min(piece.len());
+        piece[..n] == mark[..n] && piece[n..].iter().step_by(4093).all(|b| *b == 0xa5)
+    })
+}
+
+#[filament::remote]
+fn makes_a_big_value(bytes: u64) -> serde_bytes::ByteBuf {
+    big_value(bytes)
+}
+
+#[filament::remote]
+fn checks_a_big_value(value: serde_bytes::ByteBuf) -> (u64, bool) {
+    (value.len() as u64, is_big_value(&value))
+}
+
 #[filament::remote]
 fn pid() -> u32 {
     std::process::id()
@@ -196,6 +226,23 @@ fn main() -> ExitCode {
     let scenario = args.first().map(String::as_str).unwrap_or("");
     match scenario {
         "one-task" => println!("result={}", add::remote(1, 2).get().unwrap()),
+        "big-values" => {
+            let bytes: u64 = args[1].parse().expect("a size in bytes");
+            match makes_a_big_value::remote(bytes).get() {
+                Ok(value) => {
+                    println!("result_len={}", value.len());
+                    println!("result_intact={}", is_big_value(&value));
+                }
+                Err(error) => println!("result_error={error}"),
+            }
+            match checks_a_big_value::remote(big_value(bytes)).get() {
+                Ok((len, intact)) => {
+                    println!("argument_len={len}");
+                    println!("argument_intact={intact}");
+                }
+                Err(error) => println!("argument_error={error}"),
+            }
+        }
         "child-program" => println!("child_sum={}", add::remote(20, 22).get().unwrap()),
         "runs-a-program" => {
             let printed = runs_a_program::remote().get().unwrap();
