@@ -49,6 +49,10 @@ mod worker;
 pub use filament_macros::{actor, remote};
 pub use filament_plugin_api as plugin_api;
 pub use filament_tracing as tracing;
+/// The `opentelemetry` crate this runtime records spans with, for your spans: each version of the
+/// crate has a global tracer provider of its own, and only this version's is the one the tracing
+/// hook configured. A span made through another version in your manifest goes nowhere.
+pub use filament_tracing::opentelemetry;
 pub use local::ActorHandle;
 pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
 pub use status::{HookState, ProcessKind};
@@ -175,6 +179,22 @@ impl Config {
         self.tracing_config.insert(key.into(), value.into());
         self
     }
+}
+
+/// A tracer of the tracer provider the tracing hook configured, for spans in tasks and in the
+/// driver; they are children of the current span (a task's CONSUMER span, inside a task).
+///
+/// ```no_run
+/// use filament::opentelemetry::trace::Tracer as _;
+///
+/// #[filament::remote]
+/// fn my_func() -> String {
+///     filament::tracer("my_crate").in_span("foo", |_cx| "done".to_owned())
+/// }
+/// # fn main() {}
+/// ```
+pub fn tracer(name: &'static str) -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer(name)
 }
 
 /// Why [`init`] failed. Nothing is left running.

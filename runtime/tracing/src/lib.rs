@@ -45,6 +45,10 @@ mod provider;
 mod setup;
 mod spec;
 
+/// The `opentelemetry` crate the host records spans with: make spans through it, not through
+/// another version, whose global tracer provider no hook configures.
+pub use opentelemetry;
+
 pub use bridge::ProcessorReport;
 pub use error::HookError;
 pub use filament_plugin_api::{ProcessInfo, ProcessRole, ProcessorStats};
