@@ -693,3 +693,36 @@ fn the_hook_template_writes_one_line_per_span() {
         "{text}"
     );
 }
+
+#[test]
+fn the_hook_templates_file_keeps_every_line_whole_across_a_four_worker_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("console.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .args(["many", "2000"])
+        .env(
+            "FILAMENT_TRACING_STARTUP_HOOK",
+            "filament_hook_template:setup_tracing",
+        )
+        .env("CONSOLE_SPANS_FILE", &out)
+        .env("TEST_WORKERS", "4")
+        .env_remove("FILAMENT_ADDRESS")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    // Five processes append to one file: no line truncated away, none glued to another.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4000, "2,000 PRODUCER and 2,000 CONSUMER spans");
+    assert!(
+        lines.iter().all(|line| line.starts_with("[pid ")
+            && line.matches("[pid ").count() == 1
+            && line.contains(" trace=")),
+        "a line is not whole"
+    );
+    let pids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|line| line.split(']').next().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 5, "the driver and four workers: {pids:?}");
+}
