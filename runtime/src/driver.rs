@@ -175,6 +175,8 @@ pub(crate) struct Driver {
 pub(crate) struct WelcomeInfo {
     pub(crate) hook: Option<String>,
     pub(crate) config: Vec<(String, String)>,
+    /// The driver's environment, as its workers' hooks read it.
+    pub(crate) environment: Vec<(String, String)>,
     pub(crate) job_id: String,
     pub(crate) node_id: String,
 }
@@ -522,6 +524,7 @@ impl Driver {
         outbox.send(ToWorker::Welcome {
             hook: self.welcome.hook.clone(),
             config: self.welcome.config.clone(),
+            environment: self.welcome.environment.clone(),
             job_id: self.welcome.job_id.clone(),
             node_id: self.welcome.node_id.clone(),
             cluster: self.cluster,

@@ -444,6 +444,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         driver::WelcomeInfo {
             hook: config.tracing_startup_hook.clone(),
             config: config.tracing_config.into_iter().collect(),
+            environment: cluster::client::hook_environment(),
             job_id: job_id.clone(),
             node_id,
         },

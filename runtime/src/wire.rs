@@ -192,6 +192,8 @@ pub(crate) enum ToWorker {
     Welcome {
         hook: Option<String>,
         config: Vec<(String, String)>,
+        /// The driver's environment, where the hook reads what `config` lacks.
+        environment: Vec<(String, String)>,
         job_id: String,
         node_id: String,
         cluster: u64,

@@ -183,14 +183,15 @@ fn serve(marker: &str) -> Result<(), String> {
     let mut reader = FrameReader::new(stream);
     // Its own driver, whose address it was given.
     reader.trust();
-    let (hook, config, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
+    let (hook, config, environment, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
         Ok(Some(ToWorker::Welcome {
             hook,
             config,
+            environment,
             job_id,
             node_id,
             cluster,
-        })) => (hook, config, job_id, node_id, cluster),
+        })) => (hook, config, environment, job_id, node_id, cluster),
         Ok(Some(ToWorker::Refused(reason))) => {
             return Err(format!("refused by the driver: {reason}"));
         }
@@ -207,7 +208,8 @@ fn serve(marker: &str) -> Result<(), String> {
             .role(crate::tracing::ProcessRole::Worker)
             .job_id(job_id.clone())
             .node_id(node_id.clone())
-            .worker_id(worker_id.clone());
+            .worker_id(worker_id.clone())
+            .environment(environment);
         for (key, value) in config {
             tracing = tracing.config(key, value);
         }

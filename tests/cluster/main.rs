@@ -934,6 +934,70 @@ fn a_job_is_configured_by_its_driver_not_by_the_daemons() {
 }
 
 #[test]
+fn every_process_of_a_job_reads_its_drivers_configuration_whatever_the_key() {
+    let cluster = Cluster::new();
+    let reports = tempfile::tempdir().unwrap();
+    // The head's own values, for a key without a job prefix.
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args([
+            "--tracing-startup-hook",
+            "filament_test_hooks:reports_process",
+        ])
+        .env("FILAMENT_TEST_REPORT", reports.path().join("head.txt"))
+        .env("NEWCOMER_OUT", "head.txt")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", output_text(&output));
+
+    // Two drivers at once, each with its own values.
+    let drivers: Vec<(&str, Child)> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let child = cluster
+                .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+                .arg("one-task")
+                .env("FILAMENT_ADDRESS", "auto")
+                .env("TEST_WORKERS", "1")
+                .env(
+                    "FILAMENT_TEST_REPORT",
+                    reports.path().join(format!("{name}.txt")),
+                )
+                .env("NEWCOMER_OUT", format!("{name}-attached.txt"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, child)
+        })
+        .collect();
+    for (name, child) in drivers {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "driver {name}: {}",
+            output_text(&output)
+        );
+        let report = std::fs::read_to_string(reports.path().join(format!("{name}.txt"))).unwrap();
+        let roles: BTreeSet<&str> = report
+            .lines()
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("role="))
+            })
+            .collect();
+        assert_eq!(roles, BTreeSet::from(["driver", "worker"]), "{report}");
+        assert!(
+            report
+                .lines()
+                .all(|line| line.ends_with(&format!(" newcomer={name}-attached.txt"))),
+            "driver {name}'s job read another's value:\n{report}"
+        );
+    }
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);

@@ -398,7 +398,7 @@ fn the_handle_tells_the_hook_about_its_process_and_configuration() {
     assert_eq!(
         std::fs::read_to_string(&report).unwrap(),
         format!(
-            "pid={} role=worker job=job-7 node=node-1 worker=worker-3 greeting=hello\n",
+            "pid={} role=worker job=job-7 node=node-1 worker=worker-3 greeting=hello newcomer=\n",
             std::process::id()
         )
     );

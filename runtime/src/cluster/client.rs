@@ -28,18 +28,30 @@ pub(crate) const JOB_ENV_PREFIXES: [&str; 3] = ["OTEL_", "FILAMENT_", "RUST_"];
 /// Environment variables a job's workers get from its driver: the job's configuration, not the
 /// driver's own connection to the cluster.
 fn job_env() -> Vec<(String, String)> {
-    const OWN: [&str; 6] = [
-        crate::driver::WORKER_ENV,
-        session::ADDRESS_ENV,
-        session::TOKEN_ENV,
-        session::TEMP_DIR_ENV,
-        super::node::NODE_ID_ENV,
-        super::node::NODE_PIPE_ENV,
-    ];
     std::env::vars()
         .filter(|(key, _)| {
-            JOB_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) && !OWN.contains(&key.as_str())
+            JOB_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
+                && !OWN_VARIABLES.contains(&key.as_str())
         })
+        .collect()
+}
+
+/// The variables of a process's own place in a cluster, which its workers never get from it.
+const OWN_VARIABLES: [&str; 6] = [
+    crate::driver::WORKER_ENV,
+    session::ADDRESS_ENV,
+    session::TOKEN_ENV,
+    session::TEMP_DIR_ENV,
+    super::node::NODE_ID_ENV,
+    super::node::NODE_PIPE_ENV,
+];
+
+/// The driver's environment as its workers' hooks read it (`TracingSetup::config`): all of it,
+/// but its own connection to the cluster (the token above all) and what is not UTF-8.
+pub(crate) fn hook_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(key, _)| !OWN_VARIABLES.contains(&key.as_str()))
         .collect()
 }
 

@@ -135,6 +135,7 @@ pub struct Tracing {
     hooks: String,
     process: ProcessInfo,
     config: BTreeMap<String, String>,
+    environment: Option<BTreeMap<String, String>>,
     shutdown_timeout: Duration,
     setup_timeout: Option<Duration>,
 }
@@ -152,6 +153,7 @@ impl Tracing {
                 worker_id: None.into(),
             },
             config: BTreeMap::new(),
+            environment: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             setup_timeout: None,
         }
@@ -184,6 +186,14 @@ impl Tracing {
     /// A configuration value hooks read with `TracingSetup::config` (before the environment).
     pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// The environment hooks read after the configuration values, instead of this process's own:
+    /// a worker of a standing cluster reads its driver's, so that a job is configured by its
+    /// driver whatever the node's environment holds.
+    pub fn environment(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.environment = Some(vars.into_iter().collect());
         self
     }
 
@@ -238,6 +248,7 @@ impl Tracing {
                 current_hook: String::new(),
                 process: self.process.clone(),
                 config: self.config.clone(),
+                environment: self.environment.clone(),
                 provider: None,
                 processors: Vec::new(),
             },

@@ -29,6 +29,9 @@ pub(crate) struct HostSetup {
     pub(crate) current_hook: String,
     pub(crate) process: ProcessInfo,
     pub(crate) config: BTreeMap<String, String>,
+    /// Where `config` reads what the configuration values lack: this process's environment
+    /// (`None`), or another's.
+    pub(crate) environment: Option<BTreeMap<String, String>>,
     pub(crate) provider: Option<RequestedProvider>,
     pub(crate) processors: Vec<AddedProcessor>,
 }
@@ -76,10 +79,14 @@ impl RawTracingSetup for HostSetup {
     }
 
     fn config(&self, key: RStr<'_>) -> ROption<RString> {
+        let key = key.as_str();
         self.config
-            .get(key.as_str())
+            .get(key)
             .cloned()
-            .or_else(|| std::env::var(key.as_str()).ok())
+            .or_else(|| match &self.environment {
+                Some(environment) => environment.get(key).cloned(),
+                None => std::env::var(key).ok(),
+            })
             .map(RString::from)
             .into()
     }
