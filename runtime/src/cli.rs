@@ -97,7 +97,9 @@ enum Cmd {
     Start(StartArgs),
     /// Shows the cluster: nodes, jobs, and each process's tracing.
     Status(StatusArgs),
-    /// Stops every head, node and worker this machine started.
+    /// Stops the heads and nodes of the sessions in $FILAMENT_TEMP_DIR (else /tmp/filament) that
+    /// still run, with their workers: SIGTERM to each daemon's process group, then SIGKILL after
+    /// 3 seconds. Daemons started with another FILAMENT_TEMP_DIR are not touched.
     Stop,
     /// Runs a head or node in the foreground (what `start` runs in the background).
     #[command(name = "__daemon", hide = true)]

@@ -236,6 +236,15 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     let cluster = Cluster::new();
     cluster.start_head(Some(LOCAL_FILE), 2);
     let head_pid = cluster.session_file("daemon.pid").parse::<u32>().unwrap();
+    // The head ran the hook to check it, and records no span: no file of its own.
+    assert!(
+        !cluster
+            .spans
+            .path()
+            .join(format!("{head_pid}.json"))
+            .exists(),
+        "the head left a span file"
+    );
 
     // A task: a PRODUCER in the driver's file, its CONSUMER in a worker's.
     let run = cluster.run_program(&["one-task"], &[]).ok();

@@ -479,3 +479,19 @@ fn a_spans_folder_or_file_of_another_user_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_process_that_recorded_no_span_leaves_no_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path()).build().unwrap();
+    assert!(
+        own_file(dir.path()).exists(),
+        "opened at setup, to fail early"
+    );
+    guard.shutdown().unwrap();
+    assert!(!own_file(dir.path()).exists());
+    // A file that was there before (a reused pid) is never removed, even empty.
+    std::fs::write(own_file(dir.path()), "").unwrap();
+    local_file(dir.path()).build().unwrap().shutdown().unwrap();
+    assert!(own_file(dir.path()).exists());
+}

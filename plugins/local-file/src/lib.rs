@@ -162,6 +162,8 @@ pub struct SpanFile {
     warned: AtomicBool,
     warned_deleted: AtomicBool,
     shut_down: AtomicBool,
+    /// Whether this process made the file (and may remove it if it stays empty).
+    created: bool,
 }
 
 #[derive(Debug)]
@@ -199,6 +201,7 @@ impl SpanFile {
             })?;
         check_dir(dir)?;
         let path = dir.join(format!("{pid}.json"));
+        let created = std::fs::symlink_metadata(&path).is_err();
         let file = open(&path).map_err(|error| SpanFileError::Open {
             path: path.clone(),
             error,
@@ -216,6 +219,7 @@ impl SpanFile {
             warned: AtomicBool::new(false),
             warned_deleted: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            created,
         })
     }
 
@@ -379,6 +383,16 @@ impl SpanProcessor for SpanFile {
         // file) to guard only against the machine itself crashing.
         if self.shut_down.swap(true, Ordering::Relaxed) {
             return Err(ProcessorError::AlreadyShutdown);
+        }
+        // A process that recorded no span leaves no empty file of its own behind.
+        let state = self.lock();
+        let ours_and_empty = state.file.metadata().is_ok_and(|file| {
+            file.len() == 0
+                && std::fs::symlink_metadata(&self.path)
+                    .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (file.dev(), file.ino()))
+        });
+        if self.created && ours_and_empty {
+            let _ = std::fs::remove_file(&self.path);
         }
         Ok(())
     }

@@ -82,7 +82,16 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, StartE
             return;
         }
     };
-    let (head, listener, _guard) = started;
+    let (head, listener, guard) = started;
+    // The hook ran in full to prove it works; the head runs no task and records no span, so its
+    // tracing ends here (a file-writing hook leaves no empty file of the head's behind).
+    if let Some(guard) = guard
+        && let Err(error) = guard.shutdown()
+    {
+        log(&format!(
+            "the head's own tracing did not shut down cleanly: {error}"
+        ));
+    }
     ready(Ok(head.address.clone()));
     log(&format!(
         "head listening on {}, {} CPUs, tracing hook {}",
