@@ -225,6 +225,16 @@ pub enum InitError {
     /// The runtime is already running in this process.
     #[error("filament is already initialized in this process")]
     AlreadyInitialized,
+    /// Two remote functions or actors of this program have the same Rust path (two versions of one
+    /// crate, say): a call could reach the wrong one.
+    #[error(
+        "{id} is registered twice (two versions of the crate that defines it?): \
+         calls to it could reach either; make the program hold one"
+    )]
+    DuplicateRemote {
+        /// The path registered twice.
+        id: String,
+    },
     /// An environment variable that configures `init` is set but not UTF-8: it is not taken as
     /// unset (which would silently run untraced, or embedded instead of attached).
     #[error(
@@ -391,6 +401,9 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     if local::current().is_some() {
         return Err(InitError::AlreadyInitialized);
     }
+    if let Some(id) = registry::registry().duplicates.first() {
+        return Err(InitError::DuplicateRemote { id: id.clone() });
+    }
     if let Some((variable, value)) = config.unreadable_env.first() {
         return Err(InitError::UnreadableEnv {
             variable,
@@ -411,7 +424,11 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         Some(attached) => attached.job_id.clone(),
         None => cluster::new_job_id(),
     };
-    let node_id = node_id();
+    // A driver on a machine of the cluster is on that node, as its workers there are.
+    let node_id = attached
+        .as_ref()
+        .and_then(|attached| attached.node_id.clone())
+        .unwrap_or_else(node_id);
     let mut tracing_guard = None;
     if let Some(hook) = &config.tracing_startup_hook {
         let mut tracing = tracing::Tracing::new(hook.clone())

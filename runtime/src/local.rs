@@ -117,12 +117,13 @@ pub struct ActorHandle {
 }
 
 impl ActorHandle {
-    /// The actor's id.
-    pub fn id(&self) -> u64 {
-        self.id
+    /// The actor's id: its creation's, as spans (`filament.actor_id`), errors and
+    /// `filament status` show it (16 hex digits).
+    pub fn id(&self) -> ObjectId {
+        ObjectId(self.id)
     }
 
-    /// The actor's type name.
+    /// The actor's type, by its Rust path (`my_crate::Counter`).
     pub fn class(&self) -> &str {
         &self.class
     }
@@ -147,8 +148,9 @@ impl ActorHandle {
     }
 }
 
-/// Creates an actor. Used by the code `#[filament::actor]` generates.
-pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> ActorHandle {
+/// Creates an actor. Used by the code `#[filament::actor]` generates. Its spans and errors name it
+/// by its Rust path, `class_id` (two `Counter`s of two modules never share a name).
+pub fn create_actor(class_id: &'static str, _class: &str, args: Vec<Arg>) -> ActorHandle {
     let context = current_or_panic();
     let id = context.next_id();
     context.submit(TaskSpec {
@@ -157,7 +159,7 @@ pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> Acto
             class: class_id.to_owned(),
             actor: id.0,
         },
-        name: format!("{class}::new"),
+        name: format!("{class_id}::new"),
         args,
         trace_context: Vec::new(),
     });
@@ -165,7 +167,7 @@ pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> Acto
     release(context.cluster(), id);
     ActorHandle {
         id: id.0,
-        class: class.to_owned(),
+        class: class_id.to_owned(),
         cluster: context.cluster(),
     }
 }

@@ -265,6 +265,11 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
         attr(consumer, "filament.node_id"),
         &Value::StringValue(head_node.to_owned())
     );
+    // The driver runs on the head's machine: one node id for the whole job.
+    assert_eq!(
+        attr(producer, "filament.node_id"),
+        &Value::StringValue(head_node.to_owned())
+    );
     assert_eq!(
         attr(consumer, "filament.job_id"),
         &Value::StringValue(run.value("job_id").to_owned())
@@ -553,7 +558,7 @@ fn two_nodes_run_one_trace() {
     let actor_nodes: BTreeSet<String> = run
         .all()
         .iter()
-        .filter(|s| s.name() == "Counter::incr filament.remote_worker")
+        .filter(|s| s.name() == "cluster_program::Counter::incr filament.remote_worker")
         .map(|s| format!("{:?}", attr(s, "filament.node_id")))
         .collect();
     assert_eq!(

@@ -217,3 +217,65 @@ fn a_program_with_another_opentelemetry_gets_its_task_span_through_filament_trac
     assert_eq!(foo.parent_span_id(), consumer.span_id());
     assert_eq!(foo.trace_id(), consumer.trace_id());
 }
+
+/// A remote function of a crate `dup` whose two versions the program below holds at once.
+fn write_dup_crate(dir: &Path, version: &str) {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap();
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"dup\"\nversion = \"{version}\"\nedition = \"2024\"\n\n\
+             [dependencies]\nfilament = {{ path = \"{}/runtime\" }}\n",
+            workspace.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        "#[filament::remote]\npub fn work() -> u32 { 1 }\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_program_holding_two_versions_of_a_crate_with_the_same_remote_function_is_refused() {
+    // Beside the program, not in it: path dependencies in its folder would be workspace members.
+    let folder = tempfile::tempdir().unwrap();
+    write_dup_crate(&folder.path().join("dup-1"), "0.1.0");
+    write_dup_crate(&folder.path().join("dup-2"), "0.2.0");
+    let program = folder.path().join("program");
+    let manifest = OTHER_OTEL_MANIFEST
+        .replace("other-otel", "two-dups")
+        .replace(
+            "opentelemetry = { version = \"0.31\", default-features = false, features = [\"trace\"] }",
+            "dup1 = { path = \"../dup-1\", package = \"dup\" }\ndup2 = { path = \"../dup-2\", package = \"dup\" }",
+        );
+    let main = r#"fn main() {
+    let _ = (dup1::work::remote, dup2::work::remote);
+    match filament::init(filament::Config::default().num_workers(1)) {
+        Ok(_) => println!("started"),
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(3);
+        }
+    }
+}
+"#;
+    write_program(&program, &manifest, main);
+    let target = build(&program, true);
+    let output = Command::new(target.join("debug/two-dups"))
+        .env_remove("FILAMENT_ADDRESS")
+        .env_remove("FILAMENT_TRACING_STARTUP_HOOK")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: dup::work is registered twice"),
+        "{stderr}"
+    );
+}

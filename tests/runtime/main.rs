@@ -133,16 +133,16 @@ fn creating_an_actor_and_calling_it_once_makes_four_spans() {
     assert_eq!(
         run.names(),
         [
-            "Counter::incr filament.remote",
-            "Counter::incr filament.remote_worker",
-            "Counter::new filament.remote",
-            "Counter::new filament.remote_worker",
+            "cluster_program::Counter::incr filament.remote",
+            "cluster_program::Counter::incr filament.remote_worker",
+            "cluster_program::Counter::new filament.remote",
+            "cluster_program::Counter::new filament.remote_worker",
         ]
     );
-    let (_, create) = run.span("Counter::new filament.remote");
-    let (actor_pid, created) = run.span("Counter::new filament.remote_worker");
-    let (_, call) = run.span("Counter::incr filament.remote");
-    let (call_pid, called) = run.span("Counter::incr filament.remote_worker");
+    let (_, create) = run.span("cluster_program::Counter::new filament.remote");
+    let (actor_pid, created) = run.span("cluster_program::Counter::new filament.remote_worker");
+    let (_, call) = run.span("cluster_program::Counter::incr filament.remote");
+    let (call_pid, called) = run.span("cluster_program::Counter::incr filament.remote_worker");
     assert_child_of(created, create);
     assert_child_of(called, call);
     assert_ne!(
@@ -153,13 +153,28 @@ fn creating_an_actor_and_calling_it_once_makes_four_spans() {
     assert_eq!(actor_pid, call_pid, "the actor lives in one process");
     for span in [create, created, call, called] {
         assert_eq!(attr(span, "filament.remote"), &string("actor"));
-        assert_eq!(attr(span, "filament.actor_class"), &string("Counter"));
+        assert_eq!(
+            attr(span, "filament.actor_class"),
+            &string("cluster_program::Counter")
+        );
     }
     assert_eq!(attr(called, "filament.actor_method"), &string("incr"));
-    assert_eq!(attr(called, "filament.function"), &string("Counter::incr"));
+    assert_eq!(
+        attr(called, "filament.function"),
+        &string("cluster_program::Counter::incr")
+    );
     assert_eq!(
         attr(called, "filament.actor_id"),
         attr(create, "filament.actor_id")
+    );
+    // The handle names the actor as its spans do.
+    assert_eq!(
+        attr(called, "filament.actor_id"),
+        &string(run.value("actor_id"))
+    );
+    assert_eq!(
+        attr(called, "filament.actor_class"),
+        &string(run.value("actor_class"))
     );
 }
 
@@ -285,12 +300,13 @@ fn calls_to_a_dead_actor_fail_with_a_clear_error() {
     assert_eq!(run.value("first"), "1");
     assert!(
         run.value("exit_error")
-            .starts_with("task Counter::exit failed: worker ")
+            .starts_with("task cluster_program::Counter::exit failed: worker ")
     );
     let error = run.value("error");
     assert!(
-        error.starts_with("task Counter::incr failed: actor Counter(")
-            && error.contains(") is dead: its worker "),
+        error.starts_with(
+            "task cluster_program::Counter::incr failed: actor cluster_program::Counter("
+        ) && error.contains(") is dead: its worker "),
         "{error}"
     );
 }
@@ -301,8 +317,9 @@ fn calls_to_an_actor_whose_constructor_panicked_fail_naming_the_actor() {
     for i in 0..3 {
         let error = run.value(&format!("error{i}"));
         assert!(
-            error.starts_with("task Fragile::value failed: actor Fragile(")
-                && error.contains(") is dead: its constructor failed"),
+            error.starts_with(
+                "task cluster_program::Fragile::value failed: actor cluster_program::Fragile("
+            ) && error.contains(") is dead: its constructor failed"),
             "{error}"
         );
     }
@@ -319,7 +336,7 @@ fn calls_to_an_actor_whose_process_died_before_connecting_fail() {
     let stderr = String::from_utf8_lossy(&run.output.stderr);
     // The program unwraps the call's result: the error's debug form is on standard error.
     assert!(
-        stderr.contains("ActorDied { task: \"Counter::incr\", actor: \"Counter(")
+        stderr.contains("ActorDied { task: \"cluster_program::Counter::incr\", actor: \"cluster_program::Counter(")
             && stderr.contains("cause: \"worker 3 (pid ")
             && stderr.contains("ended (exit status: 1) before it connected"),
         "{stderr}"
@@ -345,8 +362,9 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
     );
     let error = run.value("error");
     assert!(
-        error.starts_with("task Counter::incr failed: actor Counter(")
-            && error.contains("worker 3 did not connect within 500ms"),
+        error.starts_with(
+            "task cluster_program::Counter::incr failed: actor cluster_program::Counter("
+        ) && error.contains("worker 3 did not connect within 500ms"),
         "{error}"
     );
     // The pool goes on; the program did not wait for the stalled process's two minutes.
@@ -455,7 +473,8 @@ fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
         .all()
         .into_iter()
         .filter(|s| {
-            s.name() == "Counter::incr filament.remote" && s.parent_span_id() == task.span_id()
+            s.name() == "cluster_program::Counter::incr filament.remote"
+                && s.parent_span_id() == task.span_id()
         })
         .collect();
     assert_eq!(calls.len(), 1, "the task's call is a child of the task");
@@ -465,7 +484,10 @@ fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
         .filter(|s| s.parent_span_id() == calls[0].span_id())
         .collect();
     assert_eq!(executed.len(), 1);
-    assert_eq!(executed[0].name(), "Counter::incr filament.remote_worker");
+    assert_eq!(
+        executed[0].name(),
+        "cluster_program::Counter::incr filament.remote_worker"
+    );
     assert_eq!(executed[0].trace_id(), task.trace_id());
 }
 

@@ -13,6 +13,8 @@ pub(crate) struct Attached {
     pub(crate) token: String,
     pub(crate) job_id: String,
     pub(crate) hook: Option<String>,
+    /// The cluster's node on this machine, if there is one.
+    pub(crate) node_id: Option<String>,
     /// CPUs of the whole cluster.
     pub(crate) cpus: u32,
     /// Where this job's workers connect.
@@ -88,7 +90,13 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Att
         };
         Ok((Peer::Driver, Some(ToHead::Job(job))))
     })?;
-    let Welcome::Driver { job_id, hook, cpus } = welcome else {
+    let Welcome::Driver {
+        job_id,
+        hook,
+        cpus,
+        node_id,
+    } = welcome
+    else {
         return Err(ConnectError::Unexpected {
             answer: format!("{welcome:?} to a driver"),
             address,
@@ -100,6 +108,7 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Att
         token,
         job_id,
         hook,
+        node_id,
         cpus,
         listener: listener.expect("made before the hello"),
         outbox: Outbox::new(conn),

@@ -289,7 +289,9 @@ impl Head {
                 self.serve_node(outbox, reader, peer_address, pid, num_cpus)
             }
             Peer::Driver => match reader.read::<ToHead>() {
-                Ok(Some(ToHead::Job(request))) => self.serve_driver(outbox, reader, request),
+                Ok(Some(ToHead::Job(request))) => {
+                    self.serve_driver(outbox, reader, request, &peer_address)
+                }
                 other => {
                     let why = format!("a driver sent no job after its hello: {other:?}");
                     log(&format!("refused a connection from {peer_address}: {why}"));
@@ -356,8 +358,28 @@ impl Head {
         }
     }
 
-    fn serve_driver(&self, outbox: Outbox<FromHead>, mut reader: FrameReader, request: JobRequest) {
-        let (job_id, cpus) = {
+    /// The node of the machine at `peer` (`ip:port`), if the cluster has one there: a node that
+    /// connected from that address, or the head's own for the head's machine.
+    fn node_at(&self, nodes: &[NodeEntry], peer: &str) -> Option<String> {
+        let ip_of = |address: &str| address.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let ip = ip_of(peer)?;
+        nodes
+            .iter()
+            .find(|node| match node.address.as_str() {
+                "head" => ip.is_loopback() || ip_of(&self.address) == Some(ip),
+                address => ip_of(address) == Some(ip),
+            })
+            .map(|node| node.node_id.clone())
+    }
+
+    fn serve_driver(
+        &self,
+        outbox: Outbox<FromHead>,
+        mut reader: FrameReader,
+        request: JobRequest,
+        peer: &str,
+    ) {
+        let (job_id, cpus, node_id) = {
             let mut state = self.lock();
             let job_id = std::iter::repeat_with(super::new_job_id)
                 .find(|id| {
@@ -374,7 +396,7 @@ impl Head {
                     processes: Vec::new(),
                 },
             );
-            (job_id, cpus)
+            (job_id, cpus, self.node_at(&state.nodes, peer))
         };
         log(&format!(
             "job {job_id} started: driver pid {} ({})",
@@ -385,6 +407,7 @@ impl Head {
             job_id: job_id.clone(),
             hook: self.hook.clone(),
             cpus,
+            node_id,
         }));
         let end = loop {
             match reader.read::<ToHead>() {

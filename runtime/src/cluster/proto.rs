@@ -90,6 +90,9 @@ pub(crate) enum Welcome {
         hook: Option<String>,
         /// CPUs of every node together: the default number of workers.
         cpus: u32,
+        /// The node of the driver's machine, if it is one of the cluster's: the driver's spans
+        /// then carry the same `filament.node_id` as its workers' there.
+        node_id: Option<String>,
     },
     Status,
 }

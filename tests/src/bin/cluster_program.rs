@@ -253,6 +253,8 @@ fn main() -> ExitCode {
         "actor-one-call" => {
             let counter = Counter::remote(0);
             println!("result={}", counter.incr(1).get().unwrap());
+            println!("actor_id={}", counter.actor().id());
+            println!("actor_class={}", counter.actor().class());
         }
         "actor-four-calls" => {
             let counter = Counter::remote(10);
