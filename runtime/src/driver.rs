@@ -135,7 +135,7 @@ enum Launcher {
 /// How a driver's cluster is made.
 pub(crate) enum Mode {
     Embedded,
-    Attached(Attached),
+    Attached(Box<Attached>),
 }
 
 enum Listener {

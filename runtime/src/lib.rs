@@ -453,7 +453,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             .unwrap_or(2),
     });
     let mode = match attached {
-        Some(attached) => driver::Mode::Attached(attached),
+        Some(attached) => driver::Mode::Attached(Box::new(attached)),
         None => driver::Mode::Embedded,
     };
     let driver = driver::Driver::start(
