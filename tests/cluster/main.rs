@@ -1012,6 +1012,18 @@ fn every_process_of_a_job_reads_its_drivers_configuration_whatever_the_key() {
 }
 
 #[test]
+fn what_an_attached_jobs_workers_print_reaches_its_driver() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let run = cluster.run_program(&["prints"], &[]).ok();
+    filament_tests::assert_worker_output_forwarded(&run);
+    // Not in the head's log, where it used to end.
+    let log = std::fs::read_to_string(cluster.temp.path().join("session_latest/logs/daemon.log"))
+        .unwrap();
+    assert!(!log.contains("hello from a task"), "{log}");
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
@@ -1111,7 +1123,7 @@ fn a_head_lost_while_init_waits_for_workers_fails_init_as_cluster_lost() {
         .args(["one-task"])
         .env("FILAMENT_ADDRESS", "auto")
         .env("TEST_WORKERS", "1")
-        .env("TEST_STALL_WORKER", "1")
+        .env("FILAMENT_TEST_STALL_WORKER", "1")
         .env("TEST_WORKER_START_TIMEOUT_MS", "60000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
