@@ -39,6 +39,7 @@ mod driver;
 mod local;
 mod object;
 mod output;
+mod plugins;
 mod registry;
 mod socket_dir;
 mod spans;

@@ -1188,3 +1188,65 @@ fn drivers_hear_of_a_dead_head_within_seconds() {
         group_members(head_pid).is_empty()
     });
 }
+
+#[test]
+fn an_installed_plugin_is_found_by_its_bare_name_from_a_program_outside_the_checkout() {
+    use filament::plugin_api::hook::{ABI_MAJOR, ABI_MINOR};
+    let data = tempfile::tempdir().unwrap();
+    let plugins = |args: &[&str]| {
+        Command::new(filament_bin())
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .env_remove("FILAMENT_PLUGIN_PATH")
+            .output()
+            .unwrap()
+    };
+    let library = filament_tests::plugin_path("filament_local_file");
+    let installed = plugins(&["plugins", "install", library.to_str().unwrap()]);
+    assert!(installed.status.success(), "{}", output_text(&installed));
+    let home = data.path().join("filament/plugins");
+    assert!(home.join("libfilament_local_file.so").is_file());
+
+    let listed = plugins(&["plugins", "list"]);
+    assert!(listed.status.success(), "{}", output_text(&listed));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&format!(
+            "filament_local_file:setup_tracing  ABI {ABI_MAJOR}.{ABI_MINOR}  loads"
+        )),
+        "{text}"
+    );
+
+    // A program elsewhere, with no plugin beside it: the bare name is found in the plugin home.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let program = elsewhere.path().join("traced-program");
+    std::fs::copy(env!("CARGO_BIN_EXE_traced-program"), &program).unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    let output = Command::new(&program)
+        .args([
+            "--hooks",
+            "filament_local_file:setup_tracing",
+            "--spans",
+            "3",
+        ])
+        .env("XDG_DATA_HOME", data.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env_remove("FILAMENT_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let files = read_spans_dir(spans.path());
+    assert_eq!(files.values().map(Vec::len).sum::<usize>(), 3);
+
+    // Something that is not a plugin is refused, and nothing is installed.
+    let not_a_plugin = elsewhere.path().join("libnotes.so");
+    std::fs::write(&not_a_plugin, "notes").unwrap();
+    let refused = plugins(&["plugins", "install", not_a_plugin.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a shared object"),
+        "{}",
+        output_text(&refused)
+    );
+    assert!(!home.join("libnotes.so").exists());
+}
