@@ -76,10 +76,11 @@ fn hook_symbols(path: &Path) -> Result<Vec<String>, PluginError> {
     Ok(symbols)
 }
 
+/// A hook symbol of a library, and what the loader says of it.
+type CheckedSymbol = (String, Result<HookInfo, tracing::HookError>);
+
 /// Every hook of the library at `path`, each checked by the loader.
-fn hooks_of(
-    path: &Path,
-) -> Result<Vec<(String, Result<HookInfo, tracing::HookError>)>, PluginError> {
+fn hooks_of(path: &Path) -> Result<Vec<CheckedSymbol>, PluginError> {
     let symbols = hook_symbols(path)?;
     if symbols.is_empty() {
         return Err(PluginError::NoHook {
