@@ -125,6 +125,8 @@ enum Launcher {
     Local {
         socket_dir: PathBuf,
         socket: PathBuf,
+        /// The token workers present, given to each on its standard input.
+        token: String,
     },
     /// A standing cluster: the head has nodes start them; they connect over TCP with the token.
     Cluster {
@@ -224,7 +226,16 @@ impl Driver {
                     source,
                 })?;
                 (
-                    Launcher::Local { socket_dir, socket },
+                    Launcher::Local {
+                        socket_dir,
+                        socket,
+                        token: crate::cluster::session::new_token().map_err(|error| {
+                            InitError::Io {
+                                what: "making the embedded cluster's token".into(),
+                                source: std::io::Error::other(error),
+                            }
+                        })?,
+                    },
                     Listener::Unix(listener),
                     None,
                 )
@@ -401,8 +412,8 @@ impl Driver {
 
     /// Starts the process of a reserved worker, or asks the head to have a node start it.
     fn launch_worker(&self, id: u32, actor: bool) -> Result<(), WorkerStartError> {
-        let socket = match &self.launcher {
-            Launcher::Local { socket, .. } => socket,
+        let (socket, token) = match &self.launcher {
+            Launcher::Local { socket, token, .. } => (socket, token),
             Launcher::Cluster { head, .. } => {
                 return if head.send(ToHead::StartWorker { worker: id, actor }) {
                     Ok(())
@@ -420,12 +431,19 @@ impl Driver {
                 WORKER_ENV,
                 crate::worker::marker_for(&format!("{}:{id}", socket.display())),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .spawn()
             .map_err(|source| WorkerStartError::Spawn {
                 worker: id,
                 source: Arc::new(source),
             })?;
+        // One line, far below a pipe's buffer: the write never waits for the worker. The pipe
+        // closes right after: the worker's standard input ends there, as a null one would.
+        let mut child = child;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = writeln!(stdin, "{token}");
+        }
         // Started after shutdown took the children, it finds no driver and exits by itself.
         self.children
             .lock()
@@ -474,12 +492,9 @@ impl Driver {
                 worker,
                 pid,
             })) => {
-                let wrong_token = match &self.launcher {
-                    Launcher::Cluster { token: ours, .. } => {
-                        !crate::cluster::same_token(&token, ours)
-                    }
-                    Launcher::Local { .. } => false,
-                };
+                let (Launcher::Cluster { token: ours, .. } | Launcher::Local { token: ours, .. }) =
+                    &self.launcher;
+                let wrong_token = !crate::cluster::same_token(&token, ours);
                 let refusal = if magic != wire::MAGIC {
                     Some("not a Filament worker".to_owned())
                 } else if protocol != wire::PROTOCOL_VERSION {

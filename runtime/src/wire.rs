@@ -225,7 +225,8 @@ pub(crate) enum ToDriver {
         magic: [u8; 8],
         protocol: u32,
         fingerprint: u64,
-        /// The cluster token; empty on a Unix socket (whose folder only the user can enter).
+        /// The cluster token: a standing cluster's, or the one an embedded cluster's driver gave
+        /// its workers on their standard input.
         token: String,
         worker: u32,
         pid: u32,

@@ -145,6 +145,17 @@ fn serve(marker: &str) -> Result<(), String> {
             .map_err(|e| format!("reading the cluster token from the node: {e}"))?;
         node_token = Some(line.trim().to_owned());
     }
+    // Started by an embedded cluster's driver: the first line of its standard input is the
+    // cluster's token (the socket's folder is not the only wall).
+    let embedded_token = if node_token.is_none() && !socket.starts_with("tcp:") {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the cluster token from the driver: {e}"))?;
+        line.trim().to_owned()
+    } else {
+        String::new()
+    };
     let (stream, token) = match socket.strip_prefix("tcp:") {
         Some(address) => (
             Conn::tcp(
@@ -163,7 +174,7 @@ fn serve(marker: &str) -> Result<(), String> {
                 UnixStream::connect(socket)
                     .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
             ),
-            String::new(),
+            embedded_token,
         ),
     };
     wire::write_message(

@@ -1250,3 +1250,81 @@ fn an_installed_plugin_is_found_by_its_bare_name_from_a_program_outside_the_chec
     );
     assert!(!home.join("libnotes.so").exists());
 }
+
+#[test]
+fn strangers_holding_or_dripping_connections_lock_nobody_out_of_the_head() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let cluster = Cluster::new();
+    // A head with few file descriptors: 400 strangers would take them all.
+    let output = cluster
+        .command(Path::new("sh"))
+        .args(["-c", "ulimit -n 256; exec \"$0\" \"$@\""])
+        .arg(filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args(["--tracing-startup-hook", LOCAL_FILE])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", output_text(&output));
+    let address = cluster.session_file("address");
+
+    let started = Instant::now();
+    let held: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(&address).ok())
+        .collect();
+    assert!(held.len() > 300, "{} connections", held.len());
+    // Slowloris: a frame announced, then a byte every 300 ms.
+    let drippers: Vec<_> = (0..10)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&address).unwrap();
+                let dripped = Instant::now();
+                let mut ok = stream.write_all(&200u32.to_le_bytes()).is_ok();
+                while ok && dripped.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(300));
+                    ok = stream.write_all(b"x").is_ok();
+                }
+                dripped.elapsed()
+            })
+        })
+        .collect();
+
+    // Meanwhile the cluster serves: status, and a real driver.
+    cluster.status();
+    let run = cluster.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+
+    // The drippers were cut off at the deadline, long before they were done.
+    for dripper in drippers {
+        let lasted = dripper.join().unwrap();
+        assert!(
+            lasted < Duration::from_secs(9),
+            "a dripper lasted {lasted:?}"
+        );
+    }
+    // Every held connection is closed by now.
+    let deadline = started + Duration::from_secs(8);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    for mut stream in held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a stranger's connection is still open after 8 s: {e}"),
+            Ok(_) => panic!("the head sent a stranger something"),
+        }
+    }
+    // And the log stayed short: a few lines a second, the rest summed up.
+    let log = std::fs::read_to_string(cluster.temp.path().join("session_latest/logs/daemon.log"))
+        .unwrap();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("cut off") || l.contains("refused"))
+        .count();
+    assert!(refusals < 120, "{refusals} lines:\n{log}");
+    assert!(log.contains("were not logged"), "{log}");
+}

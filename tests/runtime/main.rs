@@ -736,6 +736,49 @@ fn a_killed_drivers_socket_folder_is_private_and_removed_by_its_workers_or_the_n
 }
 
 #[test]
+fn a_process_speaking_the_worker_protocol_without_the_token_is_refused_by_an_embedded_driver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    let mut driver = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .args(["workers", "hang"])
+        .env("TMPDIR", tmp.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env("TEST_WORKERS", "1")
+        .env_remove("FILAMENT_TRACING_STARTUP_HOOK")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(driver.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
+        if line.trim() == "hanging" {
+            break;
+        }
+    }
+    let (folder, _) = socket_folders(tmp.path()).remove(0);
+    let socket = tmp.path().join(folder).join("driver.sock");
+    // The same program, posing as the driver's worker 99 (its marker names this test as the
+    // parent that started it), but with no token on its standard input.
+    let stranger = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .env(
+            "FILAMENT_WORKER",
+            format!("{}@{}:99", std::process::id(), socket.display()),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    assert_eq!(stranger.status.code(), Some(1), "{stranger:?}");
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        stderr.contains("refused by the driver: wrong or missing cluster token"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn workers_exit_when_the_driver_panics() {
     let run = run_program(&["driver-panics"], Some(LOCAL_FILE), &[]);
     assert!(!run.output.status.success());

@@ -3,6 +3,7 @@
 //! workers that failed to start, and answers `filament status`. It is also the first node.
 
 use super::error::StartError;
+use super::gate::{Gate, Pass};
 use super::node::{NodeAgent, NodeEvent};
 use super::proto::{
     ClusterStatus, FromHead, Hello, JobProcess, JobRequest, JobStatus, NodeStatus, Peer,
@@ -70,6 +71,8 @@ struct Head {
     started: Instant,
     tracing: Option<crate::tracing::ReportHandle>,
     state: Mutex<HeadState>,
+    /// Connections not yet authenticated: deadline, caps and a bounded log.
+    gate: Arc<Gate>,
 }
 
 /// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
@@ -109,10 +112,14 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, StartE
                 continue;
             }
         };
+        // Past the limit of strangers waiting to say hello, the longest-waiting one is cut off.
+        let Some(pass) = head.gate.admit(&stream) else {
+            continue;
+        };
         let head = Arc::clone(&head);
         if let Err(e) = std::thread::Builder::new()
             .name("filament-head-conn".into())
-            .spawn(move || head.serve(Conn::tcp(stream)))
+            .spawn(move || head.serve(Conn::tcp(stream), pass))
         {
             log(&format!("no thread for a connection: {e}"));
         }
@@ -172,7 +179,12 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
         started: Instant::now(),
         tracing: guard.as_ref().map(|g| g.report_handle()),
         state: Mutex::new(HeadState::default()),
+        gate: Arc::new(Gate::default()),
     });
+    head.gate.start().map_err(|source| StartError::Io {
+        what: "starting the thread that cuts off late hellos",
+        source,
+    })?;
     let weak: Weak<Head> = Arc::downgrade(&head);
     let local_id = node_id.clone();
     let agent = Arc::new(NodeAgent::new(
@@ -240,7 +252,7 @@ impl Head {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn serve(self: Arc<Self>, conn: Conn) {
+    fn serve(self: Arc<Self>, conn: Conn, pass: Pass) {
         let peer_address = conn.peer();
         let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
         let Ok(read_half) = conn.try_clone() else {
@@ -251,7 +263,7 @@ impl Head {
             Ok(Some(hello)) => hello,
             Ok(None) => return,
             Err(e) => {
-                log(&format!(
+                self.gate.log_refusal(&format!(
                     "refused a connection from {peer_address}: no Filament hello ({e})"
                 ));
                 return;
@@ -273,10 +285,12 @@ impl Head {
             None
         };
         if let Some(why) = refusal {
-            log(&format!("refused a connection from {peer_address}: {why}"));
+            self.gate
+                .log_refusal(&format!("refused a connection from {peer_address}: {why}"));
             let _ = wire::write_message(&conn, &FromHead::Refused(why));
             return;
         }
+        pass.authenticated();
         reader.trust();
         let _ = conn.set_read_timeout(None);
         let outbox = Outbox::new(conn);

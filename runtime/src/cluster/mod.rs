@@ -9,6 +9,7 @@
 
 pub(crate) mod client;
 mod error;
+mod gate;
 pub(crate) mod head;
 pub(crate) mod node;
 pub(crate) mod proto;
