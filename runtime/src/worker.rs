@@ -135,46 +135,30 @@ fn serve(marker: &str) -> Result<(), String> {
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
-    // Started by a node of a standing cluster: its standard input is a pipe from the node, which
-    // gives the cluster token first, and whose end means the job ended or the node is gone.
-    let mut node_token = None;
-    if std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some() {
-        let mut line = String::new();
+    // The first line of standard input is the token: a standing cluster's node gives it (and the
+    // end of its pipe later means the job ended or the node is gone), and so does an embedded
+    // cluster's driver (the socket's folder is not the only wall).
+    let from_node = std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some();
+    let mut token = String::new();
+    if from_node || !socket.starts_with("tcp:") {
         std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the cluster token from the node: {e}"))?;
-        node_token = Some(line.trim().to_owned());
+            .read_line(&mut token)
+            .map_err(|e| format!("reading the cluster token: {e}"))?;
+        token = token.trim().to_owned();
     }
-    // Started by an embedded cluster's driver: the first line of its standard input is the
-    // cluster's token (the socket's folder is not the only wall).
-    let embedded_token = if node_token.is_none() && !socket.starts_with("tcp:") {
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the cluster token from the driver: {e}"))?;
-        line.trim().to_owned()
-    } else {
-        String::new()
-    };
-    let (stream, token) = match socket.strip_prefix("tcp:") {
-        Some(address) => (
-            Conn::tcp(
-                address
-                    .parse()
-                    .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
-                    .and_then(|addr| {
-                        TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
-                            .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
-                    })?,
-            ),
-            node_token.clone().unwrap_or_default(),
+    let stream = match socket.strip_prefix("tcp:") {
+        Some(address) => Conn::tcp(
+            address
+                .parse()
+                .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
+                .and_then(|addr| {
+                    TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
+                        .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
+                })?,
         ),
-        None => (
-            Conn::Unix(
-                UnixStream::connect(socket)
-                    .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
-            ),
-            embedded_token,
+        None => Conn::Unix(
+            UnixStream::connect(socket)
+                .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
         ),
     };
     wire::write_message(
@@ -277,7 +261,7 @@ fn serve(marker: &str) -> Result<(), String> {
         activity: Activity::new(),
     });
     crate::local::set(Some(crate::local::LocalRuntime::Worker(Arc::clone(&core))));
-    if node_token.is_some() {
+    if from_node {
         // The node closed the pipe: the job ended, or the node is gone. The worker stops as when
         // its driver says so, flushing its spans (the node kills it if that takes too long).
         let watching = Arc::clone(&core);

@@ -612,11 +612,32 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
 
     // Killed: the workers notice the end of their socket and exit.
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
-        .args(["workers", "hang"])
-        .env("FILAMENT_SPANS_DIR", dir.path())
-        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
-        .env("TEST_WORKERS", "2")
+    let (mut child, pids) = start_hanging(
+        Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .args(["workers", "hang"])
+            .env("FILAMENT_SPANS_DIR", dir.path())
+            .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+            .env("TEST_WORKERS", "2"),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived its killed driver");
+    }
+    // The spans they wrote before are intact.
+    for spans in read_spans_dir(dir.path()).values() {
+        assert!(spans.iter().all(|s| !s.span_id().is_empty()));
+    }
+}
+
+/// Starts `cluster-program workers hang` as `command` says, and waits until it hangs with its
+/// workers up; returns it and its workers' pids.
+fn start_hanging(command: &mut Command) -> (std::process::Child, Vec<u32>) {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -632,19 +653,7 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
             break;
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for pid in pids {
-        assert!(!alive(pid), "worker {pid} survived its killed driver");
-    }
-    // The spans they wrote before are intact.
-    for spans in read_spans_dir(dir.path()).values() {
-        assert!(spans.iter().all(|s| !s.span_id().is_empty()));
-    }
+    (child, pids)
 }
 
 /// The embedded cluster's socket folders in `tmp`: `(name, mode)`.
@@ -666,28 +675,15 @@ fn a_killed_drivers_socket_folder_is_private_and_removed_by_its_workers_or_the_n
     let tmp = tempfile::tempdir().unwrap();
     let spans = tempfile::tempdir().unwrap();
     // Under umask 000 the folder is still the user's alone.
-    let mut child = Command::new("sh")
-        .args(["-c", "umask 000; exec \"$0\" workers hang"])
-        .arg(env!("CARGO_BIN_EXE_cluster-program"))
-        .env("TMPDIR", tmp.path())
-        .env("FILAMENT_SPANS_DIR", spans.path())
-        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
-        .env("TEST_WORKERS", "2")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut pids = Vec::new();
-    loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
-        if let Some(rest) = line.trim().strip_prefix("worker=") {
-            pids.push(rest.split(" pid=").nth(1).unwrap().parse::<u32>().unwrap());
-        }
-        if line.trim() == "hanging" {
-            break;
-        }
-    }
+    let (mut child, pids) = start_hanging(
+        Command::new("sh")
+            .args(["-c", "umask 000; exec \"$0\" workers hang"])
+            .arg(env!("CARGO_BIN_EXE_cluster-program"))
+            .env("TMPDIR", tmp.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+            .env("TEST_WORKERS", "2"),
+    );
     let folders = socket_folders(tmp.path());
     assert_eq!(folders.len(), 1, "{folders:?}");
     assert!(
@@ -739,23 +735,14 @@ fn a_killed_drivers_socket_folder_is_private_and_removed_by_its_workers_or_the_n
 fn a_process_speaking_the_worker_protocol_without_the_token_is_refused_by_an_embedded_driver() {
     let tmp = tempfile::tempdir().unwrap();
     let spans = tempfile::tempdir().unwrap();
-    let mut driver = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
-        .args(["workers", "hang"])
-        .env("TMPDIR", tmp.path())
-        .env("FILAMENT_SPANS_DIR", spans.path())
-        .env("TEST_WORKERS", "1")
-        .env_remove("FILAMENT_TRACING_STARTUP_HOOK")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(driver.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
-        if line.trim() == "hanging" {
-            break;
-        }
-    }
+    let (mut driver, _) = start_hanging(
+        Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .args(["workers", "hang"])
+            .env("TMPDIR", tmp.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .env("TEST_WORKERS", "1")
+            .env_remove("FILAMENT_TRACING_STARTUP_HOOK"),
+    );
     let (folder, _) = socket_folders(tmp.path()).remove(0);
     let socket = tmp.path().join(folder).join("driver.sock");
     // The same program, posing as the driver's worker 99 (its marker names this test as the
