@@ -34,7 +34,9 @@ pub const HOOK_MAGIC: [u8; 16] = *b"filament-hook\0\0\x01";
 pub const ABI_MAJOR: u32 = 1;
 
 /// The ABI's minor version: grows when methods or fields are appended.
-pub const ABI_MINOR: u32 = 0;
+///
+/// - 1.1: `RawSpanProcessor::failed` (spans an exporter failed to deliver), appended.
+pub const ABI_MINOR: u32 = 1;
 
 /// The prefix of a hook's header symbol: hook `setup_tracing` has header
 /// `__filament_hook_header__setup_tracing`.

@@ -64,7 +64,8 @@ impl std::error::Error for ProcessorError {}
 pub struct ProcessorStats {
     /// Spans written or sent.
     pub exported: u64,
-    /// Spans lost: a full queue, an exporter that was down, a failed write.
+    /// Spans lost: a full queue, an exporter that was down, a failed write. Spans whose export
+    /// failed are counted here too; [`SpanProcessor::failed`] tells how many of these they are.
     pub dropped: u64,
 }
 
@@ -103,6 +104,15 @@ pub trait SpanProcessor: Send + Sync + 'static {
     fn stats(&self) -> ProcessorStats {
         ProcessorStats::default()
     }
+
+    /// Spans an exporter was given but failed to deliver (refused, timed out, unreachable). They
+    /// are lost, so [`stats`](Self::stats) counts them in `dropped` as well: this tells the host
+    /// how many of the dropped spans failed in the exporter rather than never reaching it.
+    ///
+    /// Added in ABI 1.1; a host asking a plugin built earlier gets 0.
+    fn failed(&self) -> u64 {
+        0
+    }
 }
 
 /// The stable-ABI form of a span processor, as the host calls it. Plugins never implement this
@@ -132,6 +142,12 @@ pub trait RawSpanProcessor: Send + Sync {
     /// See [`SpanProcessor::stats`].
     #[sabi(last_prefix_field)]
     fn stats(&self) -> ProcessorStats;
+
+    /// See [`SpanProcessor::failed`]. Appended in ABI 1.1, after the prefix: a plugin built against
+    /// ABI 1.0 has no such entry and the host gets this default, 0.
+    fn failed(&self) -> u64 {
+        0
+    }
 }
 
 /// A plugin's processor behind the panic guard. Made by
@@ -193,5 +209,9 @@ impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {
 
     fn stats(&self) -> ProcessorStats {
         catch_unwind(AssertUnwindSafe(|| self.0.stats())).unwrap_or_default()
+    }
+
+    fn failed(&self) -> u64 {
+        catch_unwind(AssertUnwindSafe(|| self.0.failed())).unwrap_or_default()
     }
 }
