@@ -41,6 +41,8 @@ enum Control {
 /// What became of the spans, shared by the processor and its thread.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Spans that entered the queue.
+    queued: AtomicU64,
     exported: AtomicU64,
     queue_full: AtomicU64,
     failed: AtomicU64,
@@ -75,19 +77,28 @@ impl Counters {
         self.warn_once(name, &format!("an export of {spans} spans failed: {error}"));
     }
 
-    /// The summary line, when anything was lost.
+    /// The summary line, when anything was lost or is still on its way.
     fn summary(&self, name: &str) -> Option<String> {
         let dropped = self.dropped();
-        if dropped == 0 {
+        // Queued spans neither exported nor failed: in an export that outlived the shutdown.
+        let pending = self.queued.load(Ordering::Relaxed).saturating_sub(
+            self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed),
+        );
+        if dropped == 0 && pending == 0 {
             return None;
         }
+        let pending = if pending > 0 {
+            format!("; {pending} still being exported when shutdown stopped waiting")
+        } else {
+            String::new()
+        };
         let first = self
             .first_failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         Some(format!(
-            "{name}: {} spans exported, {dropped} dropped ({} on a full queue, {} failed to export{}, {} after shutdown)",
+            "{name}: {} spans exported, {dropped} dropped ({} on a full queue, {} failed to export{}, {} after shutdown){pending}",
             self.exported.load(Ordering::Relaxed),
             self.queue_full.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
@@ -238,7 +249,9 @@ impl SpanProcessor for BatchProcessor {
             resource: self.resources.get(&span.resource),
         };
         match self.spans.try_send(item) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => {
                 self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 self.counters.warn_once(
