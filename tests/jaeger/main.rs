@@ -662,3 +662,28 @@ fn when_everything_arrives_nothing_is_reported() {
     assert_eq!(receiver.received.spans().len(), 20);
     assert!(receiver.received.requests() >= 1);
 }
+
+#[test]
+fn the_stdout_template_prints_every_span_through_the_sdk_exporter() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_traced-program"));
+    clear_otel(&mut command);
+    let output = command
+        .args([
+            "--hooks",
+            "filament_otel_hook_template:setup_tracing",
+            "--spans",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for name in ["span-0", "span-1", "span-2"] {
+        let line = format!("\tName         : {name}\n");
+        assert_eq!(
+            stdout.matches(&line).count(),
+            1,
+            "{name} once in:\n{stdout}"
+        );
+    }
+}
