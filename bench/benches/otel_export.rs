@@ -244,7 +244,7 @@ fn main() {
 
     let receiver = Receiver::start();
     let guard = Tracing::new("filament_jaeger:setup_tracing")
-        .config("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint())
+        .config("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .shutdown_timeout(Duration::from_secs(30))
         .build()
         .expect("the Jaeger plugin loads");

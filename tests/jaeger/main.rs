@@ -201,8 +201,8 @@ fn assert_mixed(run: &Run) {
     ));
     let (_, created) = run.span("Counter::new filament.remote_worker");
     assert_eq!(attr(created, "filament.actor_class"), &string("Counter"));
-    let (_, foo) = run.span("foo");
-    assert_eq!(foo.scope_name, "cluster-program");
+    let (_, custom) = run.span("foo");
+    assert_eq!(custom.scope_name, "cluster-program");
 }
 
 #[test]
@@ -398,7 +398,7 @@ fn every_setting_may_come_from_the_clusters_configuration() {
     let guard = Tracing::new(JAEGER)
         .config(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            &format!("{}/v1/traces", receiver.endpoint()),
+            format!("{}/v1/traces", receiver.endpoint()),
         )
         .config("OTEL_SERVICE_NAME", "configured-service")
         .config("OTEL_EXPORTER_OTLP_HEADERS", "x-team=core")
