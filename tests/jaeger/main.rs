@@ -687,3 +687,115 @@ fn the_stdout_template_prints_every_span_through_the_sdk_exporter() {
         );
     }
 }
+
+/// The `filament` binary, built fresh for this test.
+fn filament_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            assert!(cargo.status().expect("cargo runs").success());
+            let path = profile.join("filament");
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .clone()
+}
+
+/// A standing cluster's folder; dropping it runs `filament stop`.
+struct StandingCluster {
+    temp: tempfile::TempDir,
+    started: bool,
+}
+
+impl StandingCluster {
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new(program);
+        clear_otel(&mut command);
+        command
+            .env("FILAMENT_TEMP_DIR", self.temp.path())
+            .env("RUST_BACKTRACE", "0")
+            .env_remove("FILAMENT_ADDRESS")
+            .env_remove("FILAMENT_CLUSTER_TOKEN")
+            .env_remove("FILAMENT_TRACING_STARTUP_HOOK");
+        command
+    }
+}
+
+impl Drop for StandingCluster {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = self.command(&filament_bin()).arg("stop").output();
+        }
+    }
+}
+
+#[test]
+fn a_standing_cluster_started_with_the_jaeger_hook_delivers_the_quickstarts_spans() {
+    let receiver = HttpReceiver::start();
+    let endpoint = receiver.endpoint();
+    let mut cluster = StandingCluster {
+        temp: tempfile::tempdir().unwrap(),
+        started: false,
+    };
+    let output = cluster
+        .command(&filament_bin())
+        .args([
+            "start",
+            "--head",
+            "--port",
+            "0",
+            "--num-cpus",
+            "2",
+            "--tracing-startup-hook",
+            JAEGER,
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    cluster.started = true;
+    assert!(output.status.success(), "start: {}", output_text(&output));
+
+    // The driver's OTEL_* variables go to its workers; pooled workers outlive the job, so their
+    // batches leave on the schedule delay, made short here.
+    let output = cluster
+        .command(&quickstart())
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "quickstart: {}",
+        output_text(&output)
+    );
+
+    let until = Instant::now() + HANG_BOUND;
+    while receiver.received.spans().len() < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let received = receiver.received.spans();
+    let all: Vec<&ReadSpan> = received.iter().collect();
+    assert_eq!(
+        trees(&all),
+        [
+            "quickstart::my_func filament.remote (producer, status 0)\n  quickstart::my_func filament.remote_worker (consumer, status 0)\n    foo (internal, status 0)\n",
+            "quickstart::my_function filament.remote (producer, status 0)\n  quickstart::my_function filament.remote_worker (consumer, status 0)\n",
+        ]
+    );
+    let ids: BTreeSet<String> = all.iter().map(|s| s.span_id()).collect();
+    assert_eq!(ids.len(), 5, "each span once");
+    let pids: BTreeSet<String> = all
+        .iter()
+        .map(|s| format!("{:?}", s.resource_attribute("process.pid")))
+        .collect();
+    assert!(pids.len() >= 2, "the driver and its workers: {pids:?}");
+}
