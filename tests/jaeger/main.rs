@@ -4,6 +4,7 @@
 //! real too: a closed port, a port that never answers, a receiver that answers 503.
 
 mod receiver;
+mod thrift;
 
 use filament::tracing::Tracing;
 use filament_tests::{ReadSpan, Run, output_text, profile_dir, read_spans_dir};
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use thrift::{AgentReceiver, CollectorReceiver};
 
 const JAEGER: &str = "filament_jaeger:setup_tracing";
 const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
@@ -460,17 +462,114 @@ fn a_header_string_that_does_not_parse_is_an_error_at_setup_naming_it() {
     );
 }
 
+/// A run whose spans are the ones of its job that a legacy receiver got, grouped by process.
+fn legacy_run(output: Output, spans: Vec<ReadSpan>) -> Run {
+    let empty = tempfile::tempdir().unwrap();
+    let mut run = Run::new(output, empty.path());
+    let job = Value::StringValue(run.value("job_id").to_owned());
+    let mut by_pid: BTreeMap<u32, Vec<ReadSpan>> = BTreeMap::new();
+    for span in spans {
+        if span.resource_attribute("filament.job_id") != Some(&job) {
+            continue;
+        }
+        let Some(Value::IntValue(pid)) = span.resource_attribute("process.pid") else {
+            panic!(
+                "{} has no process.pid tag: {:?}",
+                span.name(),
+                span.resource
+            )
+        };
+        by_pid.entry(*pid as u32).or_default().push(span);
+    }
+    run.spans = by_pid;
+    run
+}
+
 #[test]
-fn the_legacy_thrift_transports_are_refused_at_setup_not_ignored() {
-    for value in ["thrift-udp", "thrift-http"] {
-        let error = setup_error("FILAMENT_JAEGER_PROTOCOL", value);
-        assert!(
-            error.starts_with(&format!(
-                "hook \"{JAEGER}\": setup failed: FILAMENT_JAEGER_PROTOCOL=\"{value}\": the legacy Jaeger thrift transports are not part of this build of filament_jaeger"
-            )),
-            "{error}"
+fn a_multi_process_job_arrives_at_a_legacy_jaeger_agent_over_udp_thrift() {
+    let agent = AgentReceiver::start();
+    let spans = tempfile::tempdir().unwrap();
+    let port = agent.port().to_string();
+    let output = cluster_program(
+        &["mixed"],
+        JAEGER,
+        spans.path(),
+        &[
+            ("FILAMENT_JAEGER_PROTOCOL", "thrift-udp"),
+            ("OTEL_EXPORTER_JAEGER_AGENT_HOST", "127.0.0.1"),
+            ("OTEL_EXPORTER_JAEGER_AGENT_PORT", &port),
+        ],
+    );
+    // UDP is fire and forget: give the last datagrams a moment to be read.
+    let until = Instant::now() + HANG_BOUND;
+    let mut run = legacy_run(output.clone(), agent.received.spans());
+    while run.all().len() < 15 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        run = legacy_run(output.clone(), agent.received.spans());
+    }
+    let run = run.ok();
+    assert_mixed(&run);
+    for span in run.all() {
+        assert_eq!(
+            span.resource_attribute("service.name"),
+            Some(&string("cluster-program"))
         );
     }
+}
+
+#[test]
+fn a_multi_process_job_arrives_at_a_legacy_jaeger_collector_over_http_thrift() {
+    let collector = CollectorReceiver::start();
+    let spans = tempfile::tempdir().unwrap();
+    let output = cluster_program(
+        &["mixed"],
+        JAEGER,
+        spans.path(),
+        &[
+            ("FILAMENT_JAEGER_PROTOCOL", "thrift-http"),
+            ("OTEL_EXPORTER_JAEGER_ENDPOINT", &collector.endpoint()),
+        ],
+    );
+    let run = legacy_run(output, collector.received.spans()).ok();
+    assert_mixed(&run);
+}
+
+#[test]
+fn bad_legacy_settings_are_errors_at_setup_naming_them() {
+    let error = |pairs: &[(&str, &str)]| {
+        let mut tracing = Tracing::new(JAEGER);
+        for (key, value) in pairs {
+            tracing = tracing.config(*key, *value);
+        }
+        match tracing.build() {
+            Ok(_) => panic!("{pairs:?} was accepted"),
+            Err(error) => error.to_string(),
+        }
+    };
+    assert_eq!(
+        error(&[("FILAMENT_JAEGER_PROTOCOL", "thrift-grpc")]),
+        format!(
+            "hook \"{JAEGER}\": setup failed: FILAMENT_JAEGER_PROTOCOL=\"thrift-grpc\": unknown transport; expected otlp, thrift-udp or thrift-http"
+        )
+    );
+    assert_eq!(
+        error(&[
+            ("FILAMENT_JAEGER_PROTOCOL", "thrift-udp"),
+            ("OTEL_EXPORTER_JAEGER_AGENT_PORT", "agent")
+        ]),
+        format!(
+            "hook \"{JAEGER}\": setup failed: OTEL_EXPORTER_JAEGER_AGENT_PORT=\"agent\": expected a port number"
+        )
+    );
+    assert_eq!(
+        error(&[
+            ("FILAMENT_JAEGER_PROTOCOL", "thrift-http"),
+            ("OTEL_EXPORTER_JAEGER_ENDPOINT", "collector:14268")
+        ]),
+        format!(
+            "hook \"{JAEGER}\": setup failed: OTEL_EXPORTER_JAEGER_ENDPOINT=\"collector:14268\": not an http or https URL (scheme `collector`); expected e.g. http://localhost:4318"
+        )
+    );
 }
 
 #[test]

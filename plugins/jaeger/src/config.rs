@@ -124,28 +124,28 @@ fn first(
 /// Which transport `FILAMENT_JAEGER_PROTOCOL` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// OTLP, with the `OTEL_EXPORTER_OTLP_*` settings.
+    /// `otlp` (the default), with the `OTEL_EXPORTER_OTLP_*` settings.
     Otlp,
+    /// `thrift-udp`: the legacy Jaeger agent, with `OTEL_EXPORTER_JAEGER_AGENT_*`.
+    ThriftUdp,
+    /// `thrift-http`: the legacy Jaeger collector, with `OTEL_EXPORTER_JAEGER_*`.
+    ThriftHttp,
 }
 
-/// Reads `FILAMENT_JAEGER_PROTOCOL`. The legacy thrift transports are refused with a clear error:
-/// this build of the plugin does not contain them.
+/// Reads `FILAMENT_JAEGER_PROTOCOL`.
 pub fn transport(lookup: impl Fn(&str) -> Option<String>) -> Result<Transport, ConfigError> {
     match first(&lookup, &[FILAMENT_JAEGER_PROTOCOL]) {
         None => Ok(Transport::Otlp),
-        Some((_, value)) if value.eq_ignore_ascii_case("otlp") => Ok(Transport::Otlp),
-        Some((key, value)) if value == "thrift-udp" || value == "thrift-http" => Err(ConfigError {
-            key,
-            value,
-            cause: "the legacy Jaeger thrift transports are not part of this build of filament_jaeger; \
-                    use OTLP (the default: unset the variable or set it to `otlp`), which Jaeger ingests since 1.35"
-                .into(),
-        }),
-        Some((key, value)) => Err(ConfigError {
-            key,
-            value,
-            cause: "unknown transport; expected `otlp`".into(),
-        }),
+        Some((key, value)) => match value.as_str() {
+            "otlp" => Ok(Transport::Otlp),
+            "thrift-udp" => Ok(Transport::ThriftUdp),
+            "thrift-http" => Ok(Transport::ThriftHttp),
+            _ => Err(ConfigError {
+                key,
+                value,
+                cause: "unknown transport; expected otlp, thrift-udp or thrift-http".into(),
+            }),
+        },
     }
 }
 
@@ -252,7 +252,7 @@ impl ExporterConfig {
 }
 
 /// An endpoint must be an absolute `http` or `https` URL with a host.
-fn check_url(key: &'static str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_url(key: &'static str, value: &str) -> Result<(), ConfigError> {
     let error = |cause: String| ConfigError {
         key,
         value: value.to_owned(),
@@ -445,21 +445,17 @@ mod tests {
     }
 
     #[test]
-    fn the_legacy_transports_are_refused_not_ignored() {
+    fn the_transport_is_otlp_unless_a_legacy_one_is_named() {
         let lookup = |value: &'static str| {
             move |key: &str| (key == FILAMENT_JAEGER_PROTOCOL).then(|| value.to_owned())
         };
-        assert_eq!(transport(lookup("otlp")), Ok(Transport::Otlp));
         assert_eq!(transport(|_| None), Ok(Transport::Otlp));
-        let error = transport(lookup("thrift-udp")).unwrap_err().to_string();
-        assert!(
-            error.starts_with("FILAMENT_JAEGER_PROTOCOL=\"thrift-udp\": the legacy Jaeger thrift transports are not part of this build"),
-            "{error}"
-        );
-        assert!(transport(lookup("thrift-http")).is_err());
+        assert_eq!(transport(lookup("otlp")), Ok(Transport::Otlp));
+        assert_eq!(transport(lookup("thrift-udp")), Ok(Transport::ThriftUdp));
+        assert_eq!(transport(lookup("thrift-http")), Ok(Transport::ThriftHttp));
         assert_eq!(
             transport(lookup("zipkin")).unwrap_err().to_string(),
-            "FILAMENT_JAEGER_PROTOCOL=\"zipkin\": unknown transport; expected `otlp`"
+            "FILAMENT_JAEGER_PROTOCOL=\"zipkin\": unknown transport; expected otlp, thrift-udp or thrift-http"
         );
     }
 }

@@ -73,6 +73,38 @@ impl SpanExporter for OtlpExporter {
     }
 }
 
+/// The exporter of the configured transport.
+#[derive(Debug)]
+pub enum Exporter {
+    /// OTLP, the default.
+    Otlp(Box<OtlpExporter>),
+    /// A legacy thrift transport.
+    Legacy(crate::legacy::LegacyExporter),
+}
+
+impl SpanExporter for Exporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        match self {
+            Exporter::Otlp(exporter) => exporter.export(batch).await,
+            Exporter::Legacy(exporter) => exporter.export(batch).await,
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        match self {
+            Exporter::Otlp(exporter) => exporter.shutdown_with_timeout(timeout),
+            Exporter::Legacy(exporter) => exporter.shutdown_with_timeout(timeout),
+        }
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        match self {
+            Exporter::Otlp(exporter) => exporter.set_resource(resource),
+            Exporter::Legacy(exporter) => exporter.set_resource(resource),
+        }
+    }
+}
+
 /// OTLP/gRPC needs tokio: this exporter owns a one-thread runtime, runs each export on it (the
 /// batch thread waits), and stops it at shutdown. Nothing of tokio reaches the host.
 #[derive(Debug)]

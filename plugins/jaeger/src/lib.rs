@@ -31,11 +31,23 @@
 //! The process's resource attributes (pid, role, job, node and worker ids, and `host.name`,
 //! added here) are what Jaeger shows as the process's tags.
 //!
-//! The legacy Jaeger transports (`FILAMENT_JAEGER_PROTOCOL=thrift-udp` and `thrift-http`, through
-//! the deprecated `opentelemetry-jaeger` crate) are not part of this build: those values are
-//! refused at setup with an error that says so, never ignored. Because nothing of `opentelemetry`
-//! crosses the hook boundary, such a transport can live inside this plugin with the older
-//! `opentelemetry` that crate pins, next to a host on another version.
+//! # Legacy transports
+//!
+//! For Jaeger deployments older than OTLP ingestion, `FILAMENT_JAEGER_PROTOCOL` picks a legacy
+//! transport of the `opentelemetry-jaeger` crate (its last release, 0.22):
+//!
+//! | `FILAMENT_JAEGER_PROTOCOL` | transport | settings |
+//! |---|---|---|
+//! | `otlp` (default) | OTLP, as above | `OTEL_EXPORTER_OTLP_*` |
+//! | `thrift-udp` | the agent: compact thrift over UDP, batches split into packets | `OTEL_EXPORTER_JAEGER_AGENT_HOST` (`localhost`), `…_AGENT_PORT` (6831) |
+//! | `thrift-http` | the collector: binary thrift over HTTP | `OTEL_EXPORTER_JAEGER_ENDPOINT` (`http://localhost:14268/api/traces`), `…_TIMEOUT`, `…_USER`, `…_PASSWORD` |
+//!
+//! That crate is built on `opentelemetry` 0.23, the rest of this plugin on 0.33: both copies live
+//! inside this shared object and never meet each other or the host's, because nothing of
+//! `opentelemetry` crosses the hook boundary — only the stable ABI record does. That is what the
+//! boundary is for. (`opentelemetry-jaeger` reads `OTEL_EXPORTER_JAEGER_AGENT_HOST`/`_PORT` from the
+//! environment itself too; a cluster configuration value that disagrees with the environment loses
+//! there.)
 //!
 //! # Threads
 //!
@@ -50,11 +62,13 @@
 
 pub mod config;
 pub mod exporter;
+pub mod legacy;
 
 use config::{ExporterConfig, OTEL_SERVICE_NAME, Transport};
-use exporter::{OtlpExporter, ProcessResource};
+use exporter::{Exporter, OtlpExporter, ProcessResource};
 use filament_plugin_api::{LogLevel, TracingSetup, export_hook};
 use filament_plugin_otel::{BatchConfig, BatchProcessor};
+use legacy::{Legacy, LegacyExporter};
 
 /// The processor's name in the host's reports and in this plugin's warnings.
 pub const PROCESSOR_NAME: &str = "filament_jaeger";
@@ -64,19 +78,30 @@ export_hook!(setup_tracing);
 /// The hook: reads and checks the configuration, builds the exporter and adds the batch processor.
 fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
     let lookup = |key: &str| setup.config(key);
-    let Transport::Otlp = config::transport(lookup).map_err(|e| e.to_string())?;
-    let exporter_config = ExporterConfig::from_lookup(lookup).map_err(|e| e.to_string())?;
+    let transport = config::transport(lookup).map_err(|e| e.to_string())?;
     let batch = BatchConfig::from_setup(setup).map_err(|e| e.to_string())?;
     let service_name = lookup(OTEL_SERVICE_NAME)
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty());
-    let exporter = OtlpExporter::new(&exporter_config).map_err(|e| {
-        format!(
-            "cannot build the OTLP {} exporter for {}: {e}",
-            exporter_config.protocol.as_str(),
-            exporter_config.endpoint
-        )
-    })?;
+    let (exporter, destination) = match transport {
+        Transport::Otlp => {
+            let config = ExporterConfig::from_lookup(lookup).map_err(|e| e.to_string())?;
+            let destination = format!("OTLP {} to {}", config.protocol.as_str(), config.endpoint);
+            let exporter = OtlpExporter::new(&config)
+                .map_err(|e| format!("cannot build the {destination} exporter: {e}"))?;
+            (Exporter::Otlp(Box::new(exporter)), destination)
+        }
+        Transport::ThriftUdp | Transport::ThriftHttp => {
+            let legacy = if transport == Transport::ThriftUdp {
+                Legacy::agent(lookup)
+            } else {
+                Legacy::collector(lookup)
+            }
+            .map_err(|e| e.to_string())?;
+            let destination = legacy.describe();
+            (Exporter::Legacy(LegacyExporter::new(legacy)), destination)
+        }
+    };
     let processor = BatchProcessor::new(
         PROCESSOR_NAME,
         ProcessResource::new(exporter, service_name),
@@ -85,11 +110,7 @@ fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
     .map_err(|e| format!("cannot start the export thread: {e}"))?;
     setup.log(
         LogLevel::Debug,
-        &format!(
-            "exporting spans over OTLP {} to {}",
-            exporter_config.protocol.as_str(),
-            exporter_config.endpoint
-        ),
+        &format!("exporting spans to {destination}"),
     );
     setup.add_span_processor(processor);
     Ok(())
