@@ -7,12 +7,21 @@
 //!   (`filament::tracing::Tracing` loading `libfilament_jaeger.so`, default batching) to an
 //!   OTLP/HTTP receiver in this process, with no drop: spans are made in rounds of one queue
 //!   (2048, `OTEL_BSP_MAX_QUEUE_SIZE`), each round flushed, so nothing overflows; the receiver
-//!   decodes every request and the run checks that every span arrived once.
+//!   decodes every request and the run checks that every span arrived once;
+//! - **traced task throughput**: batches of no-op tasks on an embedded cluster (2 workers) with the
+//!   Jaeger plugin exporting to that receiver, as a ratio to the same batches with the local-file
+//!   plugin, clusters alternating in one run. The Jaeger clusters get a queue of 65,536
+//!   (`OTEL_BSP_MAX_QUEUE_SIZE`) so that a batch's spans are all exported, and the run reports how
+//!   many arrived.
+//!
+//! `filament::init` re-executes this binary as the worker processes, so the first cluster is made
+//! first thing in `main`: a worker never gets past it.
 //!
 //! Run with `cargo bench -p filament-bench --bench otel_export`. Without `--bench` (as under
 //! `cargo test --all-targets`) it runs a quick smoke pass. Figures, never judgements; it panics only
 //! if spans were lost.
 
+use filament::Config;
 use filament::tracing::Tracing;
 use filament_bench::{median, min};
 use filament_local_file::SpanFile;
@@ -35,6 +44,10 @@ struct Plan {
     conversion_samples: usize,
     http_rounds: usize,
     http_samples: usize,
+    /// Clusters of each hook, alternating.
+    task_rounds: usize,
+    /// Tasks per batch.
+    tasks: u32,
 }
 
 const BENCH: Plan = Plan {
@@ -42,6 +55,8 @@ const BENCH: Plan = Plan {
     conversion_samples: 7,
     http_rounds: 50,
     http_samples: 5,
+    task_rounds: 5,
+    tasks: 20_000,
 };
 
 const SMOKE: Plan = Plan {
@@ -49,7 +64,44 @@ const SMOKE: Plan = Plan {
     conversion_samples: 1,
     http_rounds: 1,
     http_samples: 1,
+    task_rounds: 1,
+    tasks: 200,
 };
+
+const JAEGER: &str = "filament_jaeger:setup_tracing";
+const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
+
+#[filament::remote]
+fn echo(i: u32) -> u32 {
+    i
+}
+
+/// A cluster with one of the two hooks.
+fn cluster(hook: &str, endpoint: Option<&str>, spans_dir: &std::path::Path) -> filament::Runtime {
+    let mut config = Config::default()
+        .num_workers(2)
+        .tracing_startup_hook(hook)
+        .tracing_config(
+            filament_local_file::SPANS_DIR_KEY,
+            spans_dir.to_str().expect("a UTF-8 temporary path"),
+        );
+    if let Some(endpoint) = endpoint {
+        config = config
+            .tracing_config("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .tracing_config("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
+    }
+    filament::init(config).unwrap_or_else(|e| panic!("{hook}: init failed: {e}"))
+}
+
+/// Tasks per second of one batch of `n` no-op tasks, submitted then got.
+fn batch(n: u32) -> f64 {
+    let started = Instant::now();
+    let refs: Vec<_> = (0..n).map(echo::remote).collect();
+    let values = filament::get_all(&refs).expect("the batch");
+    let elapsed = started.elapsed();
+    assert_eq!(values.len(), n as usize);
+    f64::from(n) / elapsed.as_secs_f64()
+}
 
 /// One batch processor queue: a round of this many spans never overflows it.
 const ROUND: usize = 2048;
@@ -225,12 +277,44 @@ fn otlp_http(receiver: &Receiver, guard: &filament::tracing::TracingGuard, round
 }
 
 fn main() {
+    // In a worker process this call serves tasks and never returns: it must come first.
+    let spans_dir = tempfile::tempdir().unwrap();
+    let mut first = Some(cluster(LOCAL_FILE, None, spans_dir.path()));
     let started = Instant::now();
     let plan = if std::env::args().any(|a| a == "--bench") {
         BENCH
     } else {
         SMOKE
     };
+    let receiver = Receiver::start();
+    let endpoint = receiver.endpoint();
+
+    let (mut local_file, mut jaeger, mut arrived) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..plan.task_rounds {
+        let order = if round % 2 == 0 {
+            [LOCAL_FILE, JAEGER]
+        } else {
+            [JAEGER, LOCAL_FILE]
+        };
+        for hook in order {
+            let runtime = match first.take() {
+                Some(runtime) => runtime,
+                None if hook == JAEGER => cluster(hook, Some(&endpoint), spans_dir.path()),
+                None => cluster(hook, None, spans_dir.path()),
+            };
+            assert_eq!(echo::remote(7).get().ok(), Some(7));
+            let before = receiver.spans.load(Ordering::SeqCst);
+            let per_second = batch(plan.tasks);
+            // Dropping the cluster shuts its tracing down: every process flushes.
+            drop(runtime);
+            if hook == JAEGER {
+                jaeger.push(per_second);
+                arrived.push(receiver.spans.load(Ordering::SeqCst) - before);
+            } else {
+                local_file.push(per_second);
+            }
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let file = SpanFile::create(dir.path(), std::process::id()).unwrap();
@@ -242,8 +326,7 @@ fn main() {
         encode_ns.push(local_file_encoder(&file, plan.conversion_spans));
     }
 
-    let receiver = Receiver::start();
-    let guard = Tracing::new("filament_jaeger:setup_tracing")
+    let guard = Tracing::new(JAEGER)
         .config("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .shutdown_timeout(Duration::from_secs(30))
         .build()
@@ -281,5 +364,22 @@ fn main() {
         median(&per_second),
         max,
         plan.http_rounds * ROUND
+    );
+    let ratios: Vec<f64> = jaeger.iter().zip(&local_file).map(|(j, l)| j / l).collect();
+    println!(
+        "  {} no-op tasks, 2 workers:  local-file median {:>8.0} tasks/s, jaeger median {:>8.0} tasks/s, \
+         jaeger/local-file median {:.2} (per round: {})",
+        plan.tasks,
+        median(&local_file),
+        median(&jaeger),
+        median(&ratios),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "  spans the receiver got per Jaeger cluster (2 per task, plus the first task's 2): {arrived:?}"
     );
 }
