@@ -20,6 +20,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -437,7 +438,17 @@ impl<E: SpanExporter> Worker<E> {
         let spans = batch.len();
         let started = Instant::now();
         let deadline = deadline.min(started + self.config.export_timeout);
-        let (error, message) = match block_on_until(self.exporter.export(batch), deadline) {
+        // An exporter that panics fails this batch; the thread goes on with the next one.
+        let exported = catch_unwind(AssertUnwindSafe(|| {
+            block_on_until(self.exporter.export(batch), deadline)
+        }))
+        .unwrap_or_else(|payload| {
+            Some(Err(OTelSdkError::InternalFailure(format!(
+                "the exporter panicked: {}",
+                filament_plugin_api::processor::panic_message(&*payload)
+            ))))
+        });
+        let (error, message) = match exported {
             Some(Ok(())) => {
                 self.counters
                     .exported

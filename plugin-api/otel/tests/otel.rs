@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 enum Mode {
     Accept,
     Fail,
+    Panic,
     /// A future that never completes: only the export timeout ends it.
     Hang,
 }
@@ -81,6 +82,7 @@ impl SpanExporter for TestExporter {
                 "503 Service Unavailable".into(),
             )),
             Mode::Hang => std::future::pending().await,
+            Mode::Panic => panic!("the exporter broke"),
         }
     }
 
@@ -522,4 +524,23 @@ fn spans_after_shutdown_are_dropped_and_counted() {
     processor.on_end(&simple("late"));
     assert!(exporter.spans().is_empty());
     assert_eq!(processor.stats().dropped, 1);
+}
+
+#[test]
+fn an_exporter_that_panics_fails_its_batch_and_the_next_batches_still_go() {
+    let exporter = TestExporter::new(Mode::Panic);
+    let processor = BatchProcessor::new("test", exporter.clone(), BatchConfig::default()).unwrap();
+    processor.on_end(&simple("s"));
+    let error = processor.force_flush(Duration::from_secs(10)).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("the exporter panicked: the exporter broke"),
+        "{error}"
+    );
+    *exporter.mode.lock().unwrap() = Mode::Accept;
+    processor.on_end(&simple("s"));
+    processor.shutdown(Duration::from_secs(10)).unwrap();
+    assert_eq!(processor.stats().exported, 1);
+    assert_eq!(processor.failed(), 1);
 }
