@@ -489,12 +489,12 @@ impl<E: SpanExporter> Worker<E> {
                 let left = self.batch.len() + queue.len();
                 self.batch.clear();
                 while queue.try_recv().is_ok() {}
-                self.counters.failure(
-                    &self.name,
-                    left,
-                    "the flush or shutdown timeout passed before they could be exported",
-                );
-                return Err(ProcessorError::Timeout(Duration::ZERO.into()));
+                let why = "the flush or shutdown timeout passed before they could be exported";
+                self.counters.failure(&self.name, left, why);
+                return Err(ProcessorError::failed(format!(
+                    "{}: {left} spans dropped: {why}",
+                    self.name
+                )));
             }
             if let Err(error) = self.export(deadline) {
                 outcome = Err(error);
