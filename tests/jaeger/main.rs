@@ -417,6 +417,27 @@ fn every_setting_may_come_from_the_clusters_configuration() {
         spans[0].resource_attribute("service.name"),
         Some(&string("configured-service"))
     );
+    assert_eq!(receiver.received.header("x-team"), ["core"]);
+}
+
+#[test]
+fn headers_and_gzip_compression_reach_the_receiver() {
+    let receiver = HttpReceiver::start();
+    let output = traced_program(
+        3,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "authorization=Bearer%20t0k3n",
+            ),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ],
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(receiver.received.spans().len(), 3);
+    assert_eq!(receiver.received.header("content-encoding"), ["gzip"]);
+    assert_eq!(receiver.received.header("authorization"), ["Bearer t0k3n"]);
 }
 
 fn setup_error(key: &str, value: &str) -> String {

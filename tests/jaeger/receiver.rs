@@ -20,6 +20,8 @@ type Refuse = Box<dyn Fn(&ExportTraceServiceRequest) -> bool + Send + Sync>;
 /// What a receiver got.
 pub(crate) struct Received {
     requests: Mutex<Vec<ExportTraceServiceRequest>>,
+    /// The headers of every HTTP request, names in lower case.
+    headers: Mutex<Vec<Vec<(String, String)>>>,
     refused: AtomicUsize,
     refuse: Refuse,
 }
@@ -28,6 +30,7 @@ impl Received {
     fn new(refuse: Refuse) -> Arc<Self> {
         Arc::new(Received {
             requests: Mutex::default(),
+            headers: Mutex::default(),
             refused: AtomicUsize::new(0),
             refuse,
         })
@@ -73,6 +76,18 @@ impl Received {
         spans
     }
 
+    /// The value of a header in every HTTP request that had it.
+    pub(crate) fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Requests accepted.
     pub(crate) fn requests(&self) -> usize {
         self.requests.lock().unwrap().len()
@@ -107,11 +122,37 @@ impl HttpReceiver {
             let (server, received) = (server.clone(), received.clone());
             std::thread::spawn(move || {
                 for mut request in server.incoming_requests() {
+                    let headers: Vec<(String, String)> = request
+                        .headers()
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_owned(),
+                            )
+                        })
+                        .collect();
+                    let header = |name: &str| {
+                        headers
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let json = header("content-type").contains("json");
+                    let gzip = header("content-encoding") == "gzip";
                     let mut body = Vec::new();
                     std::io::Read::read_to_end(request.as_reader(), &mut body).unwrap();
-                    let json = request.headers().iter().any(|h| {
-                        h.field.equiv("Content-Type") && h.value.as_str().contains("json")
-                    });
+                    if gzip {
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(body.as_slice()),
+                            &mut plain,
+                        )
+                        .expect("a gzip body");
+                        body = plain;
+                    }
+                    received.headers.lock().unwrap().push(headers);
                     let decoded = if json {
                         serde_json::from_slice::<ExportTraceServiceRequest>(&body)
                             .map_err(|e| e.to_string())
