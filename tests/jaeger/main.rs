@@ -919,3 +919,26 @@ fn a_standing_cluster_started_with_the_jaeger_hook_delivers_the_quickstarts_span
         .collect();
     assert!(pids.len() >= 2, "the driver and its workers: {pids:?}");
 }
+
+#[test]
+fn over_grpc_a_receiver_that_is_down_or_silent_costs_counted_spans_and_the_program_exits() {
+    let (_listener, silent) = silent_port();
+    for endpoint in [closed_port(), silent] {
+        let started = Instant::now();
+        let output = traced_program(
+            20,
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+            ],
+        );
+        let summary = assert_reported_once(&output, started);
+        assert!(
+            summary.starts_with(
+                "filament_jaeger: 0 spans exported, 20 dropped (0 on a full queue, 20 failed to export"
+            ),
+            "{endpoint}: {summary}"
+        );
+    }
+}
