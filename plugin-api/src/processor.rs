@@ -234,3 +234,50 @@ impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {
         catch_unwind(AssertUnwindSafe(|| self.0.failed())).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_trait::TD_Opaque;
+
+    struct Counted;
+
+    impl SpanProcessor for Counted {
+        fn on_end(&self, _span: &SpanRecord<'_>) {}
+        fn stats(&self) -> ProcessorStats {
+            ProcessorStats {
+                exported: 3,
+                dropped: 5,
+            }
+        }
+        fn failed(&self) -> u64 {
+            4
+        }
+    }
+
+    struct Quiet;
+
+    impl SpanProcessor for Quiet {
+        fn on_end(&self, _span: &SpanRecord<'_>) {}
+    }
+
+    #[test]
+    fn the_host_reads_exported_dropped_and_failed_through_the_abi() {
+        let raw = RawSpanProcessor_TO::from_value(Guarded(Counted), TD_Opaque);
+        assert_eq!(
+            raw.stats(),
+            ProcessorStats {
+                exported: 3,
+                dropped: 5
+            }
+        );
+        assert_eq!(raw.failed(), 4);
+    }
+
+    #[test]
+    fn a_processor_that_does_not_count_failures_reports_none() {
+        let raw = RawSpanProcessor_TO::from_value(Guarded(Quiet), TD_Opaque);
+        assert_eq!(raw.failed(), 0);
+        assert_eq!(raw.stats(), ProcessorStats::default());
+    }
+}
