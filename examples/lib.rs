@@ -1,6 +1,8 @@
 //! What the examples share: finding the span files the local-file hook wrote and printing the
 //! span trees in them.
 
+#![warn(missing_docs)]
+
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

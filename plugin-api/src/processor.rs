@@ -185,10 +185,38 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 fn guard<T>(f: impl FnOnce() -> Result<T, ProcessorError>) -> RResult<T, ProcessorError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match quietly_after_the_first_panic(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(result) => result.into(),
         Err(payload) => RResult::RErr(ProcessorError::Panicked(panic_message(&*payload).into())),
     }
+}
+
+thread_local! {
+    /// Whether this thread is inside a guarded processor call.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a panic inside a guarded call was printed already.
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `call` with the panic hook printing only the first panic of any guarded call of this
+/// library: a processor that panics on every span must not print once per span (the host reports
+/// the failure once and counts the rest). Panics anywhere else print as before.
+fn quietly_after_the_first_panic<R>(call: impl FnOnce() -> R) -> R {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let guarded = GUARDED.with(std::cell::Cell::get);
+            if !guarded || !PRINTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = call();
+    GUARDED.with(|g| g.set(outer));
+    result
 }
 
 impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {

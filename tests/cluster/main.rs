@@ -236,6 +236,15 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     let cluster = Cluster::new();
     cluster.start_head(Some(LOCAL_FILE), 2);
     let head_pid = cluster.session_file("daemon.pid").parse::<u32>().unwrap();
+    // The head ran the hook to check it, and records no span: no file of its own.
+    assert!(
+        !cluster
+            .spans
+            .path()
+            .join(format!("{head_pid}.json"))
+            .exists(),
+        "the head left a span file"
+    );
 
     // A task: a PRODUCER in the driver's file, its CONSUMER in a worker's.
     let run = cluster.run_program(&["one-task"], &[]).ok();
@@ -254,6 +263,11 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     let head_node = status["nodes"][0]["node_id"].as_str().unwrap();
     assert_eq!(
         attr(consumer, "filament.node_id"),
+        &Value::StringValue(head_node.to_owned())
+    );
+    // The driver runs on the head's machine: one node id for the whole job.
+    assert_eq!(
+        attr(producer, "filament.node_id"),
         &Value::StringValue(head_node.to_owned())
     );
     assert_eq!(
@@ -544,7 +558,7 @@ fn two_nodes_run_one_trace() {
     let actor_nodes: BTreeSet<String> = run
         .all()
         .iter()
-        .filter(|s| s.name() == "Counter::incr filament.remote_worker")
+        .filter(|s| s.name() == "cluster_program::Counter::incr filament.remote_worker")
         .map(|s| format!("{:?}", attr(s, "filament.node_id")))
         .collect();
     assert_eq!(
@@ -621,6 +635,36 @@ fn a_broken_hook_at_start_starts_nothing() {
             .count();
         assert_eq!(sessions, 0, "{hook}: a session folder was left");
     }
+}
+
+#[test]
+fn a_hook_whose_setup_blocks_fails_start_at_its_deadline_pointing_at_a_log_that_exists() {
+    let cluster = Cluster::new();
+    let started = Instant::now();
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0"])
+        .args(["--tracing-startup-hook", "filament_test_hooks:setup_blocks"])
+        .env("FILAMENT_HOOK_SETUP_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", output_text(&output));
+    assert!(
+        stderr
+            .contains("hook \"filament_test_hooks:setup_blocks\": setup did not return within 1s"),
+        "{stderr}"
+    );
+    // Within the deadline and a little, not `start`'s own minute.
+    assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
+    let log = stderr
+        .split("(the daemon's log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no log named in: {stderr}"));
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    assert!(text.contains("setup did not return within 1s"), "{text}");
+    assert_eq!(cluster.daemon_pids(), Vec::new(), "a daemon was left");
 }
 
 #[test]
@@ -904,6 +948,70 @@ fn a_job_is_configured_by_its_driver_not_by_the_daemons() {
 }
 
 #[test]
+fn every_process_of_a_job_reads_its_drivers_configuration_whatever_the_key() {
+    let cluster = Cluster::new();
+    let reports = tempfile::tempdir().unwrap();
+    // The head's own values, for a key without a job prefix.
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args([
+            "--tracing-startup-hook",
+            "filament_test_hooks:reports_process",
+        ])
+        .env("FILAMENT_TEST_REPORT", reports.path().join("head.txt"))
+        .env("NEWCOMER_OUT", "head.txt")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", output_text(&output));
+
+    // Two drivers at once, each with its own values.
+    let drivers: Vec<(&str, Child)> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let child = cluster
+                .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+                .arg("one-task")
+                .env("FILAMENT_ADDRESS", "auto")
+                .env("TEST_WORKERS", "1")
+                .env(
+                    "FILAMENT_TEST_REPORT",
+                    reports.path().join(format!("{name}.txt")),
+                )
+                .env("NEWCOMER_OUT", format!("{name}-attached.txt"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, child)
+        })
+        .collect();
+    for (name, child) in drivers {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "driver {name}: {}",
+            output_text(&output)
+        );
+        let report = std::fs::read_to_string(reports.path().join(format!("{name}.txt"))).unwrap();
+        let roles: BTreeSet<&str> = report
+            .lines()
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("role="))
+            })
+            .collect();
+        assert_eq!(roles, BTreeSet::from(["driver", "worker"]), "{report}");
+        assert!(
+            report
+                .lines()
+                .all(|line| line.ends_with(&format!(" newcomer={name}-attached.txt"))),
+            "driver {name}'s job read another's value:\n{report}"
+        );
+    }
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
@@ -989,6 +1097,47 @@ fn a_worker_killed_mid_run_is_replaced() {
             lines.contains(&format!("after{i}=ok {}", i + 1)),
             "{output}"
         );
+    }
+}
+
+#[test]
+fn a_head_lost_while_init_waits_for_workers_fails_init_as_cluster_lost() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 1);
+    let head_pid: u32 = cluster.session_file("daemon.pid").parse().unwrap();
+    // The job's one worker hangs before it connects: `init` waits for it (a minute at most).
+    let child = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .args(["one-task"])
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("TEST_WORKERS", "1")
+        .env("TEST_STALL_WORKER", "1")
+        .env("TEST_WORKER_START_TIMEOUT_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The driver attached once the head lists its job.
+    wait_until("the driver attaches", Duration::from_secs(20), || {
+        cluster.status()["jobs"]
+            .as_array()
+            .is_some_and(|jobs| !jobs.is_empty())
+    });
+    let killed = Instant::now();
+    kill(head_pid);
+    let output = child.wait_with_output().unwrap();
+    let run = Run::new(output, cluster.spans.path());
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert_eq!(run.value("init_error"), "cluster-lost", "{:?}", run.output);
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("is gone"),
+        "{:?}",
+        run.output
+    );
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    // The stalled worker was the head's child: it does not outlive the test.
+    for pid in group_members(head_pid) {
+        kill(pid);
     }
 }
 

@@ -141,8 +141,8 @@ fn attr<'a>(span: &'a ReadSpan, key: &str) -> &'a Value {
 
 /// The trees of the `mixed` scenario of `cluster-program`.
 const MIXED_TREES: [&str; 6] = [
-    "Counter::incr filament.remote (producer, status 0)\n  Counter::incr filament.remote_worker (consumer, status 0)\n",
-    "Counter::new filament.remote (producer, status 0)\n  Counter::new filament.remote_worker (consumer, status 0)\n",
+    "cluster_program::Counter::incr filament.remote (producer, status 0)\n  cluster_program::Counter::incr filament.remote_worker (consumer, status 0)\n",
+    "cluster_program::Counter::new filament.remote (producer, status 0)\n  cluster_program::Counter::new filament.remote_worker (consumer, status 0)\n",
     "cluster_program::add filament.remote (producer, status 0)\n  cluster_program::add filament.remote_worker (consumer, status 0)\n",
     "cluster_program::fails filament.remote (producer, status 0)\n  cluster_program::fails filament.remote_worker (consumer, status 2)\n",
     "cluster_program::outer filament.remote (producer, status 0)\n  cluster_program::outer filament.remote_worker (consumer, status 0)\n    cluster_program::add filament.remote (producer, status 0)\n      cluster_program::add filament.remote_worker (consumer, status 0)\n",
@@ -201,8 +201,11 @@ fn assert_mixed(run: &Run) {
         attr(outer, "filament.task_id"),
         Value::StringValue(_)
     ));
-    let (_, created) = run.span("Counter::new filament.remote_worker");
-    assert_eq!(attr(created, "filament.actor_class"), &string("Counter"));
+    let (_, created) = run.span("cluster_program::Counter::new filament.remote_worker");
+    assert_eq!(
+        attr(created, "filament.actor_class"),
+        &string("cluster_program::Counter")
+    );
     let (_, custom) = run.span("foo");
     assert_eq!(custom.scope_name, "cluster-program");
 }

@@ -1,6 +1,8 @@
 //! Helpers for Filament's end-to-end tests: read span files back with the OTLP decoder of the
 //! `opentelemetry-proto` crate, and find the things tests start.
 
+#![warn(missing_docs)]
+
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

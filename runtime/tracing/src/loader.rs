@@ -13,6 +13,7 @@ use super::{HookError, HookSpec};
 use filament_plugin_api::{AbiMismatch, HookEntry, HookHeader, hook, hook::HookHeaderPrefix};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -159,14 +160,20 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
     if let Some(path) = found
         && let Ok(metadata) = std::fs::metadata(path)
     {
-        if metadata.is_dir() {
+        // Before anything opens it: opening a FIFO blocks until a writer comes, forever.
+        if !metadata.is_file() {
             return Err(HookError::LoadFailed {
                 hook,
                 path: path.clone(),
-                cause: "it is a directory, not a shared object".into(),
+                cause: format!("it is {}, not a shared object", file_kind(&metadata)),
             });
         }
-        if let Err(error) = std::fs::File::open(path) {
+        // Non-blocking all the same: the file may have been swapped since it was looked at.
+        let readable = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path);
+        if let Err(error) = readable {
             return Err(HookError::LoadFailed {
                 hook,
                 path: path.clone(),
@@ -195,6 +202,23 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
         )));
     }
     Err(HookError::LibraryNotFound { hook, searched })
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn is_plain_soname(library: &str) -> bool {
