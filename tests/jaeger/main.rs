@@ -653,7 +653,24 @@ fn assert_reported_once(output: &Output, started: Instant) -> String {
 #[test]
 fn a_receiver_that_is_down_costs_counted_spans_and_the_program_exits() {
     let started = Instant::now();
-    let output = traced_program(50, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &closed_port())]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_traced-program"));
+    clear_otel(&mut command);
+    let output = command
+        .args(["--hooks", JAEGER, "--spans", "50", "--flush-first"])
+        .env("RUST_BACKTRACE", "0")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", closed_port())
+        .output()
+        .unwrap();
+    // The host's report, after a flush (which failed, hence failures=1): the exporter's failures
+    // counted as failed and dropped.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(
+            "processor \"filament_jaeger\" delivered=50 failures=1 exported=0 dropped=50 failed=50"
+        ),
+        "{}",
+        output_text(&output)
+    );
     let summary = assert_reported_once(&output, started);
     assert!(
         summary.starts_with(
