@@ -45,9 +45,9 @@
 //! That crate is built on `opentelemetry` 0.23, the rest of this plugin on 0.33: both copies live
 //! inside this shared object and never meet each other or the host's, because nothing of
 //! `opentelemetry` crosses the hook boundary — only the stable ABI record does. That is what the
-//! boundary is for. (`opentelemetry-jaeger` reads `OTEL_EXPORTER_JAEGER_AGENT_HOST`/`_PORT` from the
-//! environment itself too; a cluster configuration value that disagrees with the environment loses
-//! there.)
+//! boundary is for. (`opentelemetry-jaeger` also reads the `OTEL_EXPORTER_JAEGER_*` variables from
+//! the process environment itself, and there the environment wins: a cluster configuration value
+//! that disagrees with a worker's environment loses for these legacy settings only.)
 //!
 //! # Threads
 //!
