@@ -265,6 +265,28 @@ fn a_multi_process_job_arrives_over_otlp_grpc_intact() {
 }
 
 #[test]
+fn over_grpc_headers_become_metadata_and_gzip_is_used() {
+    let receiver = GrpcReceiver::start();
+    let output = traced_program(
+        3,
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint()),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-team=core,authorization=Bearer%20t0k3n",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ],
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(receiver.received.spans().len(), 3);
+    assert_eq!(receiver.received.header("x-team"), ["core"]);
+    assert_eq!(receiver.received.header("authorization"), ["Bearer t0k3n"]);
+    assert_eq!(receiver.received.header("grpc-encoding"), ["gzip"]);
+}
+
+#[test]
 fn otlp_http_json_bodies_arrive_too() {
     let receiver = HttpReceiver::start();
     let output = traced_program(

@@ -20,7 +20,7 @@ type Refuse = Box<dyn Fn(&ExportTraceServiceRequest) -> bool + Send + Sync>;
 /// What a receiver got.
 pub(crate) struct Received {
     requests: Mutex<Vec<ExportTraceServiceRequest>>,
-    /// The headers of every HTTP request, names in lower case.
+    /// The headers (gRPC: metadata) of every request, names in lower case.
     headers: Mutex<Vec<Vec<(String, String)>>>,
     refused: AtomicUsize,
     refuse: Refuse,
@@ -220,6 +220,18 @@ impl TraceService for Service {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let metadata: Vec<(String, String)> = request
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) => Some((
+                    key.as_str().to_owned(),
+                    value.to_str().unwrap_or_default().to_owned(),
+                )),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.0.headers.lock().unwrap().push(metadata);
         if self.0.take(request.into_inner()) {
             Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
         } else {
@@ -242,7 +254,8 @@ impl GrpcReceiver {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = TraceServiceServer::new(Service(received.clone()));
+        let service = TraceServiceServer::new(Service(received.clone()))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         runtime.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
