@@ -984,3 +984,39 @@ fn over_grpc_a_receiver_that_is_down_or_silent_costs_counted_spans_and_the_progr
         );
     }
 }
+
+#[test]
+fn a_batch_larger_than_a_udp_packet_reaches_the_agent_split_and_whole() {
+    let agent = AgentReceiver::start();
+    let port = agent.port().to_string();
+    let output = traced_program(
+        1000,
+        &[
+            ("FILAMENT_JAEGER_PROTOCOL", "thrift-udp"),
+            ("OTEL_EXPORTER_JAEGER_AGENT_HOST", "127.0.0.1"),
+            ("OTEL_EXPORTER_JAEGER_AGENT_PORT", &port),
+            // One batch of a thousand spans: far more than one 65,000-byte datagram.
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000"),
+        ],
+    );
+    assert!(output.status.success(), "{}", output_text(&output));
+    let until = Instant::now() + HANG_BOUND;
+    while agent.received.spans().len() < 1000 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut names: Vec<String> = agent
+        .received
+        .spans()
+        .iter()
+        .map(|s| s.name().to_owned())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..1000).map(|i| format!("span-{i}")).collect();
+    expected.sort();
+    assert_eq!(names, expected, "every span once");
+    assert!(
+        agent.datagrams() > 1,
+        "split into several datagrams: {}",
+        agent.datagrams()
+    );
+}

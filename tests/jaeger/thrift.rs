@@ -243,6 +243,7 @@ impl Received {
 /// A Jaeger agent on a UDP port of `127.0.0.1`.
 pub(crate) struct AgentReceiver {
     port: u16,
+    datagrams: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub(crate) received: Arc<Received>,
@@ -257,14 +258,16 @@ impl AgentReceiver {
         let port = socket.local_addr().unwrap().port();
         let received = Arc::new(Received::default());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let datagrams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let thread = {
-            let (received, stop) = (received.clone(), stop.clone());
+            let (received, stop, datagrams) = (received.clone(), stop.clone(), datagrams.clone());
             std::thread::spawn(move || {
                 let mut packet = vec![0u8; 65_536];
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let Ok(n) = socket.recv(&mut packet) else {
                         continue;
                     };
+                    datagrams.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let mut p = TCompactInputProtocol::new(&packet[..n]);
                     let message = p.read_message_begin().expect("a thrift message");
                     assert_eq!(message.name, "emitBatch");
@@ -277,6 +280,7 @@ impl AgentReceiver {
         };
         AgentReceiver {
             port,
+            datagrams,
             stop,
             thread: Some(thread),
             received,
@@ -285,6 +289,11 @@ impl AgentReceiver {
 
     pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Datagrams received.
+    pub(crate) fn datagrams(&self) -> usize {
+        self.datagrams.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
