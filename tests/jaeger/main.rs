@@ -1020,3 +1020,45 @@ fn a_batch_larger_than_a_udp_packet_reaches_the_agent_split_and_whole() {
         agent.datagrams()
     );
 }
+
+/// Threads of this process whose name starts with `prefix` (Linux keeps 15 bytes of a name).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim_end().starts_with(prefix))
+        })
+        .count()
+}
+
+#[test]
+fn the_grpc_runtime_lives_inside_the_plugin_and_stops_at_shutdown() {
+    // The plugin names its runtime's threads `filament-jaeger-grpc` (`filament-jaeger` in /proc);
+    // no other test of this process starts gRPC in process.
+    let receiver = GrpcReceiver::start();
+    assert_eq!(threads_named("filament-jaeger"), 0);
+    let guard = Tracing::new(JAEGER)
+        .config("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .config("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .build()
+        .unwrap();
+    assert!(
+        threads_named("filament-jaeger") >= 1,
+        "the plugin's runtime runs"
+    );
+    let tracer = guard.provider().unwrap().tracer("in-process");
+    tracer.in_span("over-grpc", |_| {});
+    guard.shutdown().unwrap();
+    assert_eq!(receiver.received.spans().len(), 1);
+    let until = Instant::now() + HANG_BOUND;
+    while threads_named("filament-jaeger") > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        threads_named("filament-jaeger"),
+        0,
+        "the runtime stopped with the processor"
+    );
+}
