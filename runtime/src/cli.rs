@@ -19,6 +19,8 @@ enum CommandError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
     #[error("--tracing-startup-hook is empty; give library:symbol")]
     EmptyHook,
     #[error(
@@ -101,9 +103,26 @@ enum Cmd {
     /// still run, with their workers: SIGTERM to each daemon's process group, then SIGKILL after
     /// 3 seconds. Daemons started with another FILAMENT_TEMP_DIR are not touched.
     Stop,
+    /// Installs hook plugins where every program of this user finds them by name, and lists them.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
     /// Runs a head or node in the foreground (what `start` runs in the background).
     #[command(name = "__daemon", hide = true)]
     Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCmd {
+    /// Copies a plugin library into this user's plugin home ($XDG_DATA_HOME/filament/plugins, else
+    /// ~/.local/share/filament/plugins), once every hook in it loads: `libfoo.so` is then the hook
+    /// `foo:<symbol>` for every program.
+    Install {
+        /// The plugin library (`lib<name>.so`).
+        path: PathBuf,
+    },
+    /// Lists the plugins in $FILAMENT_PLUGIN_PATH, the plugin home and beside this command: each
+    /// hook's symbol, the ABI version it was built against, and whether it loads.
+    List,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +184,14 @@ pub fn main() -> ExitCode {
         Cmd::Start(args) => ("start", start(args)),
         Cmd::Status(args) => ("status", status(&args.address, args.json)),
         Cmd::Stop => ("stop", stop()),
+        Cmd::Plugins(PluginsCmd::Install { path }) => (
+            "plugins install",
+            crate::plugins::install(&path).map_err(CommandError::from),
+        ),
+        Cmd::Plugins(PluginsCmd::List) => (
+            "plugins list",
+            crate::plugins::list().map_err(CommandError::from),
+        ),
         Cmd::Daemon(args) => ("daemon", daemon(args)),
     };
     match outcome {

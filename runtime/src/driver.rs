@@ -111,6 +111,8 @@ struct State {
     /// Connections with messages queued, to write once the lock is released: messages are queued
     /// in the order the state changed, and no thread writes to a socket holding the lock.
     outgoing: Vec<Outbox<ToWorker>>,
+    /// Workers' output lines, to print once the lock is released (`true`: standard error).
+    output: Vec<(bool, String)>,
     /// Why the standing cluster this driver is attached to is gone, once it is.
     cluster_lost: Option<String>,
     /// Workers that left at shutdown, with their last report: the job's final counts.
@@ -177,6 +179,8 @@ pub(crate) struct WelcomeInfo {
     pub(crate) config: Vec<(String, String)>,
     /// The driver's environment, as its workers' hooks read it.
     pub(crate) environment: Vec<(String, String)>,
+    /// Whether workers send their output here.
+    pub(crate) forward_output: bool,
     pub(crate) job_id: String,
     pub(crate) node_id: String,
 }
@@ -336,6 +340,7 @@ impl Driver {
     /// Releases the lock, wakes whoever waits for a change, and sends what was queued meanwhile.
     fn unlock(&self, mut state: MutexGuard<'_, State>) {
         let outgoing = std::mem::take(&mut state.outgoing);
+        let output = std::mem::take(&mut state.output);
         let launches = std::mem::take(&mut state.launches);
         let wake = std::mem::take(&mut state.wake);
         drop(state);
@@ -344,6 +349,13 @@ impl Driver {
         }
         for outbox in outgoing {
             outbox.flush();
+        }
+        for (stderr, line) in output {
+            if stderr {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
         }
         for (worker, actor) in launches {
             if let Err(error) = self.launch_worker(worker, actor) {
@@ -525,11 +537,23 @@ impl Driver {
             hook: self.welcome.hook.clone(),
             config: self.welcome.config.clone(),
             environment: self.welcome.environment.clone(),
+            forward_output: self.welcome.forward_output,
             job_id: self.welcome.job_id.clone(),
             node_id: self.welcome.node_id.clone(),
             cluster: self.cluster,
         });
-        match reader.read::<ToDriver>() {
+        // What the worker prints while its hook runs comes before the hook's status.
+        let status = loop {
+            match reader.read::<ToDriver>() {
+                Ok(Some(ToDriver::Output { stderr, line })) => {
+                    let mut state = self.lock();
+                    state.output.push((stderr, line));
+                    self.unlock(state);
+                }
+                other => break other,
+            }
+        };
+        match status {
             Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
             Ok(Some(ToDriver::HookStatus(Err(message)))) => {
                 // Kept for the head's `status`: the job's record shows which process failed, and why.
@@ -705,6 +729,7 @@ impl Driver {
                     slot.stats = stats;
                 }
             }
+            ToDriver::Output { stderr, line } => state.output.push((stderr, line)),
             ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
         }
     }

@@ -38,6 +38,8 @@ pub mod cluster;
 mod driver;
 mod local;
 mod object;
+mod output;
+mod plugins;
 mod registry;
 mod socket_dir;
 mod spans;
@@ -102,6 +104,10 @@ pub struct Config {
     /// How long a new worker process has to connect and run the tracing hook before what waits
     /// for it (`init`, an actor's calls) fails; by default 30 seconds.
     pub worker_start_timeout: Option<Duration>,
+    /// Whether what workers print (task output, panics, anything on their standard output and
+    /// error) is printed by the driver, each line prefixed with the worker: `(worker 2 pid=4242
+    /// node=…) …`; by default yes.
+    pub forward_worker_output: bool,
     /// Variables `Config::default` read that are not UTF-8 (the name and the value, lossily): an
     /// error at `init`, unless the setting they give is set in code.
     unreadable_env: Vec<(&'static str, String)>,
@@ -134,6 +140,7 @@ impl Default for Config {
             address: env_setting(cluster::session::ADDRESS_ENV, &mut unreadable_env),
             cluster_token: None,
             worker_start_timeout: None,
+            forward_worker_output: true,
             unreadable_env,
         }
     }
@@ -165,6 +172,12 @@ impl Config {
     /// Sets how long a new worker has to start (see [`Config::worker_start_timeout`]).
     pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
         self.worker_start_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether the driver prints what workers print (see [`Config::forward_worker_output`]).
+    pub fn forward_worker_output(mut self, forward: bool) -> Self {
+        self.forward_worker_output = forward;
         self
     }
 
@@ -462,6 +475,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             hook: config.tracing_startup_hook.clone(),
             config: config.tracing_config.into_iter().collect(),
             environment: cluster::client::hook_environment(),
+            forward_output: config.forward_worker_output,
             job_id: job_id.clone(),
             node_id,
         },

@@ -194,6 +194,8 @@ pub(crate) enum ToWorker {
         config: Vec<(String, String)>,
         /// The driver's environment, where the hook reads what `config` lacks.
         environment: Vec<(String, String)>,
+        /// Whether the worker sends its standard output and error to the driver.
+        forward_output: bool,
         job_id: String,
         node_id: String,
         cluster: u64,
@@ -252,6 +254,11 @@ pub(crate) enum ToDriver {
     Unblocked,
     /// What the worker's tracing did so far (sent when it changed, at most twice a second).
     Stats(crate::status::ProcessTracing),
+    /// A line the worker wrote to its standard output (or error), prefixed with who wrote it.
+    Output {
+        stderr: bool,
+        line: String,
+    },
 }
 
 /// `Vec<Vec<u8>>` as a sequence of byte strings.

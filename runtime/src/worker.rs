@@ -79,13 +79,12 @@ pub(crate) fn run(marker: &str) -> ! {
     {
         crate::socket_dir::remove_if_driver_gone(std::path::Path::new(socket));
     }
-    match served {
-        Ok(()) => std::process::exit(0),
-        Err(message) => {
-            eprintln!("filament worker: {message}");
-            std::process::exit(1);
-        }
+    if let Err(message) = &served {
+        eprintln!("filament worker: {message}");
     }
+    // What the worker printed last reaches the driver before the process ends.
+    crate::output::finish();
+    std::process::exit(if served.is_ok() { 0 } else { 1 })
 }
 
 /// The value of the worker marker for a worker that this process starts and that connects to
@@ -183,23 +182,38 @@ fn serve(marker: &str) -> Result<(), String> {
     let mut reader = FrameReader::new(stream);
     // Its own driver, whose address it was given.
     reader.trust();
-    let (hook, config, environment, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
-        Ok(Some(ToWorker::Welcome {
-            hook,
-            config,
-            environment,
-            job_id,
-            node_id,
-            cluster,
-        })) => (hook, config, environment, job_id, node_id, cluster),
-        Ok(Some(ToWorker::Refused(reason))) => {
-            return Err(format!("refused by the driver: {reason}"));
-        }
-        other => return Err(format!("no welcome from the driver: {other:?}")),
-    };
+    let (hook, config, environment, forward_output, job_id, node_id, cluster) =
+        match reader.read::<ToWorker>() {
+            Ok(Some(ToWorker::Welcome {
+                hook,
+                config,
+                environment,
+                forward_output,
+                job_id,
+                node_id,
+                cluster,
+            })) => (
+                hook,
+                config,
+                environment,
+                forward_output,
+                job_id,
+                node_id,
+                cluster,
+            ),
+            Ok(Some(ToWorker::Refused(reason))) => {
+                return Err(format!("refused by the driver: {reason}"));
+            }
+            other => return Err(format!("no welcome from the driver: {other:?}")),
+        };
     let outbox = Outbox::new(write_half);
     // A node's worker belongs to that node, not the driver's machine.
     let node_id = std::env::var(crate::cluster::node::NODE_ID_ENV).unwrap_or(node_id);
+    // From here on what this process prints goes to the driver (the hook's words included).
+    if forward_output {
+        crate::output::forward(&outbox, worker, &node_id)
+            .map_err(|e| format!("cannot forward the worker's output: {e}"))?;
+    }
 
     let worker_id = format!("{worker}");
     let mut tracing_guard = None;
@@ -468,6 +482,7 @@ impl WorkerCore {
                 TaskKind::CreateActor { class, .. } => match registry().classes.get(class.as_str())
                 {
                     Some(c) => {
+                        crate::output::hosting_actor(class);
                         let instance = (c.construct)(args)?;
                         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance);
                         crate::object::encode(&()).map_err(|message| TaskError::Invalid {

@@ -1012,6 +1012,18 @@ fn every_process_of_a_job_reads_its_drivers_configuration_whatever_the_key() {
 }
 
 #[test]
+fn what_an_attached_jobs_workers_print_reaches_its_driver() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let run = cluster.run_program(&["prints"], &[]).ok();
+    filament_tests::assert_worker_output_forwarded(&run);
+    // Not in the head's log, where it used to end.
+    let log = std::fs::read_to_string(cluster.temp.path().join("session_latest/logs/daemon.log"))
+        .unwrap();
+    assert!(!log.contains("hello from a task"), "{log}");
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
@@ -1111,7 +1123,7 @@ fn a_head_lost_while_init_waits_for_workers_fails_init_as_cluster_lost() {
         .args(["one-task"])
         .env("FILAMENT_ADDRESS", "auto")
         .env("TEST_WORKERS", "1")
-        .env("TEST_STALL_WORKER", "1")
+        .env("FILAMENT_TEST_STALL_WORKER", "1")
         .env("TEST_WORKER_START_TIMEOUT_MS", "60000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1175,4 +1187,66 @@ fn drivers_hear_of_a_dead_head_within_seconds() {
     wait_until("the head's workers end", Duration::from_secs(5), || {
         group_members(head_pid).is_empty()
     });
+}
+
+#[test]
+fn an_installed_plugin_is_found_by_its_bare_name_from_a_program_outside_the_checkout() {
+    use filament::plugin_api::hook::{ABI_MAJOR, ABI_MINOR};
+    let data = tempfile::tempdir().unwrap();
+    let plugins = |args: &[&str]| {
+        Command::new(filament_bin())
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .env_remove("FILAMENT_PLUGIN_PATH")
+            .output()
+            .unwrap()
+    };
+    let library = filament_tests::plugin_path("filament_local_file");
+    let installed = plugins(&["plugins", "install", library.to_str().unwrap()]);
+    assert!(installed.status.success(), "{}", output_text(&installed));
+    let home = data.path().join("filament/plugins");
+    assert!(home.join("libfilament_local_file.so").is_file());
+
+    let listed = plugins(&["plugins", "list"]);
+    assert!(listed.status.success(), "{}", output_text(&listed));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&format!(
+            "filament_local_file:setup_tracing  ABI {ABI_MAJOR}.{ABI_MINOR}  loads"
+        )),
+        "{text}"
+    );
+
+    // A program elsewhere, with no plugin beside it: the bare name is found in the plugin home.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let program = elsewhere.path().join("traced-program");
+    std::fs::copy(env!("CARGO_BIN_EXE_traced-program"), &program).unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    let output = Command::new(&program)
+        .args([
+            "--hooks",
+            "filament_local_file:setup_tracing",
+            "--spans",
+            "3",
+        ])
+        .env("XDG_DATA_HOME", data.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env_remove("FILAMENT_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let files = read_spans_dir(spans.path());
+    assert_eq!(files.values().map(Vec::len).sum::<usize>(), 3);
+
+    // Something that is not a plugin is refused, and nothing is installed.
+    let not_a_plugin = elsewhere.path().join("libnotes.so");
+    std::fs::write(&not_a_plugin, "notes").unwrap();
+    let refused = plugins(&["plugins", "install", not_a_plugin.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a shared object"),
+        "{}",
+        output_text(&refused)
+    );
+    assert!(!home.join("libnotes.so").exists());
 }

@@ -410,6 +410,19 @@ fn a_result_and_an_argument_of_one_and_a_half_gigabytes_arrive_intact() {
 }
 
 #[test]
+fn what_workers_print_reaches_the_driver_prefixed_with_the_worker() {
+    let run = run(&["prints"]);
+    filament_tests::assert_worker_output_forwarded(&run);
+    // Switched off, the driver prints none of it.
+    let quiet = run_program(&["prints"], Some(LOCAL_FILE), &[("TEST_NO_FORWARD", "1")]).ok();
+    assert!(
+        !quiet.text().contains(") hello from a task"),
+        "{}",
+        quiet.text()
+    );
+}
+
+#[test]
 fn a_filament_program_started_from_inside_a_task_runs_its_own_main() {
     let run = run_program(&["runs-a-program"], Some(LOCAL_FILE), &[]).ok();
     // The child inherited the worker's environment, marker included, and still ran as a program:

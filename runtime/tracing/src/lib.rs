@@ -52,7 +52,7 @@ pub use opentelemetry;
 pub use bridge::ProcessorReport;
 pub use error::HookError;
 pub use filament_plugin_api::{ProcessInfo, ProcessRole, ProcessorStats};
-pub use loader::PLUGIN_PATH_ENV;
+pub use loader::{PLUGIN_PATH_ENV, plugin_home};
 pub use provider::OTEL_SDK_DISABLED;
 pub use spec::{HookSpec, parse_hooks};
 
@@ -118,6 +118,33 @@ pub fn check(hooks: &str) -> Result<Vec<HookSpec>, HookError> {
         loader::load_hook(spec)?;
     }
     Ok(specs)
+}
+
+/// A hook that passed every check, without having run: where its library is and what it was
+/// built against (`filament plugins list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HookInfo {
+    /// The hook as given.
+    pub spec: HookSpec,
+    /// The library it was found in, canonical.
+    pub path: std::path::PathBuf,
+    /// The `filament-plugin-api` ABI version it was built against, `(major, minor)`.
+    pub abi: (u32, u32),
+}
+
+/// As [`check`], describing each hook.
+pub fn inspect(hooks: &str) -> Result<Vec<HookInfo>, HookError> {
+    parse_hooks(hooks)?
+        .iter()
+        .map(|spec| {
+            loader::load_hook(spec).map(|hook| HookInfo {
+                spec: hook.spec,
+                path: hook.path,
+                abi: hook.abi,
+            })
+        })
+        .collect()
 }
 
 /// The libraries and symbols `hooks` names, each library found, checked and given by its

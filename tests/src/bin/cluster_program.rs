@@ -26,6 +26,14 @@ fn outer(x: i64) -> i64 {
     filament::get(&inner).expect("the inner task") * 10
 }
 
+/// Prints to standard output and to standard error, and returns its process id.
+#[filament::remote]
+fn prints(text: String) -> u32 {
+    println!("{text} on stdout");
+    eprintln!("{text} on stderr");
+    std::process::id()
+}
+
 #[filament::remote]
 fn fails(message: String) -> i64 {
     panic!("{message}")
@@ -191,10 +199,11 @@ fn main() -> ExitCode {
     {
         std::process::exit(1);
     }
-    // Fault injection: the worker process with this id hangs before it connects.
+    // Fault injection: the worker process with this id hangs before it connects. (The
+    // FILAMENT_-named variable reaches the workers of a standing cluster, as a job's variables do.)
     if let (Ok(marker), Ok(id)) = (
         std::env::var("FILAMENT_WORKER"),
-        std::env::var("TEST_STALL_WORKER"),
+        std::env::var("TEST_STALL_WORKER").or_else(|_| std::env::var("FILAMENT_TEST_STALL_WORKER")),
     ) && marker.ends_with(&format!(":{id}"))
     {
         std::thread::sleep(Duration::from_secs(120));
@@ -203,6 +212,9 @@ fn main() -> ExitCode {
     let mut config = filament::Config::default();
     if let Ok(workers) = std::env::var("TEST_WORKERS") {
         config = config.num_workers(workers.parse().expect("TEST_WORKERS is a number"));
+    }
+    if std::env::var_os("TEST_NO_FORWARD").is_some() {
+        config = config.forward_worker_output(false);
     }
     if let Ok(ms) = std::env::var("TEST_WORKER_START_TIMEOUT_MS") {
         let ms = ms
@@ -242,6 +254,15 @@ fn main() -> ExitCode {
                 }
                 Err(error) => println!("argument_error={error}"),
             }
+        }
+        "prints" => {
+            println!(
+                "printer_pid={}",
+                prints::remote("hello from a task".to_owned())
+                    .get()
+                    .unwrap()
+            );
+            let _ = fails::remote("boom in a task".to_owned()).get();
         }
         "child-program" => println!("child_sum={}", add::remote(20, 22).get().unwrap()),
         "runs-a-program" => {
