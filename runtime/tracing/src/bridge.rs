@@ -134,6 +134,7 @@ impl Sinks {
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .clone(),
                 plugin: sink.raw.stats(),
+                plugin_failed: sink.raw.failed(),
             })
             .collect()
     }
@@ -155,6 +156,9 @@ pub struct ProcessorReport {
     pub first_failure: Option<String>,
     /// What the processor itself says it exported and dropped.
     pub plugin: ProcessorStats,
+    /// Of `plugin.dropped`, the spans its exporter failed to deliver (refused, timed out,
+    /// unreachable); 0 from plugins built against ABI 1.0, which do not say.
+    pub plugin_failed: u64,
 }
 
 /// The host-side processor that forwards to every plugin processor.

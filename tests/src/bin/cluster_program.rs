@@ -347,6 +347,18 @@ fn main() -> ExitCode {
             );
             println!("last={}", counter.incr(1).get().unwrap());
         }
+        // Tasks, an actor, nested tasks, a panicking task and a custom span: one job, many processes.
+        "mixed" => {
+            println!("add={}", add::remote(1, 2).get().unwrap());
+            let counter = Counter::remote(0);
+            println!("counter={}", counter.incr(5).get().unwrap());
+            println!("nested={}", outer::remote(4).get().unwrap());
+            match fails::remote("it broke".to_owned()).get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+            println!("custom={}", with_custom_span::remote().get().unwrap());
+        }
         "in-user-span" => {
             let tracer = opentelemetry::global::tracer("cluster-program");
             let result = tracer.in_span("driver-work", |_cx| add::remote(2, 3).get().unwrap());
