@@ -1,6 +1,8 @@
 //! What the examples share: starting a cluster with a tracing hook, and printing the span trees
 //! its processes wrote, read and drawn by `filament spans`' own code (`filament-spans`).
 
+#![warn(missing_docs)]
+
 use filament_spans::read::{ReadOptions, read_files, span_files};
 use filament_spans::tree::{Forest, TreeStyle, write_trees};
 use std::io::Write;

@@ -14,7 +14,9 @@
 //! its spans to `/tmp/spans/<pid>.json` (or `$FILAMENT_SPANS_DIR`), one OTLP/JSON line each; the
 //! example prints the results, the span files and the span tree.
 
-use opentelemetry::trace::Tracer;
+// The runtime's own `opentelemetry`: another version in your manifest has a tracer provider of its
+// own, which no hook configures.
+use filament::opentelemetry::trace::Tracer;
 
 #[filament::remote]
 fn my_function() -> i32 {
@@ -24,7 +26,7 @@ fn my_function() -> i32 {
 #[filament::remote]
 fn my_func() -> String {
     // Inside a task, as in the seed: a tracer, and a custom span, child of the task's span.
-    let tracer = opentelemetry::global::tracer("quickstart");
+    let tracer = filament::tracer("quickstart");
     tracer.in_span("foo", |_cx| {
         "Hello world from OpenTelemetry Rust!".to_owned()
     })

@@ -1,5 +1,7 @@
 //! What the benchmarks share: statistics of samples, and counting the lines of span files.
 
+#![warn(missing_docs)]
+
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;

@@ -34,6 +34,13 @@ pub const HOOK_MAGIC: [u8; 16] = *b"filament-hook\0\0\x01";
 pub const ABI_MAJOR: u32 = 1;
 
 /// The ABI's minor version: grows when methods or fields are appended.
+///
+/// - 1.1: `RawSpanProcessor::failed` (spans an exporter failed to deliver), appended. Hooks built
+///   against 1.0 keep loading (their processors report 0), and 1.0 hosts load 1.1 hooks.
+#[cfg(not(filament_abi_1_0_test))]
+pub const ABI_MINOR: u32 = 1;
+/// The minor version of a build that stands for ABI 1.0, for the compatibility test.
+#[cfg(filament_abi_1_0_test)]
 pub const ABI_MINOR: u32 = 0;
 
 /// The prefix of a hook's header symbol: hook `setup_tracing` has header
@@ -111,7 +118,16 @@ impl HookHeader {
                 hook: self.abi_major,
             });
         }
-        check_layout_compatibility(<HookEntry as StableAbi>::LAYOUT, self.entry_layout)
+        let host = <HookEntry as StableAbi>::LAYOUT;
+        // abi_stable lets the second layout's prefix types (the trait objects' vtables) have more
+        // trailing fields than the first's, never fewer. A hook of a newer minor version has more
+        // methods: checked as it is. A hook of an older minor version has fewer: checked the other
+        // way round, which then requires everything else to match just as strictly. A hook that
+        // has more in one vtable and less in another fails both.
+        check_layout_compatibility(host, self.entry_layout)
+            .or_else(|errors| {
+                check_layout_compatibility(self.entry_layout, host).map_err(|_| errors)
+            })
             .map_err(|errors| AbiMismatch::Layout(summarize_layout_errors(&errors)))?;
         Ok(self.entry)
     }

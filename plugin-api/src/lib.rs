@@ -67,14 +67,20 @@
 //!   thread-locals and statics in plugins are safe.
 //! - **Grows by appending.** The host-side trait and the processor trait are abi_stable prefix types:
 //!   methods added later go at the end with a default, so a plugin built today keeps loading.
-//!   A change to a record type bumps [`ABI_MAJOR`](hook::ABI_MAJOR) and the host refuses older hooks
+//!   A change to a record type bumps [`ABI_MAJOR`] and the host refuses older hooks
 //!   with a one-line cause.
 
 #![warn(missing_docs)]
+// `deny`, not `forbid`: the modules of the two `#[sabi_trait]` traits are allowed the unsafe
+// vtable glue abi_stable generates for them (the boundary itself, checked by its layout checks);
+// nothing in this crate writes `unsafe` by hand.
+#![deny(unsafe_code)]
 
 pub mod hook;
+#[allow(unsafe_code)] // `#[sabi_trait] RawSpanProcessor`
 pub mod processor;
 pub mod record;
+#[allow(unsafe_code)] // `#[sabi_trait] RawTracingSetup`
 pub mod setup;
 
 pub use abi_stable;

@@ -64,7 +64,8 @@ impl std::error::Error for ProcessorError {}
 pub struct ProcessorStats {
     /// Spans written or sent.
     pub exported: u64,
-    /// Spans lost: a full queue, an exporter that was down, a failed write.
+    /// Spans lost: a full queue, an exporter that was down, a failed write. Spans whose export
+    /// failed are counted here too; [`SpanProcessor::failed`] tells how many of these they are.
     pub dropped: u64,
 }
 
@@ -103,12 +104,22 @@ pub trait SpanProcessor: Send + Sync + 'static {
     fn stats(&self) -> ProcessorStats {
         ProcessorStats::default()
     }
+
+    /// Spans an exporter was given but failed to deliver (refused, timed out, unreachable). They
+    /// are lost, so [`stats`](Self::stats) counts them in `dropped` as well: this tells the host
+    /// how many of the dropped spans failed in the exporter rather than never reaching it.
+    ///
+    /// Added in ABI 1.1; a host asking a plugin built earlier gets 0.
+    fn failed(&self) -> u64 {
+        0
+    }
 }
 
 /// The stable-ABI form of a span processor, as the host calls it. Plugins never implement this
 /// directly: they implement [`SpanProcessor`], whose guard implements this.
 ///
 /// New methods are appended after the last one, with a default body.
+#[cfg(not(filament_abi_1_0_test))]
 #[sabi_trait]
 pub trait RawSpanProcessor: Send + Sync {
     /// See [`SpanProcessor::name`].
@@ -132,6 +143,29 @@ pub trait RawSpanProcessor: Send + Sync {
     /// See [`SpanProcessor::stats`].
     #[sabi(last_prefix_field)]
     fn stats(&self) -> ProcessorStats;
+
+    /// See [`SpanProcessor::failed`]. Appended in ABI 1.1, after the prefix: a plugin built against
+    /// ABI 1.0 has no such entry and the host gets this default, 0.
+    fn failed(&self) -> u64 {
+        0
+    }
+}
+
+// ABI 1.0's processor, without `failed`: built only by the test that loads a hook built against
+// 1.0 (`--cfg filament_abi_1_0_test`, in a target directory of its own). `#[sabi_trait]` does not
+// see `#[cfg]` on a method, hence the whole trait.
+#[cfg(filament_abi_1_0_test)]
+#[allow(missing_docs)]
+#[sabi_trait]
+pub trait RawSpanProcessor: Send + Sync {
+    fn name(&self) -> RString;
+    fn wants_on_start(&self) -> bool;
+    fn on_start(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError>;
+    fn on_end(&self, span: &SpanRecord<'_>) -> RResult<(), ProcessorError>;
+    fn force_flush(&self, timeout: RDuration) -> RResult<(), ProcessorError>;
+    fn shutdown(&self, timeout: RDuration) -> RResult<(), ProcessorError>;
+    #[sabi(last_prefix_field)]
+    fn stats(&self) -> ProcessorStats;
 }
 
 /// A plugin's processor behind the panic guard. Made by
@@ -151,10 +185,38 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 }
 
 fn guard<T>(f: impl FnOnce() -> Result<T, ProcessorError>) -> RResult<T, ProcessorError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match quietly_after_the_first_panic(|| catch_unwind(AssertUnwindSafe(f))) {
         Ok(result) => result.into(),
         Err(payload) => RResult::RErr(ProcessorError::Panicked(panic_message(&*payload).into())),
     }
+}
+
+thread_local! {
+    /// Whether this thread is inside a guarded processor call.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a panic inside a guarded call was printed already.
+static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `call` with the panic hook printing only the first panic of any guarded call of this
+/// library: a processor that panics on every span must not print once per span (the host reports
+/// the failure once and counts the rest). Panics anywhere else print as before.
+fn quietly_after_the_first_panic<R>(call: impl FnOnce() -> R) -> R {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let guarded = GUARDED.with(std::cell::Cell::get);
+            if !guarded || !PRINTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = GUARDED.with(|g| g.replace(true));
+    let result = call();
+    GUARDED.with(|g| g.set(outer));
+    result
 }
 
 impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {
@@ -193,5 +255,57 @@ impl<P: SpanProcessor> RawSpanProcessor for Guarded<P> {
 
     fn stats(&self) -> ProcessorStats {
         catch_unwind(AssertUnwindSafe(|| self.0.stats())).unwrap_or_default()
+    }
+
+    #[cfg(not(filament_abi_1_0_test))]
+    fn failed(&self) -> u64 {
+        catch_unwind(AssertUnwindSafe(|| self.0.failed())).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_trait::TD_Opaque;
+
+    struct Counted;
+
+    impl SpanProcessor for Counted {
+        fn on_end(&self, _span: &SpanRecord<'_>) {}
+        fn stats(&self) -> ProcessorStats {
+            ProcessorStats {
+                exported: 3,
+                dropped: 5,
+            }
+        }
+        fn failed(&self) -> u64 {
+            4
+        }
+    }
+
+    struct Quiet;
+
+    impl SpanProcessor for Quiet {
+        fn on_end(&self, _span: &SpanRecord<'_>) {}
+    }
+
+    #[test]
+    fn the_host_reads_exported_dropped_and_failed_through_the_abi() {
+        let raw = RawSpanProcessor_TO::from_value(Guarded(Counted), TD_Opaque);
+        assert_eq!(
+            raw.stats(),
+            ProcessorStats {
+                exported: 3,
+                dropped: 5
+            }
+        );
+        assert_eq!(raw.failed(), 4);
+    }
+
+    #[test]
+    fn a_processor_that_does_not_count_failures_reports_none() {
+        let raw = RawSpanProcessor_TO::from_value(Guarded(Quiet), TD_Opaque);
+        assert_eq!(raw.failed(), 0);
+        assert_eq!(raw.stats(), ProcessorStats::default());
     }
 }

@@ -1,7 +1,7 @@
 //! The `filament` command: `start` a head or a node, `status`, `stop`. The binary calls [`main`].
 
 use crate::cluster::proto::{self, FromHead, Peer};
-use crate::cluster::{self, ClusterStatus, session};
+use crate::cluster::{self, ClusterStatus, ConnectError, SessionError, session};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -11,6 +11,74 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `stop` lets daemons and their workers exit after SIGTERM before killing them.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a `filament` command failed.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Plugin(#[from] crate::plugins::PluginError),
+    #[error("--tracing-startup-hook is empty; give library:symbol")]
+    EmptyHook,
+    #[error(
+        "a head is already running on this machine (pid {pid}, address {address}, session {}); \
+         `filament stop` stops it",
+        session.display()
+    )]
+    HeadRunning {
+        pid: u32,
+        address: String,
+        session: PathBuf,
+    },
+    #[error("cannot {action} {}: {source}", path.display())]
+    Log {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the daemon: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The daemon's own words (it wrote them to its session's `failed` file).
+    #[error("{message} (the daemon's log: {})", log.display())]
+    DaemonFailed { message: String, log: PathBuf },
+    #[error("the daemon ended ({status}) before it was ready; its log says:\n{log}")]
+    DaemonEnded {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("the daemon was not ready within {timeout:?}; see {}", log.display())]
+    DaemonNotReady { timeout: Duration, log: PathBuf },
+    #[error("the head at {address} sent no status: {answer}")]
+    NoStatus { address: String, answer: String },
+    #[error(
+        "nothing to stop: no Filament head or node runs on this machine (sessions in {})",
+        root.display()
+    )]
+    NothingToStop { root: PathBuf },
+    #[error("processes {0:?} survived SIGKILL (run `filament stop` again, or see `ps`)")]
+    Survivors(Vec<u32>),
+}
+
+impl CommandError {
+    /// The same error, pointing at the daemon's log where it now is.
+    fn with_log(self, moved: PathBuf) -> CommandError {
+        match self {
+            CommandError::DaemonFailed { message, .. } => CommandError::DaemonFailed {
+                message,
+                log: moved,
+            },
+            CommandError::DaemonNotReady { timeout, .. } => CommandError::DaemonNotReady {
+                timeout,
+                log: moved,
+            },
+            other => other,
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,13 +99,32 @@ enum Cmd {
     Start(StartArgs),
     /// Shows the cluster: nodes, jobs, and each process's tracing.
     Status(StatusArgs),
-    /// Stops every head, node and worker this machine started.
+    /// Stops the heads and nodes of the sessions in $FILAMENT_TEMP_DIR (else /tmp/filament) that
+    /// still run, with their workers: SIGTERM to each daemon's process group, then SIGKILL after
+    /// 3 seconds. Daemons started with another FILAMENT_TEMP_DIR are not touched.
     Stop,
     /// Reads span files (default: $FILAMENT_SPANS_DIR, else /tmp/spans): tree, summary, html, export.
     Spans(filament_spans::cli::SpansArgs),
+    /// Installs hook plugins where every program of this user finds them by name, and lists them.
+    #[command(subcommand)]
+    Plugins(PluginsCmd),
     /// Runs a head or node in the foreground (what `start` runs in the background).
     #[command(name = "__daemon", hide = true)]
     Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCmd {
+    /// Copies a plugin library into this user's plugin home ($XDG_DATA_HOME/filament/plugins, else
+    /// ~/.local/share/filament/plugins), once every hook in it loads: `libfoo.so` is then the hook
+    /// `foo:<symbol>` for every program.
+    Install {
+        /// The plugin library (`lib<name>.so`).
+        path: PathBuf,
+    },
+    /// Lists the plugins in $FILAMENT_PLUGIN_PATH, the plugin home and beside this command: each
+    /// hook's symbol, the ABI version it was built against, and whether it loads.
+    List,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +187,14 @@ pub fn main() -> ExitCode {
         Cmd::Status(args) => ("status", status(&args.address, args.json)),
         Cmd::Stop => ("stop", stop()),
         Cmd::Spans(args) => return filament_spans::cli::run(args),
+        Cmd::Plugins(PluginsCmd::Install { path }) => (
+            "plugins install",
+            crate::plugins::install(&path).map_err(CommandError::from),
+        ),
+        Cmd::Plugins(PluginsCmd::List) => (
+            "plugins list",
+            crate::plugins::list().map_err(CommandError::from),
+        ),
         Cmd::Daemon(args) => ("daemon", daemon(args)),
     };
     match outcome {
@@ -122,12 +217,12 @@ fn default_cpus() -> u32 {
         .unwrap_or(1)
 }
 
-fn start(args: StartArgs) -> Result<String, String> {
+fn start(args: StartArgs) -> Result<String, CommandError> {
     let root = session::checked_root()?.unwrap_or_else(session::root);
     if let Some(hook) = &args.tracing_startup_hook
         && hook.trim().is_empty()
     {
-        return Err("--tracing-startup-hook is empty; give library:symbol".into());
+        return Err(CommandError::EmptyHook);
     }
     let mut command = Command::new("/proc/self/exe");
     command.arg("__daemon");
@@ -136,13 +231,11 @@ fn start(args: StartArgs) -> Result<String, String> {
         if let Some(daemon) = session::live_daemon(&session::latest(&root))
             && daemon.role == "head"
         {
-            return Err(format!(
-                "a head is already running on this machine (pid {}, address {}, session {}); \
-                 `filament stop` stops it",
-                daemon.pid,
-                session::read(&daemon.dir, "address").unwrap_or_default(),
-                daemon.dir.display()
-            ));
+            return Err(CommandError::HeadRunning {
+                pid: daemon.pid,
+                address: session::read(&daemon.dir, "address").unwrap_or_default(),
+                session: daemon.dir,
+            });
         }
         command
             .arg("--head")
@@ -160,10 +253,13 @@ fn start(args: StartArgs) -> Result<String, String> {
     }
     command.args(["--num-cpus", &num_cpus.to_string()]);
     let dir = session::create(&root)?;
-    let outcome = launch(command, &dir);
-    if outcome.is_err() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    let outcome = launch(command, &dir).map_err(|error| {
+        // The error points at the daemon's log: keep it, and nothing else of the session.
+        match keep_log_of_failed_session(&root, &dir) {
+            Some(log) => error.with_log(log),
+            None => error,
+        }
+    });
     let ready = outcome?;
     Ok(if args.head {
         format!(
@@ -187,16 +283,40 @@ fn start(args: StartArgs) -> Result<String, String> {
     })
 }
 
+/// Removes the folder of a session whose daemon failed to start, keeping its log as
+/// `<root>/failed/<session>.log`; returns where the log is now.
+fn keep_log_of_failed_session(root: &Path, dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let failed = root.join("failed");
+    let kept = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&failed)
+        .ok()
+        .and_then(|()| {
+            let log = failed.join(format!("{}.log", dir.file_name()?.to_string_lossy()));
+            std::fs::rename(dir.join("logs").join("daemon.log"), &log).ok()?;
+            Some(log)
+        });
+    let _ = std::fs::remove_dir_all(dir);
+    kept
+}
+
 /// Starts a daemon in the background (its own process group, output in the session's log) and
 /// waits until it says it is ready (`ready` file) or failed (`failed` file, or its exit).
-fn launch(mut command: Command, dir: &Path) -> Result<String, String> {
+fn launch(mut command: Command, dir: &Path) -> Result<String, CommandError> {
     use std::os::unix::process::CommandExt;
     let log_path = dir.join("logs").join("daemon.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| format!("cannot use {}: {e}", log_path.display()))?;
+    let log_error = |action| {
+        let path = log_path.clone();
+        move |source| CommandError::Log {
+            action,
+            path,
+            source,
+        }
+    };
+    let log = std::fs::File::create(&log_path).map_err(log_error("create"))?;
+    let log_err = log.try_clone().map_err(log_error("use"))?;
     let mut child = command
         .arg("--session")
         .arg(dir)
@@ -205,7 +325,7 @@ fn launch(mut command: Command, dir: &Path) -> Result<String, String> {
         .stderr(log_err)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+        .map_err(CommandError::Spawn)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(address) = session::read(dir, "ready") {
@@ -213,39 +333,44 @@ fn launch(mut command: Command, dir: &Path) -> Result<String, String> {
         }
         if let Some(why) = session::read(dir, "failed") {
             let _ = child.wait();
-            return Err(why);
+            return Err(CommandError::DaemonFailed {
+                message: why,
+                log: log_path,
+            });
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            return Err(format!(
-                "the daemon ended ({status}) before it was ready; its log says:\n{}",
-                log.trim_end()
-            ));
+            return Err(CommandError::DaemonEnded {
+                status,
+                log: log.trim_end().to_owned(),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "the daemon was not ready within {START_TIMEOUT:?}; see {}",
-                log_path.display()
-            ));
+            return Err(CommandError::DaemonNotReady {
+                timeout: START_TIMEOUT,
+                log: log_path,
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// The daemon itself: runs the head or a node until stopped.
-fn daemon(args: DaemonArgs) -> Result<String, String> {
+fn daemon(args: DaemonArgs) -> Result<String, CommandError> {
     let dir = args.session.clone();
-    let ready = |outcome: Result<String, String>| match outcome {
+    let ready = |outcome: Result<String, cluster::StartError>| match outcome {
         Ok(address) => {
             if let Err(why) = session::write_private(&dir, "ready", &address) {
                 // `start` sees the daemon end, and this in its log.
-                cluster::log(&why);
+                cluster::log(&why.to_string());
                 std::process::exit(1);
             }
         }
         Err(why) => {
+            // The daemon's error reaches `start` as text: it crosses processes.
+            let why = why.to_string();
             cluster::log(&why);
             let _ = session::write_private(&dir, "failed", &why);
             std::process::exit(1);
@@ -277,15 +402,21 @@ fn daemon(args: DaemonArgs) -> Result<String, String> {
     Ok(String::new())
 }
 
-fn status(address: &str, json: bool) -> Result<String, String> {
+fn status(address: &str, json: bool) -> Result<String, CommandError> {
     let (address, token) = session::resolve(address)?;
     let (_, _, mut reader) = proto::connect(&address, &token, |_| Ok((Peer::Status, None)))?;
     let status = match reader.read::<FromHead>() {
         Ok(Some(FromHead::Status(status))) => status,
-        other => return Err(format!("the head at {address} sent no status: {other:?}")),
+        other => {
+            return Err(CommandError::NoStatus {
+                address,
+                answer: format!("{other:?}"),
+            });
+        }
     };
     if json {
-        serde_json::to_string_pretty(&status).map_err(|e| e.to_string())
+        // Status is plain data: strings, numbers and enums that serialize as strings.
+        Ok(serde_json::to_string_pretty(&status).expect("a status serializes"))
     } else {
         Ok(render(&status))
     }
@@ -326,7 +457,7 @@ fn render(status: &ClusterStatus) -> String {
         for p in &job.processes {
             let who = match p.worker {
                 Some(worker) => format!("{} {worker}", p.kind),
-                None => p.kind.clone(),
+                None => p.kind.to_string(),
             };
             let _ = writeln!(
                 out,
@@ -367,14 +498,11 @@ fn signal_group(group: u32, signal: rustix::process::Signal) {
     }
 }
 
-fn stop() -> Result<String, String> {
+fn stop() -> Result<String, CommandError> {
     let root = session::checked_root()?.unwrap_or_else(session::root);
     let daemons = session::live_daemons(&root);
     if daemons.is_empty() {
-        return Err(format!(
-            "nothing to stop: no Filament head or node runs on this machine (sessions in {})",
-            root.display()
-        ));
+        return Err(CommandError::NothingToStop { root });
     }
     // Each daemon leads a process group of its own with its workers: the group goes.
     for daemon in &daemons {
@@ -411,9 +539,7 @@ fn stop() -> Result<String, String> {
         }
     }
     if !survivors.is_empty() {
-        return Err(format!(
-            "processes {survivors:?} survived SIGKILL (run `filament stop` again, or see `ps`)"
-        ));
+        return Err(CommandError::Survivors(survivors));
     }
     let list: Vec<String> = daemons
         .iter()

@@ -3,15 +3,15 @@
 //! object, resolves arguments, schedules tasks on workers with free slots and actor calls on their
 //! actor's process in submission order, and notices workers that die.
 
-use crate::InitError;
 use crate::cluster::client::{self, Attached};
 use crate::cluster::proto::{ProcessStatus, ToHead};
 use crate::object::{Arg, GetError, ObjectId, TaskError};
 use crate::registry::registry;
+use crate::status::{HookState, ProcessKind, ProcessTracing};
 use crate::wire::{
     self, ActorId, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
-    TracingStats,
 };
+use crate::{InitError, WorkerStartError};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -63,7 +63,7 @@ struct WorkerSlot {
     running: HashSet<ObjectId>,
     actor: Option<ActorId>,
     /// Its tracing, as it last reported.
-    stats: TracingStats,
+    stats: ProcessTracing,
 }
 
 struct ActorSlot {
@@ -92,7 +92,7 @@ struct State {
     /// [`Driver::start_timeout`] fails what waits for it.
     starting_since: HashMap<u32, Instant>,
     /// Why a worker failed to start (its tracing hook, usually).
-    start_failures: Vec<String>,
+    start_failures: Vec<WorkerStartError>,
     /// `init` returned: later start failures no longer fail it.
     started: bool,
     /// Why the pool has no worker left, once that happened.
@@ -111,6 +111,8 @@ struct State {
     /// Connections with messages queued, to write once the lock is released: messages are queued
     /// in the order the state changed, and no thread writes to a socket holding the lock.
     outgoing: Vec<Outbox<ToWorker>>,
+    /// Workers' output lines, to print once the lock is released (`true`: standard error).
+    output: Vec<(bool, String)>,
     /// Why the standing cluster this driver is attached to is gone, once it is.
     cluster_lost: Option<String>,
     /// Workers that left at shutdown, with their last report: the job's final counts.
@@ -123,6 +125,8 @@ enum Launcher {
     Local {
         socket_dir: PathBuf,
         socket: PathBuf,
+        /// The token workers present, given to each on its standard input.
+        token: String,
     },
     /// A standing cluster: the head has nodes start them; they connect over TCP with the token.
     Cluster {
@@ -135,7 +139,7 @@ enum Launcher {
 /// How a driver's cluster is made.
 pub(crate) enum Mode {
     Embedded,
-    Attached(Attached),
+    Attached(Box<Attached>),
 }
 
 enum Listener {
@@ -165,7 +169,7 @@ pub(crate) struct Driver {
     children: Mutex<Vec<(u32, Child)>>,
     welcome: WelcomeInfo,
     /// The driver's own tracing, for the head's `status`.
-    tracing: Option<crate::tracing::Reporter>,
+    tracing: Option<crate::tracing::ReportHandle>,
     /// How long a new worker has to connect, handshake and run the tracing hook.
     start_timeout: Duration,
 }
@@ -175,11 +179,15 @@ pub(crate) struct Driver {
 pub(crate) struct WelcomeInfo {
     pub(crate) hook: Option<String>,
     pub(crate) config: Vec<(String, String)>,
+    /// The driver's environment, as its workers' hooks read it.
+    pub(crate) environment: Vec<(String, String)>,
+    /// Whether workers send their output here.
+    pub(crate) forward_output: bool,
     pub(crate) job_id: String,
     pub(crate) node_id: String,
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u128(
@@ -200,37 +208,46 @@ impl Driver {
         workers: usize,
         welcome: WelcomeInfo,
         mode: Mode,
-        tracing: Option<crate::tracing::Reporter>,
+        tracing: Option<crate::tracing::ReportHandle>,
         start_timeout: Duration,
     ) -> Result<Arc<Driver>, InitError> {
         let cluster = random_u64();
         let (launcher, listener, head) = match mode {
             Mode::Embedded => {
-                let socket_dir = std::env::temp_dir().join(format!(
-                    "filament-{}-{:08x}",
-                    std::process::id(),
-                    cluster as u32
-                ));
-                std::fs::create_dir_all(&socket_dir).map_err(|e| InitError::Io {
-                    what: format!("creating {}", socket_dir.display()),
-                    cause: e.to_string(),
-                })?;
-                let socket = socket_dir.join("driver.sock");
-                let listener = UnixListener::bind(&socket).map_err(|e| InitError::Io {
+                crate::socket_dir::sweep();
+                let socket =
+                    crate::socket_dir::create(cluster).map_err(|source| InitError::Io {
+                        what: "creating the embedded cluster's socket folder".into(),
+                        source,
+                    })?;
+                let socket_dir = socket.parent().expect("a socket in a folder").to_owned();
+                let listener = UnixListener::bind(&socket).map_err(|source| InitError::Io {
                     what: format!("listening on {}", socket.display()),
-                    cause: e.to_string(),
+                    source,
                 })?;
                 (
-                    Launcher::Local { socket_dir, socket },
+                    Launcher::Local {
+                        socket_dir,
+                        socket,
+                        token: crate::cluster::session::new_token().map_err(|error| {
+                            InitError::Io {
+                                what: "making the embedded cluster's token".into(),
+                                source: std::io::Error::other(error),
+                            }
+                        })?,
+                    },
                     Listener::Unix(listener),
                     None,
                 )
             }
             Mode::Attached(attached) => {
-                let listening = attached.listener.local_addr().map_err(|e| InitError::Io {
-                    what: "reading the workers' address".into(),
-                    cause: e.to_string(),
-                })?;
+                let listening = attached
+                    .listener
+                    .local_addr()
+                    .map_err(|source| InitError::Io {
+                        what: "reading the workers' address".into(),
+                        source,
+                    })?;
                 (
                     Launcher::Cluster {
                         head: attached.outbox,
@@ -259,40 +276,40 @@ impl Driver {
             std::thread::Builder::new()
                 .name("filament-head-link".into())
                 .spawn(move || listening.follow_head(reader, address))
-                .map_err(|e| InitError::Io {
+                .map_err(|source| InitError::Io {
                     what: "starting the head link thread".into(),
-                    cause: e.to_string(),
+                    source,
                 })?;
             let reporting = Arc::downgrade(&driver);
             std::thread::Builder::new()
                 .name("filament-job-stats".into())
                 .spawn(move || Driver::report_stats(reporting))
-                .map_err(|e| InitError::Io {
+                .map_err(|source| InitError::Io {
                     what: "starting the stats thread".into(),
-                    cause: e.to_string(),
+                    source,
                 })?;
         }
         let accepting = Arc::clone(&driver);
         std::thread::Builder::new()
             .name("filament-accept".into())
             .spawn(move || accepting.accept_loop(listener))
-            .map_err(|e| InitError::Io {
+            .map_err(|source| InitError::Io {
                 what: "starting the accept thread".into(),
-                cause: e.to_string(),
+                source,
             })?;
 
         let watching = Arc::clone(&driver);
         std::thread::Builder::new()
             .name("filament-reaper".into())
             .spawn(move || watching.watch_children())
-            .map_err(|e| InitError::Io {
+            .map_err(|source| InitError::Io {
                 what: "starting the reaper thread".into(),
-                cause: e.to_string(),
+                source,
             })?;
         for _ in 0..workers {
             if let Err(error) = driver.spawn_worker(None) {
                 driver.shutdown(Duration::from_secs(2));
-                return Err(error);
+                return Err(error.into());
             }
         }
         let deadline = Instant::now() + driver.start_timeout;
@@ -302,7 +319,7 @@ impl Driver {
                 let failure = failure.clone();
                 drop(state);
                 driver.shutdown(Duration::from_secs(2));
-                return Err(InitError::Worker(failure));
+                return Err(InitError::WorkerStart(failure));
             }
             if state.workers.len() >= workers {
                 break;
@@ -311,10 +328,10 @@ impl Driver {
             if now >= deadline {
                 drop(state);
                 driver.shutdown(Duration::from_secs(2));
-                return Err(InitError::Worker(format!(
-                    "workers did not start within {:?}",
-                    driver.start_timeout
-                )));
+                return Err(InitError::WorkerStart(WorkerStartError::Timeout {
+                    worker: None,
+                    timeout: driver.start_timeout,
+                }));
             }
             state = driver
                 .changed
@@ -334,6 +351,7 @@ impl Driver {
     /// Releases the lock, wakes whoever waits for a change, and sends what was queued meanwhile.
     fn unlock(&self, mut state: MutexGuard<'_, State>) {
         let outgoing = std::mem::take(&mut state.outgoing);
+        let output = std::mem::take(&mut state.output);
         let launches = std::mem::take(&mut state.launches);
         let wake = std::mem::take(&mut state.wake);
         drop(state);
@@ -343,9 +361,16 @@ impl Driver {
         for outbox in outgoing {
             outbox.flush();
         }
+        for (stderr, line) in output {
+            if stderr {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
         for (worker, actor) in launches {
             if let Err(error) = self.launch_worker(worker, actor) {
-                self.worker_start_failed(worker, error.to_string());
+                self.worker_start_failed(worker, error);
             }
         }
     }
@@ -355,7 +380,7 @@ impl Driver {
     }
 
     /// Starts a worker process: this executable, re-executed with the worker marker.
-    fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, InitError> {
+    fn spawn_worker(&self, actor: Option<ActorId>) -> Result<u32, WorkerStartError> {
         let id = self.reserve_worker(&mut self.lock(), actor)?;
         self.launch_worker(id, actor.is_some())?;
         Ok(id)
@@ -364,13 +389,19 @@ impl Driver {
     /// Numbers a new worker and records it as starting (for `actor`, if any); the process itself
     /// is started by [`Driver::launch_worker`], outside the lock (a fork and exec take about a
     /// millisecond, which every driver thread would wait for).
-    fn reserve_worker(&self, state: &mut State, actor: Option<ActorId>) -> Result<u32, InitError> {
+    fn reserve_worker(
+        &self,
+        state: &mut State,
+        actor: Option<ActorId>,
+    ) -> Result<u32, WorkerStartError> {
         // A replacement decided just before shutdown must not start after it.
         if state.shutting_down {
-            return Err(InitError::Worker("the cluster is shutting down".into()));
+            return Err(WorkerStartError::ShuttingDown);
         }
         if let Some(cause) = &state.cluster_lost {
-            return Err(InitError::Worker(cause.clone()));
+            return Err(WorkerStartError::ClusterLost {
+                cause: cause.clone(),
+            });
         }
         state.next_worker += 1;
         let id = state.next_worker;
@@ -380,29 +411,39 @@ impl Driver {
     }
 
     /// Starts the process of a reserved worker, or asks the head to have a node start it.
-    fn launch_worker(&self, id: u32, actor: bool) -> Result<(), InitError> {
-        let socket = match &self.launcher {
-            Launcher::Local { socket, .. } => socket,
+    fn launch_worker(&self, id: u32, actor: bool) -> Result<(), WorkerStartError> {
+        let (socket, token) = match &self.launcher {
+            Launcher::Local { socket, token, .. } => (socket, token),
             Launcher::Cluster { head, .. } => {
                 return if head.send(ToHead::StartWorker { worker: id, actor }) {
                     Ok(())
                 } else {
-                    Err(InitError::Worker(format!(
-                        "worker {id} cannot be started: the cluster's head is gone"
-                    )))
+                    Err(WorkerStartError::ClusterLost {
+                        cause: format!("worker {id} cannot be started: the cluster's head is gone"),
+                    })
                 };
             }
         };
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
-            .env(WORKER_ENV, format!("{}:{id}", socket.display()))
-            .stdin(Stdio::null())
+            .env(
+                WORKER_ENV,
+                crate::worker::marker_for(&format!("{}:{id}", socket.display())),
+            )
+            .stdin(Stdio::piped())
             .spawn()
-            .map_err(|e| InitError::Io {
-                what: format!("starting worker {id}"),
-                cause: e.to_string(),
+            .map_err(|source| WorkerStartError::Spawn {
+                worker: id,
+                source: Arc::new(source),
             })?;
+        // One line, far below a pipe's buffer: the write never waits for the worker. The pipe
+        // closes right after: the worker's standard input ends there, as a null one would.
+        let mut child = child;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            let _ = writeln!(stdin, "{token}");
+        }
         // Started after shutdown took the children, it finds no driver and exits by itself.
         self.children
             .lock()
@@ -451,12 +492,9 @@ impl Driver {
                 worker,
                 pid,
             })) => {
-                let wrong_token = match &self.launcher {
-                    Launcher::Cluster { token: ours, .. } => {
-                        !crate::cluster::same_token(&token, ours)
-                    }
-                    Launcher::Local { .. } => false,
-                };
+                let (Launcher::Cluster { token: ours, .. } | Launcher::Local { token: ours, .. }) =
+                    &self.launcher;
+                let wrong_token = !crate::cluster::same_token(&token, ours);
                 let refusal = if magic != wire::MAGIC {
                     Some("not a Filament worker".to_owned())
                 } else if protocol != wire::PROTOCOL_VERSION {
@@ -483,7 +521,11 @@ impl Driver {
                     }
                     self.worker_start_failed(
                         worker,
-                        format!("worker {worker} (pid {pid}) was refused: {reason}"),
+                        WorkerStartError::Refused {
+                            worker,
+                            pid,
+                            reason,
+                        },
                     );
                     return;
                 }
@@ -509,26 +551,40 @@ impl Driver {
         outbox.send(ToWorker::Welcome {
             hook: self.welcome.hook.clone(),
             config: self.welcome.config.clone(),
+            environment: self.welcome.environment.clone(),
+            forward_output: self.welcome.forward_output,
             job_id: self.welcome.job_id.clone(),
             node_id: self.welcome.node_id.clone(),
             cluster: self.cluster,
         });
-        match reader.read::<ToDriver>() {
+        // What the worker prints while its hook runs comes before the hook's status.
+        let status = loop {
+            match reader.read::<ToDriver>() {
+                Ok(Some(ToDriver::Output { stderr, line })) => {
+                    let mut state = self.lock();
+                    state.output.push((stderr, line));
+                    self.unlock(state);
+                }
+                other => break other,
+            }
+        };
+        match status {
             Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
             Ok(Some(ToDriver::HookStatus(Err(message)))) => {
                 // Kept for the head's `status`: the job's record shows which process failed, and why.
                 self.lock().departed.push(ProcessStatus {
                     worker: Some(worker),
                     pid,
-                    kind: "worker".into(),
-                    tracing: TracingStats {
-                        hook: Some(Err(message.clone())),
-                        ..TracingStats::default()
-                    },
+                    kind: ProcessKind::Worker,
+                    tracing: ProcessTracing::without_spans(HookState::Failed(message.clone())),
                 });
                 self.worker_start_failed(
                     worker,
-                    format!("the tracing hook failed in worker {worker} (pid {pid}): {message}"),
+                    WorkerStartError::Hook {
+                        worker,
+                        pid,
+                        message,
+                    },
                 );
                 return;
             }
@@ -539,7 +595,11 @@ impl Driver {
                 };
                 self.worker_start_failed(
                     worker,
-                    format!("worker {worker} (pid {pid}) failed to start: {why}"),
+                    WorkerStartError::Disconnected {
+                        worker,
+                        pid,
+                        cause: why,
+                    },
                 );
                 return;
             }
@@ -567,10 +627,11 @@ impl Driver {
                     },
                     running: HashSet::new(),
                     actor,
-                    stats: TracingStats {
-                        hook: self.welcome.hook.as_ref().map(|_| Ok(())),
-                        ..TracingStats::default()
-                    },
+                    stats: ProcessTracing::without_spans(if self.welcome.hook.is_some() {
+                        HookState::Loaded
+                    } else {
+                        HookState::None
+                    }),
                 },
             );
             if let Some(actor) = actor
@@ -608,14 +669,14 @@ impl Driver {
         self.on_worker_exit(worker, pid);
     }
 
-    fn worker_start_failed(&self, worker: u32, message: String) {
+    fn worker_start_failed(&self, worker: u32, error: WorkerStartError) {
         let mut state = self.lock();
         let actor = state.starting.remove(&worker).flatten();
         if let Some(actor) = actor {
-            self.kill_actor(&mut state, actor, message.clone());
+            self.kill_actor(&mut state, actor, error.to_string());
         } else {
-            self.fail_if_no_workers(&mut state, &message);
-            state.start_failures.push(message);
+            self.fail_if_no_workers(&mut state, &error.to_string());
+            state.start_failures.push(error);
         }
         state.wake = true;
         self.unlock(state);
@@ -683,6 +744,7 @@ impl Driver {
                     slot.stats = stats;
                 }
             }
+            ToDriver::Output { stderr, line } => state.output.push((stderr, line)),
             ToDriver::Hello { .. } | ToDriver::HookStatus(_) => {}
         }
     }
@@ -843,7 +905,8 @@ impl Driver {
 
     /// The task's argument values, or the error of the first argument that failed.
     fn resolve(state: &State, spec: &TaskSpec) -> Result<Vec<Vec<u8>>, TaskError> {
-        spec.args
+        let args = spec
+            .args
             .iter()
             .enumerate()
             .map(|(index, arg)| match arg {
@@ -863,7 +926,13 @@ impl Driver {
                     }
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let bytes = args.iter().map(Vec::len).sum();
+        wire::check_value_size(bytes, "arguments").map_err(|message| TaskError::Invalid {
+            task: spec.name.clone(),
+            message,
+        })?;
+        Ok(args)
     }
 
     /// Sends ready function tasks to workers with free slots.
@@ -1214,7 +1283,7 @@ impl Driver {
                 },
                 None => TaskError::WorkerDied {
                     task: name,
-                    worker: worker.to_string(),
+                    worker,
                     pid,
                 },
             };
@@ -1304,7 +1373,11 @@ impl Driver {
                 if self.lock().starting.contains_key(&worker) {
                     self.worker_start_failed(
                         worker,
-                        format!("worker {worker} (pid {pid}) ended ({status}) before it connected"),
+                        WorkerStartError::Exited {
+                            worker,
+                            pid,
+                            status,
+                        },
                     );
                 }
             }
@@ -1328,10 +1401,10 @@ impl Driver {
                 self.lock().starting_since.remove(&worker);
                 self.worker_start_failed(
                     worker,
-                    format!(
-                        "worker {worker} did not connect within {:?}",
-                        self.start_timeout
-                    ),
+                    WorkerStartError::Timeout {
+                        worker: Some(worker),
+                        timeout: self.start_timeout,
+                    },
                 );
                 let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some((_, child)) = children.iter_mut().find(|(id, _)| *id == worker) {
@@ -1398,7 +1471,10 @@ impl Driver {
             match client::next_worker_failure(&mut reader, &address) {
                 Ok((worker, message)) => {
                     if self.lock().starting.contains_key(&worker) {
-                        self.worker_start_failed(worker, message);
+                        self.worker_start_failed(
+                            worker,
+                            WorkerStartError::Node { worker, message },
+                        );
                     }
                 }
                 Err(cause) => break cause,
@@ -1417,7 +1493,12 @@ impl Driver {
         state.wake = true;
         self.unlock(state);
         for worker in starting {
-            self.worker_start_failed(worker, cause.clone());
+            self.worker_start_failed(
+                worker,
+                WorkerStartError::ClusterLost {
+                    cause: cause.clone(),
+                },
+            );
         }
         // Their tasks fail as their connections end (see `on_worker_exit`).
         for outbox in outboxes {
@@ -1430,8 +1511,8 @@ impl Driver {
         let mut processes = vec![ProcessStatus {
             worker: None,
             pid: std::process::id(),
-            kind: "driver".into(),
-            tracing: TracingStats::of(self.tracing.as_ref()),
+            kind: ProcessKind::Driver,
+            tracing: ProcessTracing::of(self.tracing.as_ref()),
         }];
         let state = self.lock();
         processes.extend(state.departed.iter().cloned());
@@ -1445,8 +1526,10 @@ impl Driver {
 
     fn process_status(state: &State, id: u32, slot: &WorkerSlot) -> ProcessStatus {
         let kind = match slot.actor.and_then(|a| state.actors.get(&a)) {
-            Some(actor) => format!("actor {}", actor.class),
-            None => "worker".to_owned(),
+            Some(actor) => ProcessKind::Actor {
+                class: actor.class.to_string(),
+            },
+            None => ProcessKind::Worker,
         };
         ProcessStatus {
             worker: Some(id),

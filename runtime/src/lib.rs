@@ -13,7 +13,7 @@
 //! task's envelope (never in your arguments); spans your task code makes are children of its
 //! CONSUMER span, and tasks it submits continue the trace. See [`tracing`] for the hook machinery.
 //!
-//! ```ignore
+//! ```no_run
 //! #[filament::remote]
 //! fn my_function() -> i32 { 1 }
 //!
@@ -26,23 +26,38 @@
 //! ```
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+// The README's examples compile as doctests of this crate (`cargo test --doc -p filament`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 pub mod cli;
 pub mod cluster;
-mod context;
 mod driver;
+mod local;
 mod object;
+mod output;
+mod plugins;
 mod registry;
+mod socket_dir;
 mod spans;
 mod spin;
-pub mod tracing;
+mod status;
 mod wire;
 mod worker;
 
-pub use context::ActorHandle;
 pub use filament_macros::{actor, remote};
 pub use filament_plugin_api as plugin_api;
+pub use filament_tracing as tracing;
+/// The `opentelemetry` crate this runtime records spans with, for your spans: each version of the
+/// crate has a global tracer provider of its own, and only this version's is the one the tracing
+/// hook configured. A span made through another version in your manifest goes nowhere.
+pub use filament_tracing::opentelemetry;
+pub use local::ActorHandle;
 pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
+pub use status::{HookState, ProcessKind};
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -51,7 +66,7 @@ use std::time::Duration;
 /// What the generated code of `#[remote]` and `#[actor]` uses. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::context::{create_actor, submit_function};
+    pub use crate::local::{create_actor, submit_function};
     pub use crate::registry::{
         ActorClass, ActorMethod, Args, InvokeResult, RemoteFunction, downcast_actor,
     };
@@ -89,22 +104,44 @@ pub struct Config {
     /// How long a new worker process has to connect and run the tracing hook before what waits
     /// for it (`init`, an actor's calls) fails; by default 30 seconds.
     pub worker_start_timeout: Option<Duration>,
+    /// Whether what workers print (task output, panics, anything on their standard output and
+    /// error) is printed by the driver, each line prefixed with the worker: `(worker 2 pid=4242
+    /// node=…) …`; by default yes.
+    pub forward_worker_output: bool,
+    /// Variables `Config::default` read that are not UTF-8 (the name and the value, lossily): an
+    /// error at `init`, unless the setting they give is set in code.
+    unreadable_env: Vec<(&'static str, String)>,
+}
+
+/// The value of environment variable `name` if it is set and not blank; one that is not UTF-8 is
+/// recorded in `unreadable`, not taken as unset.
+fn env_setting(name: &'static str, unreadable: &mut Vec<(&'static str, String)>) -> Option<String> {
+    match std::env::var(name) {
+        Ok(value) => Some(value).filter(|value| !value.trim().is_empty()),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(raw)) => {
+            unreadable.push((name, raw.to_string_lossy().into_owned()));
+            None
+        }
+    }
 }
 
 impl Default for Config {
     /// Workers for every core; the hook from `FILAMENT_TRACING_STARTUP_HOOK`, if set and not empty.
     fn default() -> Self {
+        let mut unreadable_env = Vec::new();
         Config {
             num_workers: None,
-            tracing_startup_hook: std::env::var(tracing::TRACING_STARTUP_HOOK_ENV)
-                .ok()
-                .filter(|hook| !hook.trim().is_empty()),
+            tracing_startup_hook: env_setting(
+                tracing::TRACING_STARTUP_HOOK_ENV,
+                &mut unreadable_env,
+            ),
             tracing_config: BTreeMap::new(),
-            address: std::env::var(cluster::session::ADDRESS_ENV)
-                .ok()
-                .filter(|address| !address.trim().is_empty()),
+            address: env_setting(cluster::session::ADDRESS_ENV, &mut unreadable_env),
             cluster_token: None,
             worker_start_timeout: None,
+            forward_worker_output: true,
+            unreadable_env,
         }
     }
 }
@@ -118,12 +155,16 @@ impl Config {
 
     /// Sets the tracing startup hook(s).
     pub fn tracing_startup_hook(mut self, hook: impl Into<String>) -> Self {
+        self.unreadable_env
+            .retain(|(name, _)| *name != tracing::TRACING_STARTUP_HOOK_ENV);
         self.tracing_startup_hook = Some(hook.into());
         self
     }
 
     /// Attaches to a standing cluster (`auto`, or the head's `host:port`).
     pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.unreadable_env
+            .retain(|(name, _)| *name != cluster::session::ADDRESS_ENV);
         self.address = Some(address.into());
         self
     }
@@ -131,6 +172,12 @@ impl Config {
     /// Sets how long a new worker has to start (see [`Config::worker_start_timeout`]).
     pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
         self.worker_start_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether the driver prints what workers print (see [`Config::forward_worker_output`]).
+    pub fn forward_worker_output(mut self, forward: bool) -> Self {
+        self.forward_worker_output = forward;
         self
     }
 
@@ -147,6 +194,22 @@ impl Config {
     }
 }
 
+/// A tracer of the tracer provider the tracing hook configured, for spans in tasks and in the
+/// driver; they are children of the current span (a task's CONSUMER span, inside a task).
+///
+/// ```no_run
+/// use filament::opentelemetry::trace::Tracer as _;
+///
+/// #[filament::remote]
+/// fn my_func() -> String {
+///     filament::tracer("my_crate").in_span("foo", |_cx| "done".to_owned())
+/// }
+/// # fn main() {}
+/// ```
+pub fn tracer(name: &'static str) -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer(name)
+}
+
 /// Why [`init`] failed. Nothing is left running.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -154,13 +217,13 @@ pub enum InitError {
     /// The tracing hook was refused in the driver; no worker was started.
     #[error(transparent)]
     Hook(#[from] tracing::HookError),
-    /// A worker failed to start, e.g. its tracing hook failed there.
-    #[error("{0}")]
-    Worker(String),
-    /// The standing cluster could not be attached to: no head, a wrong token, a head that went
-    /// away.
+    /// A worker did not start: its hook failed there, it did not connect in time, it ended, or
+    /// the cluster went away.
+    #[error(transparent)]
+    WorkerStart(#[from] WorkerStartError),
+    /// The standing cluster could not be attached to: no head, a wrong token, no session.
     #[error("cannot attach to the cluster: {0}")]
-    Cluster(String),
+    Attach(#[from] cluster::AttachError),
     /// The driver asked for a tracing hook other than the one the cluster was started with.
     #[error(
         "this driver's tracing hook {driver:?} differs from the cluster's ({cluster}); \
@@ -175,14 +238,125 @@ pub enum InitError {
     /// The runtime is already running in this process.
     #[error("filament is already initialized in this process")]
     AlreadyInitialized,
+    /// Two remote functions or actors of this program have the same Rust path (two versions of one
+    /// crate, say): a call could reach the wrong one.
+    #[error(
+        "{id} is registered twice (two versions of the crate that defines it?): \
+         calls to it could reach either; make the program hold one"
+    )]
+    DuplicateRemote {
+        /// The path registered twice.
+        id: String,
+    },
+    /// An environment variable that configures `init` is set but not UTF-8: it is not taken as
+    /// unset (which would silently run untraced, or embedded instead of attached).
+    #[error(
+        "the environment variable {variable} is not UTF-8 ({value:?}); set it in UTF-8 or unset it"
+    )]
+    UnreadableEnv {
+        /// The variable.
+        variable: &'static str,
+        /// Its value, with what is not UTF-8 replaced.
+        value: String,
+    },
     /// The operating system refused something.
-    #[error("{what}: {cause}")]
+    #[error("{what}: {source}")]
     Io {
         /// What was being done.
         what: String,
         /// The system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a worker process did not start serving tasks. `init` returns it for its pool's workers
+/// ([`InitError::WorkerStart`]); an actor whose process fails to start fails its calls with it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerStartError {
+    /// The tracing startup hook failed in the worker (it had loaded in the driver).
+    #[error("the tracing hook failed in worker {worker} (pid {pid}): {message}")]
+    Hook {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// The hook's error, as the worker reported it.
+        message: String,
+    },
+    /// The worker did not connect and run its hook within the start timeout
+    /// ([`Config::worker_start_timeout`]).
+    #[error("{} did not connect within {timeout:?}", who(.worker))]
+    Timeout {
+        /// The worker that was late; `None` when `init` gave up waiting for its pool.
+        worker: Option<u32>,
+        /// The start timeout.
+        timeout: Duration,
+    },
+    /// The worker's process ended before it connected.
+    #[error("worker {worker} (pid {pid}) ended ({status}) before it connected")]
+    Exited {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+    /// The worker's connection broke before it was ready.
+    #[error("worker {worker} (pid {pid}) failed to start: {cause}")]
+    Disconnected {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// What happened to the connection.
         cause: String,
     },
+    /// The driver refused the worker (another binary, say).
+    #[error("worker {worker} (pid {pid}) was refused: {reason}")]
+    Refused {
+        /// The worker's id.
+        worker: u32,
+        /// Its process id.
+        pid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The operating system could not start the worker's process.
+    #[error("starting worker {worker}: {source}")]
+    Spawn {
+        /// The worker's id.
+        worker: u32,
+        /// The system's reason.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The node the head placed the worker on could not start it.
+    #[error("{message}")]
+    Node {
+        /// The worker's id.
+        worker: u32,
+        /// The head's words.
+        message: String,
+    },
+    /// The standing cluster's head is gone: no worker can start any more.
+    #[error("{cause}")]
+    ClusterLost {
+        /// How the head went away.
+        cause: String,
+    },
+    /// The runtime is shutting down.
+    #[error("the cluster is shutting down")]
+    ShuttingDown,
+}
+
+fn who(worker: &Option<u32>) -> String {
+    match worker {
+        Some(worker) => format!("worker {worker}"),
+        None => "the workers".to_owned(),
+    }
 }
 
 /// The running cluster. Dropping it stops the workers and flushes tracing.
@@ -219,7 +393,7 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.driver.shutdown(Duration::from_secs(2));
-        context::set(None);
+        local::set(None);
         spans::disable();
         if let Some(guard) = self.tracing.take() {
             let _ = guard.shutdown();
@@ -234,17 +408,25 @@ impl Drop for Runtime {
 /// worker before its first task; a hook that fails in a worker fails `init` with the worker and the
 /// cause, without retrying.
 pub fn init(config: Config) -> Result<Runtime, InitError> {
-    if let Ok(marker) = std::env::var(driver::WORKER_ENV) {
+    if let Some(marker) = worker::marker() {
         worker::run(&marker);
     }
-    if context::current().is_some() {
+    if local::current().is_some() {
         return Err(InitError::AlreadyInitialized);
+    }
+    if let Some(id) = registry::registry().duplicates.first() {
+        return Err(InitError::DuplicateRemote { id: id.clone() });
+    }
+    if let Some((variable, value)) = config.unreadable_env.first() {
+        return Err(InitError::UnreadableEnv {
+            variable,
+            value: value.clone(),
+        });
     }
     let mut config = config;
     let attached = match &config.address {
         Some(address) => {
-            let attached = cluster::client::attach(address, config.cluster_token.as_deref())
-                .map_err(InitError::Cluster)?;
+            let attached = cluster::client::attach(address, config.cluster_token.as_deref())?;
             config.tracing_startup_hook =
                 cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
             Some(attached)
@@ -253,9 +435,13 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     };
     let job_id = match &attached {
         Some(attached) => attached.job_id.clone(),
-        None => format!("{:08x}", std::process::id()),
+        None => cluster::new_job_id(),
     };
-    let node_id = node_id();
+    // A driver on a machine of the cluster is on that node, as its workers there are.
+    let node_id = attached
+        .as_ref()
+        .and_then(|attached| attached.node_id.clone())
+        .unwrap_or_else(node_id);
     let mut tracing_guard = None;
     if let Some(hook) = &config.tracing_startup_hook {
         let mut tracing = tracing::Tracing::new(hook.clone())
@@ -280,7 +466,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             .unwrap_or(2),
     });
     let mode = match attached {
-        Some(attached) => driver::Mode::Attached(attached),
+        Some(attached) => driver::Mode::Attached(Box::new(attached)),
         None => driver::Mode::Embedded,
     };
     let driver = driver::Driver::start(
@@ -288,17 +474,21 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         driver::WelcomeInfo {
             hook: config.tracing_startup_hook.clone(),
             config: config.tracing_config.into_iter().collect(),
+            environment: cluster::client::hook_environment(),
+            forward_output: config.forward_worker_output,
             job_id: job_id.clone(),
             node_id,
         },
         mode,
-        tracing_guard.as_ref().map(tracing::TracingGuard::reporter),
+        tracing_guard
+            .as_ref()
+            .map(tracing::TracingGuard::report_handle),
         config
             .worker_start_timeout
             .unwrap_or(driver::WORKER_START_TIMEOUT),
     )
     .inspect_err(|_| spans::disable())?;
-    context::set(Some(context::Context::Driver(std::sync::Arc::clone(
+    local::set(Some(local::LocalRuntime::Driver(std::sync::Arc::clone(
         &driver,
     ))));
     Ok(Runtime {
@@ -356,7 +546,7 @@ fn decode<T: DeserializeOwned>(
 
 /// Waits for an object and returns its value.
 pub fn get<T: DeserializeOwned>(object: &ObjectRef<T>) -> Result<T, GetError> {
-    let (name, result) = context::get_raw(object.cluster, &[object.id])?
+    let (name, result) = local::get_raw(object.cluster, &[object.id])?
         .pop()
         .expect("one result per id");
     decode(object.id, name, result)
@@ -368,7 +558,7 @@ pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, 
         return Ok(Vec::new());
     };
     let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
-    context::get_raw(first.cluster, &ids)?
+    local::get_raw(first.cluster, &ids)?
         .into_iter()
         .zip(ids)
         .map(|((name, result), id)| decode(id, name, result))
@@ -389,7 +579,7 @@ pub fn wait<T>(
         return Ok((Vec::new(), Vec::new()));
     };
     let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
-    let done = context::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
+    let done = local::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
     let (ready, pending): (Vec<_>, Vec<_>) = objects.into_iter().zip(done).partition(|(_, d)| *d);
     Ok((
         ready.into_iter().map(|(o, _)| o).collect(),

@@ -69,7 +69,7 @@ impl<T> fmt::Debug for ObjectRef<T> {
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        crate::context::add_ref(self.cluster, self.id);
+        crate::local::add_ref(self.cluster, self.id);
         ObjectRef {
             id: self.id,
             cluster: self.cluster,
@@ -80,7 +80,7 @@ impl<T> Clone for ObjectRef<T> {
 
 impl<T> Drop for ObjectRef<T> {
     fn drop(&mut self) {
-        crate::context::release(self.cluster, self.id);
+        crate::local::release(self.cluster, self.id);
     }
 }
 
@@ -89,7 +89,7 @@ impl<T> Drop for ObjectRef<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Arg {
     /// A value, serialized with postcard.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The result of another task.
     Ref(ObjectId),
     /// The result of another task, whose reference the caller gave up with the argument: the
@@ -159,8 +159,8 @@ pub enum TaskError {
     WorkerDied {
         /// The task's Rust path.
         task: String,
-        /// The worker's id.
-        worker: String,
+        /// The worker's id in its job.
+        worker: u32,
         /// The worker's process id.
         pid: u32,
     },

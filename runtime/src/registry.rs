@@ -95,23 +95,33 @@ pub(crate) struct Registry {
     pub(crate) classes: HashMap<&'static str, &'static ActorClass>,
     pub(crate) methods: HashMap<&'static str, &'static ActorMethod>,
     pub(crate) fingerprint: u64,
+    /// Ids registered more than once (two versions of a crate in one binary, say): calls to them
+    /// could reach the wrong code, so `init` refuses to start.
+    pub(crate) duplicates: Vec<String>,
+}
+
+/// The entries of `items` by id, and the ids met more than once.
+fn by_id<T>(
+    items: impl IntoIterator<Item = &'static T>,
+    id: impl Fn(&T) -> &'static str,
+    duplicates: &mut Vec<String>,
+) -> HashMap<&'static str, &'static T> {
+    let mut map = HashMap::new();
+    for item in items {
+        if map.insert(id(item), item).is_some() {
+            duplicates.push(id(item).to_owned());
+        }
+    }
+    map
 }
 
 pub(crate) fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let functions: HashMap<_, _> = inventory::iter::<RemoteFunction>
-            .into_iter()
-            .map(|f| (f.id, f))
-            .collect();
-        let classes: HashMap<_, _> = inventory::iter::<ActorClass>
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect();
-        let methods: HashMap<_, _> = inventory::iter::<ActorMethod>
-            .into_iter()
-            .map(|m| (m.id, m))
-            .collect();
+        let mut duplicates = Vec::new();
+        let functions = by_id(inventory::iter::<RemoteFunction>, |f| f.id, &mut duplicates);
+        let classes = by_id(inventory::iter::<ActorClass>, |c| c.id, &mut duplicates);
+        let methods = by_id(inventory::iter::<ActorMethod>, |m| m.id, &mut duplicates);
         let mut ids: Vec<String> = functions
             .keys()
             .map(|id| format!("fn {id}"))
@@ -124,6 +134,7 @@ pub(crate) fn registry() -> &'static Registry {
             functions,
             classes,
             methods,
+            duplicates,
         }
     })
 }

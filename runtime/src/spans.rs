@@ -121,9 +121,9 @@ fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
 }
 
 /// The PRODUCER span of a submission; it ends when dropped, once the task is on its way.
-pub(crate) struct Submission(Option<Context>);
+pub(crate) struct ProducerSpan(Option<Context>);
 
-impl Drop for Submission {
+impl Drop for ProducerSpan {
     fn drop(&mut self) {
         if let Some(cx) = self.0.take() {
             cx.span().end();
@@ -134,9 +134,9 @@ impl Drop for Submission {
 /// Makes the PRODUCER span of a submission, child of the caller's current span, and puts its
 /// context into the envelope. The span covers the submission only: drop the returned value once
 /// the task is sent (its export then overlaps the task's run instead of delaying it).
-pub(crate) fn on_submit(spec: &mut TaskSpec) -> Submission {
+pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     if !enabled() {
-        return Submission(None);
+        return ProducerSpan(None);
     }
     let tracer = tracer();
     let span = tracer
@@ -148,11 +148,11 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> Submission {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&cx, &mut Carrier(&mut spec.trace_context));
     });
-    Submission(Some(cx))
+    ProducerSpan(Some(cx))
 }
 
 /// The CONSUMER span of an execution, current while the task runs.
-pub(crate) struct Execution {
+pub(crate) struct ConsumerSpan {
     span: Option<(Context, opentelemetry::ContextGuard)>,
     previous_task: Option<crate::ObjectId>,
 }
@@ -164,10 +164,10 @@ pub(crate) fn on_execute(
     name: &str,
     kind: &TaskKind,
     trace_context: &[(String, String)],
-) -> Execution {
+) -> ConsumerSpan {
     let previous_task = CURRENT_TASK.with(|t| t.replace(Some(id)));
     if !enabled() {
-        return Execution {
+        return ConsumerSpan {
             span: None,
             previous_task,
         };
@@ -183,19 +183,19 @@ pub(crate) fn on_execute(
         .start_with_context(&*tracer, &parent);
     let cx = parent.with_span(span);
     let guard = cx.clone().attach();
-    Execution {
+    ConsumerSpan {
         span: Some((cx, guard)),
         previous_task,
     }
 }
 
-impl Execution {
+impl ConsumerSpan {
     /// Records how the task ended (a panicked task's span gets status ERROR and an `exception`
     /// event) and leaves the task's context; the span ends when the returned value is dropped.
-    pub(crate) fn finish(self, panic_message: Option<&str>) -> Finished {
+    pub(crate) fn finish(self, panic_message: Option<&str>) -> FinishedConsumerSpan {
         CURRENT_TASK.with(|t| t.set(self.previous_task));
         let Some((cx, guard)) = self.span else {
-            return Finished(None);
+            return FinishedConsumerSpan(None);
         };
         drop(guard);
         let span = cx.span();
@@ -209,14 +209,14 @@ impl Execution {
             );
             span.set_status(Status::error(message.to_owned()));
         }
-        Finished(Some(cx))
+        FinishedConsumerSpan(Some(cx))
     }
 }
 
 /// A task's CONSUMER span, ended when dropped.
-pub(crate) struct Finished(Option<Context>);
+pub(crate) struct FinishedConsumerSpan(Option<Context>);
 
-impl Drop for Finished {
+impl Drop for FinishedConsumerSpan {
     fn drop(&mut self) {
         if let Some(cx) = self.0.take() {
             cx.span().end();

@@ -2,6 +2,10 @@
 //! frames over a Unix socket (embedded cluster) or TCP (standing cluster), a size cap checked before
 //! allocating, a handshake with magic, protocol version, registry fingerprint and (over TCP) the
 //! cluster token on every connection, and writes that batch what queues up.
+//!
+//! A message larger than a frame (a task's argument or result of gigabytes) travels as several
+//! frames, each but the last marked [`CONTINUED`]; the reader joins them, up to [`MAX_MESSAGE`].
+//! Task values are byte strings on the wire (`serde_bytes`): copied whole, not byte by byte.
 
 use crate::object::{Arg, ObjectId, TaskError};
 use serde::{Deserialize, Serialize};
@@ -15,9 +19,28 @@ use std::time::Duration;
 /// The first bytes of every connection.
 pub(crate) const MAGIC: [u8; 8] = *b"filament";
 /// Bumped on any incompatible change of the messages.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 /// No frame may be larger than this (1 GiB): a corrupt length is an error, not an allocation.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+/// The most a task's arguments (together) or its result may weigh: a message, less room for its
+/// envelope.
+pub(crate) const MAX_VALUE: usize = MAX_MESSAGE - (1 << 20);
+
+/// Why `bytes` of a task's `what` ("result", "arguments") cannot travel, if they cannot.
+pub(crate) fn check_value_size(bytes: usize, what: &str) -> Result<(), String> {
+    if bytes <= MAX_VALUE {
+        return Ok(());
+    }
+    Err(format!(
+        "its {what} of {bytes} bytes exceed the {MAX_VALUE} bytes a task's {what} may have"
+    ))
+}
+
+/// Set in a frame's length when more frames of the same message follow.
+const CONTINUED: u32 = 1 << 31;
+/// No message may be larger than this (16 GiB), whatever the frames it travels in: a task's
+/// arguments or its result beyond it fail with an error naming the size.
+pub(crate) const MAX_MESSAGE: usize = 16 << 30;
 /// No frame of a peer not yet trusted (before its hello and token are checked) may be larger than
 /// this: a stranger cannot make a process allocate much by announcing a large frame.
 pub(crate) const MAX_UNTRUSTED_FRAME: usize = 64 * 1024;
@@ -30,7 +53,6 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// A TCP connection, with Nagle's delay off (frames are small and latency matters).
     /// A TCP connection, with Nagle's delay off (frames are small and latency matters), and a
     /// peer whose machine vanished noticed within about 15–20 s, not hours: keepalive probes while
     /// the connection is quiet, and a limit on how long sent data may stay unacknowledged.
@@ -158,6 +180,7 @@ pub(crate) struct Execute {
     pub(crate) id: ObjectId,
     pub(crate) kind: TaskKind,
     pub(crate) name: String,
+    #[serde(with = "byte_strings")]
     pub(crate) args: Vec<Vec<u8>>,
     pub(crate) trace_context: Vec<(String, String)>,
 }
@@ -169,6 +192,10 @@ pub(crate) enum ToWorker {
     Welcome {
         hook: Option<String>,
         config: Vec<(String, String)>,
+        /// The driver's environment, where the hook reads what `config` lacks.
+        environment: Vec<(String, String)>,
+        /// Whether the worker sends its standard output and error to the driver.
+        forward_output: bool,
         job_id: String,
         node_id: String,
         cluster: u64,
@@ -180,6 +207,7 @@ pub(crate) enum ToWorker {
     Got {
         request: u64,
         /// Each object's id, task name and result.
+        #[serde(with = "named_results")]
         results: Vec<(ObjectId, String, Result<Vec<u8>, TaskError>)>,
     },
     /// Answer to [`ToDriver::Poll`]: which of the asked objects are done.
@@ -197,7 +225,8 @@ pub(crate) enum ToDriver {
         magic: [u8; 8],
         protocol: u32,
         fingerprint: u64,
-        /// The cluster token; empty on a Unix socket (whose folder only the user can enter).
+        /// The cluster token: a standing cluster's, or the one an embedded cluster's driver gave
+        /// its workers on their standard input.
         token: String,
         worker: u32,
         pid: u32,
@@ -206,6 +235,7 @@ pub(crate) enum ToDriver {
     HookStatus(Result<(), String>),
     Done {
         id: ObjectId,
+        #[serde(with = "byte_result")]
         result: Result<Vec<u8>, TaskError>,
     },
     Submit(TaskSpec),
@@ -224,45 +254,76 @@ pub(crate) enum ToDriver {
     /// A blocked task goes on.
     Unblocked,
     /// What the worker's tracing did so far (sent when it changed, at most twice a second).
-    Stats(TracingStats),
+    Stats(crate::status::ProcessTracing),
+    /// A line the worker wrote to its standard output (or error), prefixed with who wrote it.
+    Output {
+        stderr: bool,
+        line: String,
+    },
 }
 
-/// A process's tracing, as `filament status` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TracingStats {
-    /// `None`: no hook. `Some(Ok)`: loaded. `Some(Err)`: failed, and why.
-    pub(crate) hook: Option<Result<(), String>>,
-    /// Spans the plugins' processors took (or, if they count, say they exported).
-    pub(crate) exported: u64,
-    /// Spans lost: failed or panicking processor calls, and what the processors say they dropped.
-    pub(crate) dropped: u64,
-}
+/// `Vec<Vec<u8>>` as a sequence of byte strings.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
 
-impl TracingStats {
-    /// The counts of a process's tracing now.
-    pub(crate) fn of(reporter: Option<&crate::tracing::Reporter>) -> TracingStats {
-        let Some(reporter) = reporter else {
-            return TracingStats::default();
-        };
-        let mut stats = TracingStats {
-            hook: Some(Ok(())),
-            ..TracingStats::default()
-        };
-        for report in reporter.processors() {
-            stats.exported += if report.plugin.exported > 0 {
-                report.plugin.exported
-            } else {
-                report.delivered
-            };
-            stats.dropped += report.failures + report.plugin.dropped;
-        }
-        stats
+    pub(super) fn serialize<S: Serializer>(values: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(values.iter().map(|value| Bytes::new(value)))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let values = Vec::<ByteBuf>::deserialize(d)?;
+        Ok(values.into_iter().map(ByteBuf::into_vec).collect())
     }
 }
 
-/// Writes one frame into a buffer.
-/// Appends one frame to a buffer. On failure the buffer is as it was: frames queued before are
-/// kept whole.
+/// A task's result, its value a byte string.
+mod byte_result {
+    use crate::object::TaskError;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub(super) fn serialize<S: Serializer>(
+        result: &Result<Vec<u8>, TaskError>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        result.as_ref().map(|value| Bytes::new(value)).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Result<Vec<u8>, TaskError>, D::Error> {
+        Ok(Result::<ByteBuf, TaskError>::deserialize(d)?.map(ByteBuf::into_vec))
+    }
+}
+
+/// Results with their ids and task names, the values byte strings.
+mod named_results {
+    use crate::object::{ObjectId, TaskError};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    type Named = (ObjectId, String, Result<Vec<u8>, TaskError>);
+
+    pub(super) fn serialize<S: Serializer>(results: &[Named], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            results.iter().map(|(id, name, result)| {
+                (id, name, result.as_ref().map(|value| Bytes::new(value)))
+            }),
+        )
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Named>, D::Error> {
+        let results = Vec::<(ObjectId, String, Result<ByteBuf, TaskError>)>::deserialize(d)?;
+        Ok(results
+            .into_iter()
+            .map(|(id, name, result)| (id, name, result.map(ByteBuf::into_vec)))
+            .collect())
+    }
+}
+
+/// Appends one message to a buffer, as one frame or, past [`MAX_FRAME`], as several. On failure
+/// the buffer is as it was: frames queued before are kept whole.
 pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::Result<()> {
     /// Lets postcard append to a borrowed buffer.
     struct Append<'a>(&'a mut Vec<u8>);
@@ -278,15 +339,36 @@ pub(crate) fn encode_frame<T: Serialize>(message: &T, out: &mut Vec<u8>) -> io::
         return Err(io::Error::other(error));
     }
     let length = out.len() - start - 4;
-    if length > MAX_FRAME {
-        out.truncate(start);
-        return Err(io::Error::other(format!(
-            "message of {length} bytes exceeds the {MAX_FRAME}-byte frame limit"
-        )));
+    if length <= MAX_FRAME {
+        out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+        return Ok(());
     }
-    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+    if length > MAX_MESSAGE {
+        out.truncate(start);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a message of {length} bytes exceeds the {MAX_MESSAGE}-byte limit"),
+        ));
+    }
+    // Rare and large: copy the body once more, into frames.
+    let body = out.split_off(start + 4);
+    out.truncate(start);
+    out.reserve(body.len() + 4 * body.len().div_ceil(MAX_FRAME));
+    let mut frames = body.chunks(MAX_FRAME).peekable();
+    while let Some(frame) = frames.next() {
+        let more = if frames.peek().is_some() {
+            CONTINUED
+        } else {
+            0
+        };
+        out.extend_from_slice(&(frame.len() as u32 | more).to_le_bytes());
+        out.extend_from_slice(frame);
+    }
     Ok(())
 }
+
+/// The largest read buffer a reader keeps between messages.
+const MAX_KEPT_BUFFER: usize = 64 << 20;
 
 /// Reads frames from a stream.
 pub(crate) struct FrameReader {
@@ -323,24 +405,50 @@ impl FrameReader {
 
     /// The next message; `Ok(None)` at a clean end of stream.
     pub(crate) fn read<T: for<'de> Deserialize<'de>>(&mut self) -> io::Result<Option<T>> {
-        let mut length = [0u8; 4];
-        match self.reader.read_exact(&mut length) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e),
+        // A peer not trusted yet gets one small frame; a trusted one, frames up to a message.
+        let message_limit = if self.limit == MAX_FRAME {
+            MAX_MESSAGE
+        } else {
+            self.limit
+        };
+        self.buffer.clear();
+        loop {
+            let mut header = [0u8; 4];
+            match self.reader.read_exact(&mut header) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && self.buffer.is_empty() => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
+            let header = u32::from_le_bytes(header);
+            let length = (header & !CONTINUED) as usize;
+            if length > self.limit {
+                return Err(io::Error::other(format!(
+                    "frame of {length} bytes exceeds the {}-byte limit",
+                    self.limit
+                )));
+            }
+            let at = self.buffer.len();
+            if at + length > message_limit {
+                return Err(io::Error::other(format!(
+                    "a message of more than {message_limit} bytes exceeds the limit"
+                )));
+            }
+            self.buffer.resize(at + length, 0);
+            self.reader.read_exact(&mut self.buffer[at..])?;
+            if header & CONTINUED == 0 {
+                break;
+            }
         }
-        let length = u32::from_le_bytes(length) as usize;
-        if length > self.limit {
-            return Err(io::Error::other(format!(
-                "frame of {length} bytes exceeds the {}-byte limit",
-                self.limit
-            )));
-        }
-        self.buffer.resize(length, 0);
-        self.reader.read_exact(&mut self.buffer)?;
-        postcard::from_bytes(&self.buffer)
+        let message = postcard::from_bytes(&self.buffer)
             .map(Some)
-            .map_err(|e| io::Error::other(format!("undecodable message: {e}")))
+            .map_err(|e| io::Error::other(format!("undecodable message: {e}")));
+        // Do not hold on to the memory of a message of gigabytes.
+        if self.buffer.capacity() > MAX_KEPT_BUFFER {
+            self.buffer = Vec::new();
+        }
+        message
     }
 }
 

@@ -6,8 +6,9 @@ use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
 use crate::spin::Activity;
+use crate::status::ProcessTracing;
 use crate::wire::{
-    self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker, TracingStats,
+    self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
 };
 use crossbeam_channel::Sender;
 use std::any::Any;
@@ -35,7 +36,7 @@ pub(crate) struct WorkerCore {
     /// if it is a task it may run, runs it itself while another thread takes over reading (no
     /// hand-off between a reader and an executor on the way from the socket to the task).
     reader: Mutex<FrameReader>,
-    execution: Mutex<Execution>,
+    execution: Mutex<RunQueue>,
     /// Threads not running a task (reading, or waiting to read).
     idle: AtomicUsize,
     /// The actor this process hosts, once created.
@@ -56,7 +57,7 @@ pub(crate) struct WorkerCore {
 /// Which tasks run: at most `allowed` at once (1, plus one per task blocked in `get`; always 1 in
 /// an actor's process), the rest queued in arrival order.
 #[derive(Default)]
-struct Execution {
+struct RunQueue {
     queue: VecDeque<Execute>,
     running: usize,
     allowed: usize,
@@ -71,13 +72,62 @@ const STATS_INTERVAL: Duration = Duration::from_millis(500);
 /// Runs this process as worker `marker` (`<socket>:<id>` or `tcp:<host:port>:<id>`) and exits;
 /// never returns.
 pub(crate) fn run(marker: &str) -> ! {
-    match serve(marker) {
-        Ok(()) => std::process::exit(0),
-        Err(message) => {
-            eprintln!("filament worker: {message}");
-            std::process::exit(1);
-        }
+    let served = serve(marker);
+    // A driver killed (even by SIGKILL) cannot remove its socket's folder: its workers do.
+    if let Some((socket, _)) = marker.rsplit_once(':')
+        && !socket.starts_with("tcp:")
+    {
+        crate::socket_dir::remove_if_driver_gone(std::path::Path::new(socket));
     }
+    if let Err(message) = &served {
+        eprintln!("filament worker: {message}");
+    }
+    // What the worker printed last reaches the driver before the process ends.
+    crate::output::finish();
+    std::process::exit(if served.is_ok() { 0 } else { 1 })
+}
+
+/// The value of the worker marker for a worker that this process starts and that connects to
+/// `address` (`<socket>:<id>` or `tcp:<host:port>:<id>`): it names this process as the parent.
+pub(crate) fn marker_for(address: &str) -> String {
+    format!("{}@{address}", std::process::id())
+}
+
+/// This process's worker marker (its address part), if this process is a worker.
+///
+/// Every child inherits the variable, so the marker names the process that started the worker:
+/// a worker's parent is that process (or, if it died already, no longer an ancestor at all, and the
+/// worker finds no driver and exits). A program started from inside a task has it as an ancestor
+/// further up, through the worker: it runs as the ordinary program it is. (Removing the variable
+/// from the worker's environment would need `unsafe` in this crate, which forbids it.)
+pub(crate) fn marker() -> Option<String> {
+    let value = std::env::var(crate::driver::WORKER_ENV).ok()?;
+    let Some((parent, address)) = value
+        .split_once('@')
+        .and_then(|(parent, address)| Some((parent.parse::<u32>().ok()?, address)))
+    else {
+        // Malformed: a worker all the same, which says so and exits.
+        return Some(value);
+    };
+    let mut ancestors = std::iter::successors(parent_of(std::process::id()), |pid| parent_of(*pid));
+    match ancestors.next() {
+        Some(direct) if direct == parent => Some(address.to_owned()),
+        _ if ancestors.any(|pid| pid == parent) => None,
+        _ => Some(address.to_owned()),
+    }
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`; `None` past the first process.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid …; comm may hold spaces and parentheses.
+    let ppid: u32 = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    (ppid > 1).then_some(ppid)
 }
 
 fn serve(marker: &str) -> Result<(), String> {
@@ -85,35 +135,30 @@ fn serve(marker: &str) -> Result<(), String> {
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
         .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
-    // Started by a node of a standing cluster: its standard input is a pipe from the node, which
-    // gives the cluster token first, and whose end means the job ended or the node is gone.
-    let mut node_token = None;
-    if std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some() {
-        let mut line = String::new();
+    // The first line of standard input is the token: a standing cluster's node gives it (and the
+    // end of its pipe later means the job ended or the node is gone), and so does an embedded
+    // cluster's driver (the socket's folder is not the only wall).
+    let from_node = std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some();
+    let mut token = String::new();
+    if from_node || !socket.starts_with("tcp:") {
         std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| format!("reading the cluster token from the node: {e}"))?;
-        node_token = Some(line.trim().to_owned());
+            .read_line(&mut token)
+            .map_err(|e| format!("reading the cluster token: {e}"))?;
+        token = token.trim().to_owned();
     }
-    let (stream, token) = match socket.strip_prefix("tcp:") {
-        Some(address) => (
-            Conn::tcp(
-                address
-                    .parse()
-                    .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
-                    .and_then(|addr| {
-                        TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
-                            .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
-                    })?,
-            ),
-            node_token.clone().unwrap_or_default(),
+    let stream = match socket.strip_prefix("tcp:") {
+        Some(address) => Conn::tcp(
+            address
+                .parse()
+                .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
+                .and_then(|addr| {
+                    TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
+                        .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
+                })?,
         ),
-        None => (
-            Conn::Unix(
-                UnixStream::connect(socket)
-                    .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
-            ),
-            String::new(),
+        None => Conn::Unix(
+            UnixStream::connect(socket)
+                .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
         ),
     };
     wire::write_message(
@@ -132,22 +177,38 @@ fn serve(marker: &str) -> Result<(), String> {
     let mut reader = FrameReader::new(stream);
     // Its own driver, whose address it was given.
     reader.trust();
-    let (hook, config, job_id, node_id, cluster) = match reader.read::<ToWorker>() {
-        Ok(Some(ToWorker::Welcome {
-            hook,
-            config,
-            job_id,
-            node_id,
-            cluster,
-        })) => (hook, config, job_id, node_id, cluster),
-        Ok(Some(ToWorker::Refused(reason))) => {
-            return Err(format!("refused by the driver: {reason}"));
-        }
-        other => return Err(format!("no welcome from the driver: {other:?}")),
-    };
+    let (hook, config, environment, forward_output, job_id, node_id, cluster) =
+        match reader.read::<ToWorker>() {
+            Ok(Some(ToWorker::Welcome {
+                hook,
+                config,
+                environment,
+                forward_output,
+                job_id,
+                node_id,
+                cluster,
+            })) => (
+                hook,
+                config,
+                environment,
+                forward_output,
+                job_id,
+                node_id,
+                cluster,
+            ),
+            Ok(Some(ToWorker::Refused(reason))) => {
+                return Err(format!("refused by the driver: {reason}"));
+            }
+            other => return Err(format!("no welcome from the driver: {other:?}")),
+        };
     let outbox = Outbox::new(write_half);
     // A node's worker belongs to that node, not the driver's machine.
     let node_id = std::env::var(crate::cluster::node::NODE_ID_ENV).unwrap_or(node_id);
+    // From here on what this process prints goes to the driver (the hook's words included).
+    if forward_output {
+        crate::output::forward(&outbox, worker, &node_id)
+            .map_err(|e| format!("cannot forward the worker's output: {e}"))?;
+    }
 
     let worker_id = format!("{worker}");
     let mut tracing_guard = None;
@@ -156,7 +217,8 @@ fn serve(marker: &str) -> Result<(), String> {
             .role(crate::tracing::ProcessRole::Worker)
             .job_id(job_id.clone())
             .node_id(node_id.clone())
-            .worker_id(worker_id.clone());
+            .worker_id(worker_id.clone())
+            .environment(environment);
         for (key, value) in config {
             tracing = tracing.config(key, value);
         }
@@ -185,9 +247,9 @@ fn serve(marker: &str) -> Result<(), String> {
         next_request: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
         reader: Mutex::new(reader),
-        execution: Mutex::new(Execution {
+        execution: Mutex::new(RunQueue {
             allowed: 1,
-            ..Execution::default()
+            ..RunQueue::default()
         }),
         idle: AtomicUsize::new(0),
         actor: Mutex::new(None),
@@ -198,8 +260,8 @@ fn serve(marker: &str) -> Result<(), String> {
         exporting: AtomicUsize::new(0),
         activity: Activity::new(),
     });
-    crate::context::set(Some(crate::context::Context::Worker(Arc::clone(&core))));
-    if node_token.is_some() {
+    crate::local::set(Some(crate::local::LocalRuntime::Worker(Arc::clone(&core))));
+    if from_node {
         // The node closed the pipe: the job ended, or the node is gone. The worker stops as when
         // its driver says so, flushing its spans (the node kills it if that takes too long).
         let watching = Arc::clone(&core);
@@ -220,8 +282,8 @@ fn serve(marker: &str) -> Result<(), String> {
     let reporter = tracing_guard
         .as_ref()
         .filter(|_| attached)
-        .map(|g| g.reporter());
-    let mut reported = TracingStats::default();
+        .map(|g| g.report_handle());
+    let mut reported = ProcessTracing::of(None);
     let (stopped, changed) = &core.stopped;
     let mut done = stopped.lock().unwrap_or_else(|p| p.into_inner());
     while !*done {
@@ -230,7 +292,7 @@ fn serve(marker: &str) -> Result<(), String> {
             .unwrap_or_else(|p| p.into_inner())
             .0;
         if reporter.is_some() {
-            let stats = TracingStats::of(reporter.as_ref());
+            let stats = ProcessTracing::of(reporter.as_ref());
             if stats != reported {
                 core.outbox.send(ToDriver::Stats(stats.clone()));
                 reported = stats;
@@ -240,7 +302,7 @@ fn serve(marker: &str) -> Result<(), String> {
     drop(done);
     // Tasks whose results went out may still be ending their spans: let them, briefly.
     let deadline = Instant::now() + Duration::from_secs(1);
-    let mut execution = core.lock_execution();
+    let mut execution = core.lock_run_queue();
     while (execution.running > 0 || core.exporting.load(Ordering::Acquire) > 0)
         && Instant::now() < deadline
     {
@@ -252,13 +314,13 @@ fn serve(marker: &str) -> Result<(), String> {
     }
     drop(execution);
 
-    crate::context::set(None);
+    crate::local::set(None);
     if let Some(guard) = tracing_guard {
         let _ = guard.shutdown();
         // The last word on this process's spans, flushed ones included.
         if reporter.is_some() {
             core.outbox
-                .send(ToDriver::Stats(TracingStats::of(reporter.as_ref())));
+                .send(ToDriver::Stats(ProcessTracing::of(reporter.as_ref())));
         }
     }
     Ok(())
@@ -297,7 +359,7 @@ impl WorkerCore {
                     }
                     // Claimed or queued before the next reader can read the next task: tasks
                     // start in the order they arrived (an actor's calls, after its creation).
-                    let mut execution = self.lock_execution();
+                    let mut execution = self.lock_run_queue();
                     if execution.running < execution.allowed && execution.queue.is_empty() {
                         execution.running += 1;
                         drop(execution);
@@ -339,13 +401,13 @@ impl WorkerCore {
         changed.notify_all();
     }
 
-    fn lock_execution(&self) -> std::sync::MutexGuard<'_, Execution> {
+    fn lock_run_queue(&self) -> std::sync::MutexGuard<'_, RunQueue> {
         self.execution.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The next queued task, if one may run now (it then counts as running).
     fn claim_queued(&self) -> Option<Execute> {
-        let mut execution = self.lock_execution();
+        let mut execution = self.lock_run_queue();
         if execution.running < execution.allowed {
             let task = execution.queue.pop_front()?;
             execution.running += 1;
@@ -384,7 +446,7 @@ impl WorkerCore {
         // The task is over: the next one may start (an actor's next call included) while this
         // thread ends and exports the span, and the result travels.
         self.exporting.fetch_add(1, Ordering::AcqRel);
-        self.lock_execution().running -= 1;
+        self.lock_run_queue().running -= 1;
         self.idle.fetch_add(1, Ordering::AcqRel);
         drop(span);
         self.exporting.fetch_sub(1, Ordering::AcqRel);
@@ -397,7 +459,7 @@ impl WorkerCore {
 
     /// Runs a task; returns its result and its still open CONSUMER span, which the caller ends
     /// once the result is on its way.
-    fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::Finished) {
+    fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::FinishedConsumerSpan) {
         let execution = spans::on_execute(task.id, &task.name, &task.kind, &task.trace_context);
         let name = task.name.as_str();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -415,6 +477,7 @@ impl WorkerCore {
                 TaskKind::CreateActor { class, .. } => match registry().classes.get(class.as_str())
                 {
                     Some(c) => {
+                        crate::output::hosting_actor(class);
                         let instance = (c.construct)(args)?;
                         *self.actor.lock().unwrap_or_else(|p| p.into_inner()) = Some(instance);
                         crate::object::encode(&()).map_err(|message| TaskError::Invalid {
@@ -454,6 +517,14 @@ impl WorkerCore {
             }
         }));
         match outcome {
+            Ok(Ok(value)) if let Err(message) = wire::check_value_size(value.len(), "result") => {
+                let error = TaskError::Invalid {
+                    task: name.to_owned(),
+                    message,
+                };
+                let finished = execution.finish(Some(&error.to_string()));
+                (Err(error), finished)
+            }
             Ok(result) => (result, execution.finish(None)),
             Err(payload) => {
                 let message = filament_plugin_api::processor::panic_message(&*payload);
@@ -520,7 +591,7 @@ impl WorkerCore {
         let actor = self.hosts_actor.load(Ordering::Relaxed);
         let mut queued = false;
         if !actor {
-            let mut execution = self.lock_execution();
+            let mut execution = self.lock_run_queue();
             execution.allowed += 1;
             queued = !execution.queue.is_empty();
             drop(execution);
@@ -534,7 +605,7 @@ impl WorkerCore {
         }
         let result = wait();
         if !actor {
-            self.lock_execution().allowed -= 1;
+            self.lock_run_queue().allowed -= 1;
             self.outbox.send(ToDriver::Unblocked);
         }
         result

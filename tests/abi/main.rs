@@ -54,11 +54,16 @@ fn a_header_that_describes_another_function_is_refused() {
 /// one field of the span record, in a target directory of their own (the cfg must not leak into the
 /// workspace's build). Returns the library's path.
 fn build_mismatched_plugin() -> PathBuf {
+    build_test_hooks_with_cfg("filament_abi_mismatch_test", "abi-mismatch")
+}
+
+/// Builds the test hooks with `--cfg <cfg>` in `target/tmp/<dir>`. Returns the library's path.
+fn build_test_hooks_with_cfg(cfg: &str, dir: &str) -> PathBuf {
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("abi-mismatch");
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let rustflags = format!(
-        "{} --cfg filament_abi_mismatch_test",
+        "{} --cfg {cfg}",
         std::env::var("RUSTFLAGS").unwrap_or_default()
     );
     let status = Command::new(cargo)
@@ -75,7 +80,10 @@ fn build_mismatched_plugin() -> PathBuf {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building the mismatched plugin failed");
+    assert!(
+        status.success(),
+        "building the test hooks with --cfg {cfg} failed"
+    );
     target.join("debug").join("libfilament_test_hooks.so")
 }
 
@@ -105,4 +113,25 @@ fn a_hook_built_against_an_incompatible_plugin_api_is_refused_with_a_short_cause
         message.lines().count() == 1 && message.len() < 600,
         "short: {message}"
     );
+}
+
+/// A hook built against ABI 1.0 (whose span processors have no `failed` method, appended in 1.1)
+/// keeps loading in this host, and its processor is called.
+#[test]
+fn a_hook_built_against_an_older_minor_version_is_accepted_and_runs() {
+    let library = build_test_hooks_with_cfg("filament_abi_1_0_test", "abi-1-0");
+    let hooks = format!("{}:on_end_panics", library.display());
+    let guard = Tracing::new(&hooks)
+        .build()
+        .unwrap_or_else(|e| panic!("an ABI 1.0 hook was refused: {e}"));
+    let tracer = opentelemetry::trace::TracerProvider::tracer(guard.provider().unwrap(), "abi");
+    opentelemetry::trace::Tracer::in_span(&tracer, "one", |_| {});
+    let reports = guard.processors();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].name, "panicking-processor");
+    assert_eq!(
+        reports[0].failures, 1,
+        "the host called the old plugin's on_end, which panicked: {reports:?}"
+    );
+    guard.shutdown().unwrap();
 }

@@ -236,6 +236,15 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     let cluster = Cluster::new();
     cluster.start_head(Some(LOCAL_FILE), 2);
     let head_pid = cluster.session_file("daemon.pid").parse::<u32>().unwrap();
+    // The head ran the hook to check it, and records no span: no file of its own.
+    assert!(
+        !cluster
+            .spans
+            .path()
+            .join(format!("{head_pid}.json"))
+            .exists(),
+        "the head left a span file"
+    );
 
     // A task: a PRODUCER in the driver's file, its CONSUMER in a worker's.
     let run = cluster.run_program(&["one-task"], &[]).ok();
@@ -254,6 +263,11 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     let head_node = status["nodes"][0]["node_id"].as_str().unwrap();
     assert_eq!(
         attr(consumer, "filament.node_id"),
+        &Value::StringValue(head_node.to_owned())
+    );
+    // The driver runs on the head's machine: one node id for the whole job.
+    assert_eq!(
+        attr(producer, "filament.node_id"),
         &Value::StringValue(head_node.to_owned())
     );
     assert_eq!(
@@ -544,7 +558,7 @@ fn two_nodes_run_one_trace() {
     let actor_nodes: BTreeSet<String> = run
         .all()
         .iter()
-        .filter(|s| s.name() == "Counter::incr filament.remote_worker")
+        .filter(|s| s.name() == "cluster_program::Counter::incr filament.remote_worker")
         .map(|s| format!("{:?}", attr(s, "filament.node_id")))
         .collect();
     assert_eq!(
@@ -621,6 +635,36 @@ fn a_broken_hook_at_start_starts_nothing() {
             .count();
         assert_eq!(sessions, 0, "{hook}: a session folder was left");
     }
+}
+
+#[test]
+fn a_hook_whose_setup_blocks_fails_start_at_its_deadline_pointing_at_a_log_that_exists() {
+    let cluster = Cluster::new();
+    let started = Instant::now();
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0"])
+        .args(["--tracing-startup-hook", "filament_test_hooks:setup_blocks"])
+        .env("FILAMENT_HOOK_SETUP_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}", output_text(&output));
+    assert!(
+        stderr
+            .contains("hook \"filament_test_hooks:setup_blocks\": setup did not return within 1s"),
+        "{stderr}"
+    );
+    // Within the deadline and a little, not `start`'s own minute.
+    assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
+    let log = stderr
+        .split("(the daemon's log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no log named in: {stderr}"));
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{log}: {e}"));
+    assert!(text.contains("setup did not return within 1s"), "{text}");
+    assert_eq!(cluster.daemon_pids(), Vec::new(), "a daemon was left");
 }
 
 #[test]
@@ -904,6 +948,82 @@ fn a_job_is_configured_by_its_driver_not_by_the_daemons() {
 }
 
 #[test]
+fn every_process_of_a_job_reads_its_drivers_configuration_whatever_the_key() {
+    let cluster = Cluster::new();
+    let reports = tempfile::tempdir().unwrap();
+    // The head's own values, for a key without a job prefix.
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args([
+            "--tracing-startup-hook",
+            "filament_test_hooks:reports_process",
+        ])
+        .env("FILAMENT_TEST_REPORT", reports.path().join("head.txt"))
+        .env("NEWCOMER_OUT", "head.txt")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", output_text(&output));
+
+    // Two drivers at once, each with its own values.
+    let drivers: Vec<(&str, Child)> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let child = cluster
+                .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+                .arg("one-task")
+                .env("FILAMENT_ADDRESS", "auto")
+                .env("TEST_WORKERS", "1")
+                .env(
+                    "FILAMENT_TEST_REPORT",
+                    reports.path().join(format!("{name}.txt")),
+                )
+                .env("NEWCOMER_OUT", format!("{name}-attached.txt"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (name, child)
+        })
+        .collect();
+    for (name, child) in drivers {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "driver {name}: {}",
+            output_text(&output)
+        );
+        let report = std::fs::read_to_string(reports.path().join(format!("{name}.txt"))).unwrap();
+        let roles: BTreeSet<&str> = report
+            .lines()
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix("role="))
+            })
+            .collect();
+        assert_eq!(roles, BTreeSet::from(["driver", "worker"]), "{report}");
+        assert!(
+            report
+                .lines()
+                .all(|line| line.ends_with(&format!(" newcomer={name}-attached.txt"))),
+            "driver {name}'s job read another's value:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn what_an_attached_jobs_workers_print_reaches_its_driver() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let run = cluster.run_program(&["prints"], &[]).ok();
+    filament_tests::assert_worker_output_forwarded(&run);
+    // Not in the head's log, where it used to end.
+    let log = std::fs::read_to_string(cluster.temp.path().join("session_latest/logs/daemon.log"))
+        .unwrap();
+    assert!(!log.contains("hello from a task"), "{log}");
+}
+
+#[test]
 fn a_node_killed_mid_run_fails_its_tasks_only() {
     let cluster = Cluster::new();
     let address = cluster.start_head(Some(LOCAL_FILE), 2);
@@ -993,6 +1113,47 @@ fn a_worker_killed_mid_run_is_replaced() {
 }
 
 #[test]
+fn a_head_lost_while_init_waits_for_workers_fails_init_as_cluster_lost() {
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 1);
+    let head_pid: u32 = cluster.session_file("daemon.pid").parse().unwrap();
+    // The job's one worker hangs before it connects: `init` waits for it (a minute at most).
+    let child = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .args(["one-task"])
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("TEST_WORKERS", "1")
+        .env("FILAMENT_TEST_STALL_WORKER", "1")
+        .env("TEST_WORKER_START_TIMEOUT_MS", "60000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The driver attached once the head lists its job.
+    wait_until("the driver attaches", Duration::from_secs(20), || {
+        cluster.status()["jobs"]
+            .as_array()
+            .is_some_and(|jobs| !jobs.is_empty())
+    });
+    let killed = Instant::now();
+    kill(head_pid);
+    let output = child.wait_with_output().unwrap();
+    let run = Run::new(output, cluster.spans.path());
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert_eq!(run.value("init_error"), "cluster-lost", "{:?}", run.output);
+    assert!(
+        String::from_utf8_lossy(&run.output.stderr).contains("is gone"),
+        "{:?}",
+        run.output
+    );
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    // The stalled worker was the head's child: it does not outlive the test.
+    for pid in group_members(head_pid) {
+        kill(pid);
+    }
+}
+
+#[test]
 fn drivers_hear_of_a_dead_head_within_seconds() {
     let cluster = Cluster::new();
     cluster.start_head(Some(LOCAL_FILE), 2);
@@ -1026,4 +1187,144 @@ fn drivers_hear_of_a_dead_head_within_seconds() {
     wait_until("the head's workers end", Duration::from_secs(5), || {
         group_members(head_pid).is_empty()
     });
+}
+
+#[test]
+fn an_installed_plugin_is_found_by_its_bare_name_from_a_program_outside_the_checkout() {
+    use filament::plugin_api::hook::{ABI_MAJOR, ABI_MINOR};
+    let data = tempfile::tempdir().unwrap();
+    let plugins = |args: &[&str]| {
+        Command::new(filament_bin())
+            .args(args)
+            .env("XDG_DATA_HOME", data.path())
+            .env_remove("FILAMENT_PLUGIN_PATH")
+            .output()
+            .unwrap()
+    };
+    let library = filament_tests::plugin_path("filament_local_file");
+    let installed = plugins(&["plugins", "install", library.to_str().unwrap()]);
+    assert!(installed.status.success(), "{}", output_text(&installed));
+    let home = data.path().join("filament/plugins");
+    assert!(home.join("libfilament_local_file.so").is_file());
+
+    let listed = plugins(&["plugins", "list"]);
+    assert!(listed.status.success(), "{}", output_text(&listed));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&format!(
+            "filament_local_file:setup_tracing  ABI {ABI_MAJOR}.{ABI_MINOR}  loads"
+        )),
+        "{text}"
+    );
+
+    // A program elsewhere, with no plugin beside it: the bare name is found in the plugin home.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let program = elsewhere.path().join("traced-program");
+    std::fs::copy(env!("CARGO_BIN_EXE_traced-program"), &program).unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    let output = Command::new(&program)
+        .args([
+            "--hooks",
+            "filament_local_file:setup_tracing",
+            "--spans",
+            "3",
+        ])
+        .env("XDG_DATA_HOME", data.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env_remove("FILAMENT_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let files = read_spans_dir(spans.path());
+    assert_eq!(files.values().map(Vec::len).sum::<usize>(), 3);
+
+    // Something that is not a plugin is refused, and nothing is installed.
+    let not_a_plugin = elsewhere.path().join("libnotes.so");
+    std::fs::write(&not_a_plugin, "notes").unwrap();
+    let refused = plugins(&["plugins", "install", not_a_plugin.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a shared object"),
+        "{}",
+        output_text(&refused)
+    );
+    assert!(!home.join("libnotes.so").exists());
+}
+
+#[test]
+fn strangers_holding_or_dripping_connections_lock_nobody_out_of_the_head() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let cluster = Cluster::new();
+    // A head with few file descriptors: 400 strangers would take them all.
+    let output = cluster
+        .command(Path::new("sh"))
+        .args(["-c", "ulimit -n 256; exec \"$0\" \"$@\""])
+        .arg(filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args(["--tracing-startup-hook", LOCAL_FILE])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "start: {}", output_text(&output));
+    let address = cluster.session_file("address");
+
+    let started = Instant::now();
+    let held: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(&address).ok())
+        .collect();
+    assert!(held.len() > 300, "{} connections", held.len());
+    // Slowloris: a frame announced, then a byte every 300 ms.
+    let drippers: Vec<_> = (0..10)
+        .map(|_| {
+            let address = address.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&address).unwrap();
+                let dripped = Instant::now();
+                let mut ok = stream.write_all(&200u32.to_le_bytes()).is_ok();
+                while ok && dripped.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(300));
+                    ok = stream.write_all(b"x").is_ok();
+                }
+                dripped.elapsed()
+            })
+        })
+        .collect();
+
+    // Meanwhile the cluster serves: status, and a real driver.
+    cluster.status();
+    let run = cluster.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+
+    // The drippers were cut off at the deadline, long before they were done.
+    for dripper in drippers {
+        let lasted = dripper.join().unwrap();
+        assert!(
+            lasted < Duration::from_secs(9),
+            "a dripper lasted {lasted:?}"
+        );
+    }
+    // Every held connection is closed by now.
+    let deadline = started + Duration::from_secs(8);
+    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    for mut stream in held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a stranger's connection is still open after 8 s: {e}"),
+            Ok(_) => panic!("the head sent a stranger something"),
+        }
+    }
+    // And the log stayed short: a few lines a second, the rest summed up.
+    let log = std::fs::read_to_string(cluster.temp.path().join("session_latest/logs/daemon.log"))
+        .unwrap();
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("cut off") || l.contains("refused"))
+        .count();
+    assert!(refusals < 120, "{refusals} lines:\n{log}");
+    assert!(log.contains("were not logged"), "{log}");
 }

@@ -151,6 +151,85 @@ fn unreadable_library_is_refused_with_the_cause() {
     assert!(error.to_string().contains(&hooks), "{error}");
 }
 
+/// `check(hooks)` on a thread of its own, so that a hang fails the test instead of stalling it.
+fn check_within(hooks: &str, limit: Duration) -> Result<(), HookError> {
+    let (done, answer) = std::sync::mpsc::channel();
+    let hooks = hooks.to_owned();
+    std::thread::spawn(move || {
+        let _ = done.send(tracing::check(&hooks).map(|_| ()));
+    });
+    answer
+        .recv_timeout(limit)
+        .expect("checking the hook returned in time")
+}
+
+#[test]
+fn a_fifo_given_as_the_library_is_refused_without_opening_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("libfifo.so");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let hooks = format!("{}:setup_tracing", fifo.display());
+    // Opening a FIFO for reading blocks until a writer comes: no one ever will.
+    let error = check_within(&hooks, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(error, HookError::LoadFailed { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .contains("it is a FIFO, not a shared object"),
+        "{error}"
+    );
+    // A link to it is refused the same way.
+    let link = dir.path().join("liblink.so");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let error = check_within(
+        &format!("{}:setup_tracing", link.display()),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("it is a FIFO"), "{error}");
+}
+
+#[test]
+fn a_hook_whose_setup_blocks_fails_at_its_deadline_naming_the_hook() {
+    let hooks = test_hooks("setup_blocks");
+    let started = Instant::now();
+    let error = match Tracing::new(&hooks)
+        .setup_timeout(Duration::from_millis(300))
+        .build()
+    {
+        Ok(_) => panic!("a blocking hook was accepted"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(error, HookError::SetupTimeout { ref hook, timeout } if *hook == hooks && timeout == Duration::from_millis(300)),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("setup did not return within 300ms"),
+        "{error}"
+    );
+    // Not the hook's hour: the deadline, and a little.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_malformed_setup_deadline_is_an_error_naming_the_variable() {
+    let output = traced_program(LOCAL_FILE, &[("FILAMENT_HOOK_SETUP_TIMEOUT", "soon")], &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("FILAMENT_HOOK_SETUP_TIMEOUT=\"soon\" is not valid"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_shared_object_is_refused_with_the_loaders_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -319,7 +398,7 @@ fn the_handle_tells_the_hook_about_its_process_and_configuration() {
     assert_eq!(
         std::fs::read_to_string(&report).unwrap(),
         format!(
-            "pid={} role=worker job=job-7 node=node-1 worker=worker-3 greeting=hello\n",
+            "pid={} role=worker job=job-7 node=node-1 worker=worker-3 greeting=hello newcomer=\n",
             std::process::id()
         )
     );
@@ -333,11 +412,8 @@ fn configuring_the_provider_twice_keeps_the_first_and_warns() {
     let guard = with_spans_dir(&hooks, dir.path()).build().unwrap();
     make_spans(&guard, 5);
     guard.shutdown().unwrap();
-    assert_eq!(
-        read_span_file(&own_span_file(dir.path())).len(),
-        0,
-        "always_off, the first configuration, is in force"
-    );
+    // always_off, the first configuration, is in force: no span, and so no file left.
+    assert!(!own_span_file(dir.path()).exists());
 
     let output = traced_program(
         &hooks,
@@ -454,6 +530,8 @@ fn a_panicking_processor_is_reported_once_on_standard_error() {
         .filter(|l| l.contains("failed in on_end"))
         .count();
     assert_eq!(reports, 1, "{stderr}");
+    // The panics themselves print once too, not once per span; the count stays exact.
+    assert_eq!(stderr.matches("panicked at").count(), 1, "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("processor \"panicking-processor\" delivered=0 failures=50"),
@@ -611,4 +689,37 @@ fn the_hook_template_writes_one_line_per_span() {
         lines[0].starts_with(&format!("[pid {}] span-0 Internal ", std::process::id())),
         "{text}"
     );
+}
+
+#[test]
+fn the_hook_templates_file_keeps_every_line_whole_across_a_four_worker_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("console.txt");
+    let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .args(["many", "2000"])
+        .env(
+            "FILAMENT_TRACING_STARTUP_HOOK",
+            "filament_hook_template:setup_tracing",
+        )
+        .env("CONSOLE_SPANS_FILE", &out)
+        .env("TEST_WORKERS", "4")
+        .env_remove("FILAMENT_ADDRESS")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    // Five processes append to one file: no line truncated away, none glued to another.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4000, "2,000 PRODUCER and 2,000 CONSUMER spans");
+    assert!(
+        lines.iter().all(|line| line.starts_with("[pid ")
+            && line.matches("[pid ").count() == 1
+            && line.contains(" trace=")),
+        "a line is not whole"
+    );
+    let pids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|line| line.split(']').next().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 5, "the driver and four workers: {pids:?}");
 }

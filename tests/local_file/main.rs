@@ -283,3 +283,215 @@ fn spans_go_to_tmp_spans_by_default() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].name(), "span-0");
 }
+
+/// The `key=value` counts of the local-file processor's report line of `traced-program`.
+fn local_file_report(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("processor \"local-file"))
+        .unwrap_or_else(|| panic!("no report in {stdout}"));
+    let value = |key: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+    };
+    (value("exported="), value("dropped="))
+}
+
+#[test]
+fn a_full_disk_never_leaves_half_a_line_and_counts_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file size limit stands in for a full disk: the write that crosses it is short, the next
+    // ones fail. (SIGXFSZ is ignored so that the process sees the errors instead of dying.)
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -f 64; trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_traced-program"))
+        .args(["--hooks", LOCAL_FILE, "--spans", "200"])
+        .env("FILAMENT_SPANS_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (exported, dropped) = local_file_report(&stdout);
+    assert_eq!(exported + dropped, 200, "{stdout}");
+    assert!(exported > 0 && dropped > 0, "{stdout}");
+    // Every line whole (read_span_file panics on any that is not), one per exported span.
+    let files = read_spans_dir(dir.path());
+    let lines: usize = files.values().map(Vec::len).sum();
+    assert_eq!(lines as u64, exported);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("filament_local_file: cannot write spans")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_span_file_deleted_mid_run_is_made_again_and_what_went_to_it_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spans_dir = dir.path().join("spans");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_traced-program"))
+        .args([
+            "--hooks",
+            LOCAL_FILE,
+            "--spans",
+            "40",
+            "--interval-ms",
+            "100",
+        ])
+        .env("FILAMENT_SPANS_DIR", &spans_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0);
+        printed.push_str(&line);
+        if line.trim() == "ended=9" {
+            break;
+        }
+    }
+    // Ten spans are in the file: the whole folder goes.
+    std::fs::remove_dir_all(&spans_dir).unwrap();
+    std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (exported, dropped) = local_file_report(&printed);
+    assert_eq!(exported + dropped, 40, "{printed}");
+
+    let files = read_spans_dir(&spans_dir);
+    let spans: Vec<_> = files.values().flatten().collect();
+    let made_again = spans.len() as u64;
+    assert!(made_again > 0, "the file was made again: {printed}");
+    // The new file holds the last spans, in order, with no gap.
+    let names: Vec<String> = spans.iter().map(|s| s.name().to_owned()).collect();
+    let expected: Vec<String> = (40 - made_again..40).map(|i| format!("span-{i}")).collect();
+    assert_eq!(names, expected);
+    // What went to the deleted file after it was deleted is counted as dropped (and possibly a
+    // few lines from just before, in the same second): never counted as exported.
+    assert!(dropped >= 40 - 10 - made_again, "{printed}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("was deleted").count(), 1, "{stderr}");
+}
+
+/// The error `local_file(dir)` fails with.
+fn refused_in(dir: &Path) -> String {
+    match local_file(dir).build() {
+        Ok(_) => panic!("spans were let into {}", dir.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// The uid of `nobody`, for files and folders another user planted (these tests run as root in CI;
+/// as another user, `chown` fails and they say so).
+const NOBODY: u32 = 65534;
+
+fn plant_as_nobody(path: &Path) -> bool {
+    match std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)) {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("skipped: cannot give {} to nobody: {error}", path.display());
+            false
+        }
+    }
+}
+
+#[test]
+fn a_link_planted_at_the_span_files_name_is_refused_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, own_file(dir.path())).unwrap();
+    let error = refused_in(dir.path());
+    assert!(
+        error.contains("it is a symbolic link: refusing to follow it"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}
+
+#[test]
+fn a_fifo_planted_at_the_span_files_name_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new("mkfifo")
+        .arg(own_file(dir.path()))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (done, answer) = std::sync::mpsc::channel();
+    let path = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let _ = done.send(refused_in(&path));
+    });
+    let error = answer
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("setup returned instead of waiting for a reader");
+    assert!(
+        error.contains("not a regular file") || error.contains("No such device"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_spans_folder_others_may_write_without_the_sticky_bit_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let error = refused_in(dir.path());
+    assert!(
+        error.contains(
+            "others may write it (mode 777) and it is not sticky; `chmod go-w` or `chmod +t` it"
+        ),
+        "{error}"
+    );
+    // Sticky, as /tmp is: fine.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    local_file(dir.path()).build().unwrap().shutdown().unwrap();
+}
+
+#[test]
+fn a_spans_folder_or_file_of_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    if !plant_as_nobody(&theirs) {
+        return;
+    }
+    let error = refused_in(&theirs);
+    assert!(
+        error.contains(&format!("it belongs to user {NOBODY}")),
+        "{error}"
+    );
+
+    let file = own_file(dir.path());
+    std::fs::write(&file, "").unwrap();
+    assert!(plant_as_nobody(&file));
+    let error = refused_in(dir.path());
+    assert!(
+        error.contains(&format!("it belongs to user {NOBODY}, not to this user")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_process_that_recorded_no_span_leaves_no_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path()).build().unwrap();
+    assert!(
+        own_file(dir.path()).exists(),
+        "opened at setup, to fail early"
+    );
+    guard.shutdown().unwrap();
+    assert!(!own_file(dir.path()).exists());
+    // A file that was there before (a reused pid) is never removed, even empty.
+    std::fs::write(own_file(dir.path()), "").unwrap();
+    local_file(dir.path()).build().unwrap().shutdown().unwrap();
+    assert!(own_file(dir.path()).exists());
+}

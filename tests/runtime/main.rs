@@ -133,16 +133,16 @@ fn creating_an_actor_and_calling_it_once_makes_four_spans() {
     assert_eq!(
         run.names(),
         [
-            "Counter::incr filament.remote",
-            "Counter::incr filament.remote_worker",
-            "Counter::new filament.remote",
-            "Counter::new filament.remote_worker",
+            "cluster_program::Counter::incr filament.remote",
+            "cluster_program::Counter::incr filament.remote_worker",
+            "cluster_program::Counter::new filament.remote",
+            "cluster_program::Counter::new filament.remote_worker",
         ]
     );
-    let (_, create) = run.span("Counter::new filament.remote");
-    let (actor_pid, created) = run.span("Counter::new filament.remote_worker");
-    let (_, call) = run.span("Counter::incr filament.remote");
-    let (call_pid, called) = run.span("Counter::incr filament.remote_worker");
+    let (_, create) = run.span("cluster_program::Counter::new filament.remote");
+    let (actor_pid, created) = run.span("cluster_program::Counter::new filament.remote_worker");
+    let (_, call) = run.span("cluster_program::Counter::incr filament.remote");
+    let (call_pid, called) = run.span("cluster_program::Counter::incr filament.remote_worker");
     assert_child_of(created, create);
     assert_child_of(called, call);
     assert_ne!(
@@ -153,13 +153,28 @@ fn creating_an_actor_and_calling_it_once_makes_four_spans() {
     assert_eq!(actor_pid, call_pid, "the actor lives in one process");
     for span in [create, created, call, called] {
         assert_eq!(attr(span, "filament.remote"), &string("actor"));
-        assert_eq!(attr(span, "filament.actor_class"), &string("Counter"));
+        assert_eq!(
+            attr(span, "filament.actor_class"),
+            &string("cluster_program::Counter")
+        );
     }
     assert_eq!(attr(called, "filament.actor_method"), &string("incr"));
-    assert_eq!(attr(called, "filament.function"), &string("Counter::incr"));
+    assert_eq!(
+        attr(called, "filament.function"),
+        &string("cluster_program::Counter::incr")
+    );
     assert_eq!(
         attr(called, "filament.actor_id"),
         attr(create, "filament.actor_id")
+    );
+    // The handle names the actor as its spans do.
+    assert_eq!(
+        attr(called, "filament.actor_id"),
+        &string(run.value("actor_id"))
+    );
+    assert_eq!(
+        attr(called, "filament.actor_class"),
+        &string(run.value("actor_class"))
     );
 }
 
@@ -285,12 +300,13 @@ fn calls_to_a_dead_actor_fail_with_a_clear_error() {
     assert_eq!(run.value("first"), "1");
     assert!(
         run.value("exit_error")
-            .starts_with("task Counter::exit failed: worker ")
+            .starts_with("task cluster_program::Counter::exit failed: worker ")
     );
     let error = run.value("error");
     assert!(
-        error.starts_with("task Counter::incr failed: actor Counter(")
-            && error.contains(") is dead: its worker "),
+        error.starts_with(
+            "task cluster_program::Counter::incr failed: actor cluster_program::Counter("
+        ) && error.contains(") is dead: its worker "),
         "{error}"
     );
 }
@@ -301,8 +317,9 @@ fn calls_to_an_actor_whose_constructor_panicked_fail_naming_the_actor() {
     for i in 0..3 {
         let error = run.value(&format!("error{i}"));
         assert!(
-            error.starts_with("task Fragile::value failed: actor Fragile(")
-                && error.contains(") is dead: its constructor failed"),
+            error.starts_with(
+                "task cluster_program::Fragile::value failed: actor cluster_program::Fragile("
+            ) && error.contains(") is dead: its constructor failed"),
             "{error}"
         );
     }
@@ -319,7 +336,7 @@ fn calls_to_an_actor_whose_process_died_before_connecting_fail() {
     let stderr = String::from_utf8_lossy(&run.output.stderr);
     // The program unwraps the call's result: the error's debug form is on standard error.
     assert!(
-        stderr.contains("ActorDied { task: \"Counter::incr\", actor: \"Counter(")
+        stderr.contains("ActorDied { task: \"cluster_program::Counter::incr\", actor: \"cluster_program::Counter(")
             && stderr.contains("cause: \"worker 3 (pid ")
             && stderr.contains("ended (exit status: 1) before it connected"),
         "{stderr}"
@@ -345,8 +362,9 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
     );
     let error = run.value("error");
     assert!(
-        error.starts_with("task Counter::incr failed: actor Counter(")
-            && error.contains("worker 3 did not connect within 500ms"),
+        error.starts_with(
+            "task cluster_program::Counter::incr failed: actor cluster_program::Counter("
+        ) && error.contains("worker 3 did not connect within 500ms"),
         "{error}"
     );
     // The pool goes on; the program did not wait for the stalled process's two minutes.
@@ -356,6 +374,103 @@ fn calls_to_an_actor_whose_process_never_connects_fail_after_the_start_timeout()
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn embedded_job_ids_are_random_not_the_drivers_pid() {
+    let first = run(&["one-task"]);
+    let second = run(&["one-task"]);
+    for run in [&first, &second] {
+        let id = run.value("job_id");
+        assert_eq!(id.len(), 32, "128 random bits in hex: {id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let pid: u32 = run.value("driver_pid").parse().unwrap();
+        assert!(
+            !id.contains(&format!("{pid:08x}")),
+            "{id} holds the pid {pid}"
+        );
+    }
+    assert_ne!(first.value("job_id"), second.value("job_id"));
+}
+
+#[test]
+fn a_result_and_an_argument_of_one_and_a_half_gigabytes_arrive_intact() {
+    // Past the 1 GiB frame: each travels as two frames and is joined again.
+    let bytes = 1_500_000_000u64;
+    let run = run_program(
+        &["big-values", &bytes.to_string()],
+        None,
+        &[("TEST_WORKERS", "1")],
+    )
+    .ok();
+    assert_eq!(run.value("result_len"), bytes.to_string());
+    assert_eq!(run.value("result_intact"), "true");
+    assert_eq!(run.value("argument_len"), bytes.to_string());
+    assert_eq!(run.value("argument_intact"), "true");
+}
+
+#[test]
+fn what_workers_print_reaches_the_driver_prefixed_with_the_worker() {
+    let run = run(&["prints"]);
+    filament_tests::assert_worker_output_forwarded(&run);
+    // Switched off, the driver prints none of it.
+    let quiet = run_program(&["prints"], Some(LOCAL_FILE), &[("TEST_NO_FORWARD", "1")]).ok();
+    assert!(
+        !quiet.text().contains(") hello from a task"),
+        "{}",
+        quiet.text()
+    );
+}
+
+#[test]
+fn a_filament_program_started_from_inside_a_task_runs_its_own_main() {
+    let run = run_program(&["runs-a-program"], Some(LOCAL_FILE), &[]).ok();
+    // The child inherited the worker's environment, marker included, and still ran as a program:
+    // its own cluster, its own task.
+    assert_eq!(run.value("child_child_sum"), "42", "{}", run.text());
+    assert_ne!(run.value("child_driver_pid"), run.value("driver_pid"));
+}
+
+#[test]
+fn init_refuses_a_hook_or_address_variable_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"filament_local_file:setup_\xff");
+    for variable in ["FILAMENT_TRACING_STARTUP_HOOK", "FILAMENT_ADDRESS"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .arg("one-task")
+            .env(variable, not_utf8)
+            .env_remove(if variable == "FILAMENT_ADDRESS" {
+                "FILAMENT_TRACING_STARTUP_HOOK"
+            } else {
+                "FILAMENT_ADDRESS"
+            })
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{variable}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("the environment variable {variable} is not UTF-8")),
+            "{variable}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_pool_worker_that_never_connects_fails_init_as_a_start_timeout() {
+    let run = run_program(
+        &["one-task"],
+        Some(LOCAL_FILE),
+        &[
+            ("TEST_WORKERS", "2"),
+            ("TEST_STALL_WORKER", "2"),
+            ("TEST_WORKER_START_TIMEOUT_MS", "500"),
+        ],
+    );
+    assert_eq!(run.output.status.code(), Some(3), "{:?}", run.output);
+    assert_eq!(run.value("init_error"), "worker-start-timeout");
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    // (Whichever noticed first: the reaper, naming worker 2, or `init`, naming the workers.)
+    assert!(stderr.contains("did not connect within 500ms"), "{stderr}");
 }
 
 #[test]
@@ -371,7 +486,8 @@ fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
         .all()
         .into_iter()
         .filter(|s| {
-            s.name() == "Counter::incr filament.remote" && s.parent_span_id() == task.span_id()
+            s.name() == "cluster_program::Counter::incr filament.remote"
+                && s.parent_span_id() == task.span_id()
         })
         .collect();
     assert_eq!(calls.len(), 1, "the task's call is a child of the task");
@@ -381,7 +497,10 @@ fn an_actor_handle_passed_to_a_task_continues_the_callers_trace() {
         .filter(|s| s.parent_span_id() == calls[0].span_id())
         .collect();
     assert_eq!(executed.len(), 1);
-    assert_eq!(executed[0].name(), "Counter::incr filament.remote_worker");
+    assert_eq!(
+        executed[0].name(),
+        "cluster_program::Counter::incr filament.remote_worker"
+    );
     assert_eq!(executed[0].trace_id(), task.trace_id());
 }
 
@@ -461,6 +580,8 @@ fn a_hook_that_fails_only_in_workers_fails_init_within_seconds_without_retrying(
             && stderr.contains("hook \"filament_test_hooks:fails_in_workers\": setup failed: no collector is reachable from worker processes"),
         "{stderr}"
     );
+    // A program can tell this case from the others by matching on the error.
+    assert_eq!(run.value("init_error"), "worker-hook");
     let attempts = stderr.matches("filament worker: ").count();
     assert!(
         attempts <= 2,
@@ -491,11 +612,32 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
 
     // Killed: the workers notice the end of their socket and exit.
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
-        .args(["workers", "hang"])
-        .env("FILAMENT_SPANS_DIR", dir.path())
-        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
-        .env("TEST_WORKERS", "2")
+    let (mut child, pids) = start_hanging(
+        Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .args(["workers", "hang"])
+            .env("FILAMENT_SPANS_DIR", dir.path())
+            .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+            .env("TEST_WORKERS", "2"),
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        assert!(!alive(pid), "worker {pid} survived its killed driver");
+    }
+    // The spans they wrote before are intact.
+    for spans in read_spans_dir(dir.path()).values() {
+        assert!(spans.iter().all(|s| !s.span_id().is_empty()));
+    }
+}
+
+/// Starts `cluster-program workers hang` as `command` says, and waits until it hangs with its
+/// workers up; returns it and its workers' pids.
+fn start_hanging(command: &mut Command) -> (std::process::Child, Vec<u32>) {
+    let mut child = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -511,19 +653,116 @@ fn workers_exit_when_the_runtime_stops_and_when_the_driver_is_killed() {
             break;
         }
     }
+    (child, pids)
+}
+
+/// The embedded cluster's socket folders in `tmp`: `(name, mode)`.
+fn socket_folders(tmp: &std::path::Path) -> Vec<(String, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("filament-"))
+        .map(|e| {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            (e.file_name().to_string_lossy().into_owned(), mode)
+        })
+        .collect()
+}
+
+#[test]
+fn a_killed_drivers_socket_folder_is_private_and_removed_by_its_workers_or_the_next_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    // Under umask 000 the folder is still the user's alone.
+    let (mut child, pids) = start_hanging(
+        Command::new("sh")
+            .args(["-c", "umask 000; exec \"$0\" workers hang"])
+            .arg(env!("CARGO_BIN_EXE_cluster-program"))
+            .env("TMPDIR", tmp.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+            .env("TEST_WORKERS", "2"),
+    );
+    let folders = socket_folders(tmp.path());
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    assert!(
+        folders[0]
+            .0
+            .starts_with(&format!("filament-{}-", child.id())),
+        "{folders:?}"
+    );
+    assert_eq!(folders[0].1, 0o700, "{folders:?}");
+
+    // SIGKILL: the driver cannot clean up; its workers, seeing it gone, do.
     child.kill().unwrap();
     child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (!socket_folders(tmp.path()).is_empty() || pids.iter().any(|p| alive(*p)))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
-    for pid in pids {
-        assert!(!alive(pid), "worker {pid} survived its killed driver");
-    }
-    // The spans they wrote before are intact.
-    for spans in read_spans_dir(dir.path()).values() {
-        assert!(spans.iter().all(|s| !s.span_id().is_empty()));
-    }
+    assert_eq!(socket_folders(tmp.path()), Vec::new());
+
+    // A folder left by a driver that died before any worker could notice: the next init sweeps it.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.path().join(format!("filament-{dead}-0000abcd"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("driver.sock"), "").unwrap();
+    // One that is not a socket folder, and one of a driver that runs (this test), stay.
+    let other = tmp.path().join("filament-notes");
+    std::fs::create_dir(&other).unwrap();
+    let running = tmp
+        .path()
+        .join(format!("filament-{}-0000abcd", std::process::id()));
+    std::fs::create_dir(&running).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .arg("one-task")
+        .env("TMPDIR", tmp.path())
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env("FILAMENT_TRACING_STARTUP_HOOK", LOCAL_FILE)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(!stale.exists(), "the dead driver's folder was swept");
+    assert!(other.exists() && running.exists());
+}
+
+#[test]
+fn a_process_speaking_the_worker_protocol_without_the_token_is_refused_by_an_embedded_driver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spans = tempfile::tempdir().unwrap();
+    let (mut driver, _) = start_hanging(
+        Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+            .args(["workers", "hang"])
+            .env("TMPDIR", tmp.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .env("TEST_WORKERS", "1")
+            .env_remove("FILAMENT_TRACING_STARTUP_HOOK"),
+    );
+    let (folder, _) = socket_folders(tmp.path()).remove(0);
+    let socket = tmp.path().join(folder).join("driver.sock");
+    // The same program, posing as the driver's worker 99 (its marker names this test as the
+    // parent that started it), but with no token on its standard input.
+    let stranger = Command::new(env!("CARGO_BIN_EXE_cluster-program"))
+        .env(
+            "FILAMENT_WORKER",
+            format!("{}@{}:99", std::process::id(), socket.display()),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    assert_eq!(stranger.status.code(), Some(1), "{stranger:?}");
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        stderr.contains("refused by the driver: wrong or missing cluster token"),
+        "{stderr}"
+    );
 }
 
 #[test]

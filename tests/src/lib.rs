@@ -1,6 +1,8 @@
 //! Helpers for Filament's end-to-end tests: read span files back with the OTLP decoder of the
 //! `opentelemetry-proto` crate, and find the things tests start.
 
+#![warn(missing_docs)]
+
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -259,4 +261,34 @@ pub fn output_text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Checks that the driver of a `cluster-program prints` run printed its worker's lines (one to
+/// each stream, and a panic's), prefixed with the worker.
+pub fn assert_worker_output_forwarded(run: &Run) {
+    let printer = run.value("printer_pid");
+    let stdout = String::from_utf8_lossy(&run.output.stdout);
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    let prefixed = |text: &str, output: &str| {
+        output.lines().any(|line| {
+            line.starts_with("(worker ")
+                && line.contains(&format!(" pid={printer} node="))
+                && line.ends_with(text)
+        })
+    };
+    assert!(
+        prefixed(") hello from a task on stdout", &stdout),
+        "{stdout}"
+    );
+    assert!(
+        prefixed(") hello from a task on stderr", &stderr),
+        "{stderr}"
+    );
+    // A panic's message is a worker's output too.
+    assert!(
+        stderr
+            .lines()
+            .any(|line| line.starts_with("(worker ") && line.ends_with(") boom in a task")),
+        "{stderr}"
+    );
 }

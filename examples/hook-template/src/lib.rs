@@ -6,11 +6,14 @@
 //!
 //! Hook string once built: `target/release/libfilament_hook_template.so:setup_tracing`.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 use filament_plugin_api::{
     KeyValue, LogLevel, ProcessorError, ProcessorStats, ProviderConfig, SpanProcessor, SpanRecord,
     StatusCode, TracingSetup, Value, export_hook,
 };
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +23,8 @@ use std::time::Duration;
 export_hook!(setup_tracing);
 
 // 2. The hook runs once in every process, before its first task. Read configuration through the
-//    handle (not `std::env`): values given at cluster start reach every process that way.
+//    handle (not `std::env`): values given at cluster start reach every process that way. So every
+//    process of the cluster sees the same values: a file named there is shared by all of them.
 fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
     if let Some(environment) = setup.config("CONSOLE_SPANS_ENVIRONMENT") {
         let resource = [KeyValue::new(
@@ -36,10 +40,16 @@ fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
         }
     }
     let out: Box<dyn Write + Send> = match setup.config("CONSOLE_SPANS_FILE") {
-        // Fail at setup, with the path and the cause, rather than lose spans later.
-        Some(path) => {
-            Box::new(File::create(&path).map_err(|e| format!("cannot create {path}: {e}"))?)
-        }
+        // Every process appends to the same file: open it for appending (never truncate what the
+        // others wrote) and write each line with one `write`, which O_APPEND keeps whole. Fail at
+        // setup, with the path and the cause, rather than lose spans later.
+        Some(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| format!("cannot open {path} for appending: {e}"))?,
+        ),
         None => Box::new(std::io::stderr()),
     };
     let pid = setup.process().pid;
@@ -81,9 +91,10 @@ impl SpanProcessor for ConsoleSpans {
             span.trace_id,
             span.span_id,
         );
-        // One short write under a lock; an exporter with a network in the way would queue instead.
+        // One `write` of the whole line under a lock (a short one counts as dropped: the rest would
+        // land after another process's line); an exporter with a network in the way would queue.
         let written = match self.out.lock() {
-            Ok(mut out) => out.write_all(line.as_bytes()).is_ok(),
+            Ok(mut out) => out.write(line.as_bytes()).is_ok_and(|n| n == line.len()),
             Err(_) => false,
         };
         let counter = if written {

@@ -11,9 +11,19 @@
 //!
 //! Each span is written when it ends, with one appending `write` of the whole line: a reader sees it
 //! at once, and a crash never leaves half a line. Nothing is buffered in the process, so nothing is
-//! lost when it exits, however it exits. A failed write drops that span, counts it, and warns once.
+//! lost when it exits, however it exits. A failed write drops that span, counts it, and warns once;
+//! a short one (a full disk) is cut back to the last whole line, so the file never holds half a
+//! span. A file deleted under the process (its folder removed mid-run) is noticed within a second
+//! and made again at its path; the spans written to the deleted file meanwhile are counted as
+//! dropped.
+//!
+//! The file is opened without following links and without blocking, and must be a regular file
+//! of this process's user; the folder must be this user's or, if others may write it, sticky (as
+//! `/tmp` is). The default folder is made for this user alone (mode 0700); if another user has
+//! `/tmp/spans` already, this user's spans go to `/tmp/spans-<uid>`, and the hook says so.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod json;
 
@@ -26,10 +36,11 @@ use opentelemetry_proto::tonic::{
 };
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The configuration key (and environment variable) naming the spans directory.
 pub const SPANS_DIR_KEY: &str = "FILAMENT_SPANS_DIR";
@@ -39,20 +50,54 @@ pub const DEFAULT_SPANS_DIR: &str = "/tmp/spans";
 
 export_hook!(setup_tracing);
 
+/// How often the open file is checked for having been deleted.
+const UNLINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The hook: opens this process's span file and adds a processor that writes to it.
 fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
-    let dir = setup
+    let given = setup
         .config(SPANS_DIR_KEY)
-        .filter(|dir| !dir.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_SPANS_DIR.to_owned());
+        .filter(|dir| !dir.trim().is_empty());
     let pid = setup.process().pid;
-    let file = SpanFile::create(Path::new(&dir), pid).map_err(|e| e.to_string())?;
+    let file = match given {
+        Some(dir) => SpanFile::create(Path::new(&dir), pid),
+        None => {
+            let dir = default_dir();
+            if dir != Path::new(DEFAULT_SPANS_DIR) {
+                setup.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "{DEFAULT_SPANS_DIR} belongs to another user: spans go to {} ({SPANS_DIR_KEY} chooses another folder)",
+                        dir.display()
+                    ),
+                );
+            }
+            SpanFile::create_private(&dir, pid)
+        }
+    }
+    .map_err(|e| e.to_string())?;
     setup.log(
         LogLevel::Debug,
         &format!("writing spans to {}", file.path().display()),
     );
     setup.add_span_processor(file);
     Ok(())
+}
+
+/// The default folder: `/tmp/spans` when it is this user's or does not exist, else
+/// `/tmp/spans-<uid>`.
+fn default_dir() -> PathBuf {
+    let shared = PathBuf::from(DEFAULT_SPANS_DIR);
+    match std::fs::symlink_metadata(&shared) {
+        Ok(meta) if meta.uid() != user() => {
+            PathBuf::from(format!("{DEFAULT_SPANS_DIR}-{}", user()))
+        }
+        _ => shared,
+    }
+}
+
+fn user() -> u32 {
+    rustix::process::getuid().as_raw()
 }
 
 /// Why the span file could not be set up.
@@ -64,6 +109,14 @@ pub enum SpanFileError {
         dir: PathBuf,
         /// The cause.
         error: io::Error,
+    },
+    /// The directory is not safe to write spans into: another user's, or writable by others and
+    /// not sticky (anyone could plant a link or a FIFO at the file's name).
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong, and the fix.
+        reason: String,
     },
     /// The file could not be opened for appending.
     Open {
@@ -82,6 +135,11 @@ impl std::fmt::Display for SpanFileError {
                 "cannot create the spans directory {} ({SPANS_DIR_KEY}): {error}",
                 dir.display()
             ),
+            SpanFileError::UnsafeDir { dir, reason } => write!(
+                f,
+                "refusing to write spans into {} ({SPANS_DIR_KEY}): {reason}",
+                dir.display()
+            ),
             SpanFileError::Open { path, error } => write!(
                 f,
                 "cannot open the span file {} for writing ({SPANS_DIR_KEY}): {error}",
@@ -97,38 +155,71 @@ impl std::error::Error for SpanFileError {}
 #[derive(Debug)]
 pub struct SpanFile {
     path: PathBuf,
-    file: File,
-    line: Mutex<LineWriter>,
+    /// The encoder and the open file, together: a line is encoded and written under one lock.
+    state: Mutex<FileState>,
     exported: AtomicU64,
     dropped: AtomicU64,
     warned: AtomicBool,
+    warned_deleted: AtomicBool,
     shut_down: AtomicBool,
+    /// Whether this process made the file (and may remove it if it stays empty).
+    created: bool,
+}
+
+#[derive(Debug)]
+struct FileState {
+    writer: LineWriter,
+    file: File,
+    /// When the file was last checked for having been deleted.
+    checked: Instant,
+    /// Lines written since then: lost, if it was.
+    since_check: u64,
 }
 
 impl SpanFile {
     /// Creates `dir` if needed and opens `dir/<pid>.json` for appending.
     pub fn create(dir: &Path, pid: u32) -> Result<Self, SpanFileError> {
-        std::fs::create_dir_all(dir).map_err(|error| SpanFileError::CreateDir {
-            dir: dir.to_owned(),
-            error,
-        })?;
-        let path = dir.join(format!("{pid}.json"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|error| SpanFileError::Open {
-                path: path.clone(),
+        Self::create_in(dir, pid, None)
+    }
+
+    /// As [`create`](Self::create), but a folder it makes is this user's alone (mode 0700).
+    pub fn create_private(dir: &Path, pid: u32) -> Result<Self, SpanFileError> {
+        Self::create_in(dir, pid, Some(0o700))
+    }
+
+    fn create_in(dir: &Path, pid: u32, mode: Option<u32>) -> Result<Self, SpanFileError> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        if let Some(mode) = mode {
+            builder.mode(mode);
+        }
+        builder
+            .create(dir)
+            .map_err(|error| SpanFileError::CreateDir {
+                dir: dir.to_owned(),
                 error,
             })?;
+        check_dir(dir)?;
+        let path = dir.join(format!("{pid}.json"));
+        let created = std::fs::symlink_metadata(&path).is_err();
+        let file = open(&path).map_err(|error| SpanFileError::Open {
+            path: path.clone(),
+            error,
+        })?;
         Ok(SpanFile {
             path,
-            file,
-            line: Mutex::new(LineWriter::default()),
+            state: Mutex::new(FileState {
+                writer: LineWriter::default(),
+                file,
+                checked: Instant::now(),
+                since_check: 0,
+            }),
             exported: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             warned: AtomicBool::new(false),
+            warned_deleted: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            created,
         })
     }
 
@@ -139,21 +230,25 @@ impl SpanFile {
 
     /// Appends one `TracesData` as one line, with a single `write`.
     pub fn write_traces_data(&self, data: &trace::TracesData) -> io::Result<()> {
-        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
-        let line = &mut writer.buffer;
+        let mut state = self.lock();
+        let line = &mut state.writer.buffer;
         line.clear();
         serde_json::to_writer(&mut *line, data).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.write_line(line)
+        self.write_line(&mut state)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FileState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends one span as one line, with a single `write`: the same bytes as
     /// [`write_traces_data`](Self::write_traces_data) of [`traces_data`], but the resource's and the
     /// scope's JSON, the same for most spans of a process, are encoded once and reused.
     pub fn write_span(&self, span: &SpanRecord<'_>) -> io::Result<()> {
-        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
-        writer.encode(span).map_err(io::Error::other)?;
-        self.write_line(&writer.buffer)
+        let mut state = self.lock();
+        state.writer.encode(span).map_err(io::Error::other)?;
+        self.write_line(&mut state)
     }
 
     /// Appends one span given in OTLP form, with the same encoder as
@@ -163,23 +258,90 @@ impl SpanFile {
         R: FnOnce() -> resource::Resource,
         S: FnOnce() -> common::InstrumentationScope,
     {
-        let mut writer = self.line.lock().unwrap_or_else(|p| p.into_inner());
-        writer.encode_parts(parts).map_err(io::Error::other)?;
-        self.write_line(&writer.buffer)
+        let mut state = self.lock();
+        state.writer.encode_parts(parts).map_err(io::Error::other)?;
+        self.write_line(&mut state)
     }
 
-    fn write_line(&self, line: &[u8]) -> io::Result<()> {
-        let written = (&self.file).write(line)?;
+    /// Writes the encoded line whole, or not at all.
+    fn write_line(&self, state: &mut FileState) -> io::Result<()> {
+        if state.checked.elapsed() >= UNLINK_CHECK_INTERVAL {
+            self.reopen_if_deleted(state);
+        }
+        let line = &state.writer.buffer;
+        let written = match (&state.file).write(line) {
+            Ok(written) => written,
+            Err(error) => {
+                // A write that failed may still have put bytes down (NFS, FUSE): cut them too.
+                self.reopen_if_deleted(state);
+                return Err(error);
+            }
+        };
         if written != line.len() {
+            // The disk is full, say: cut the half line away, or the next span would be glued to
+            // it. This process alone writes this file, under this lock: its end is this line's.
+            let cut = state.file.metadata().and_then(|meta| {
+                state
+                    .file
+                    .set_len(meta.len().saturating_sub(written as u64))
+            });
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("short write: {written} of {} bytes", line.len()),
+                match cut {
+                    Ok(()) => format!("short write: {written} of {} bytes, cut back", line.len()),
+                    Err(error) => format!(
+                        "short write: {written} of {} bytes, and cutting it back failed: {error}",
+                        line.len()
+                    ),
+                },
             ));
         }
+        state.since_check += 1;
         Ok(())
     }
 
+    /// If the file was deleted (its folder removed, say), makes it again at its path; what was
+    /// written to the deleted file since the last check is counted as dropped.
+    fn reopen_if_deleted(&self, state: &mut FileState) {
+        state.checked = Instant::now();
+        let lost = std::mem::take(&mut state.since_check);
+        if !state.file.metadata().is_ok_and(|meta| meta.nlink() == 0) {
+            return;
+        }
+        let _ = self
+            .exported
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(lost))
+            });
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
+        let reopened = self
+            .path
+            .parent()
+            .map_or(Ok(()), |dir| {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+            })
+            .and_then(|()| open(&self.path));
+        let outcome = match reopened {
+            Ok(file) => {
+                state.file = file;
+                "made it again".to_owned()
+            }
+            Err(error) => format!("cannot make it again ({error}); spans are dropped meanwhile"),
+        };
+        if !self.warned_deleted.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "filament_local_file: the span file {} was deleted; {lost} spans written to it since are lost (counted as dropped); {outcome} (warned once)",
+                self.path.display()
+            );
+        }
+    }
+
     fn count(&self, result: io::Result<()>) {
+        // (A line is counted as exported once `write_line` is done with it; a deleted file takes
+        // back what went to it.)
         match result {
             Ok(()) => {
                 self.exported.fetch_add(1, Ordering::Relaxed);
@@ -222,6 +384,16 @@ impl SpanProcessor for SpanFile {
         if self.shut_down.swap(true, Ordering::Relaxed) {
             return Err(ProcessorError::AlreadyShutdown);
         }
+        // A process that recorded no span leaves no empty file of its own behind.
+        let state = self.lock();
+        let ours_and_empty = state.file.metadata().is_ok_and(|file| {
+            file.len() == 0
+                && std::fs::symlink_metadata(&self.path)
+                    .is_ok_and(|at_path| (at_path.dev(), at_path.ino()) == (file.dev(), file.ino()))
+        });
+        if self.created && ours_and_empty {
+            let _ = std::fs::remove_file(&self.path);
+        }
         Ok(())
     }
 
@@ -231,6 +403,68 @@ impl SpanProcessor for SpanFile {
             dropped: self.dropped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Opens a span file for appending: never through a link, never blocking (a FIFO planted at its
+/// name), and only a regular file of this user.
+fn open(path: &Path) -> io::Result<File> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|error| {
+            if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                io::Error::other("it is a symbolic link: refusing to follow it")
+            } else {
+                error
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("it is not a regular file"));
+    }
+    if meta.uid() != user() {
+        return Err(io::Error::other(format!(
+            "it belongs to user {}, not to this user ({})",
+            meta.uid(),
+            user()
+        )));
+    }
+    Ok(file)
+}
+
+/// A spans folder must be this user's (or root's, as `/tmp` is) and, if others may write it,
+/// sticky: else anyone could plant a link or a FIFO at a span file's name.
+fn check_dir(dir: &Path) -> Result<(), SpanFileError> {
+    let meta = std::fs::metadata(dir).map_err(|error| SpanFileError::CreateDir {
+        dir: dir.to_owned(),
+        error,
+    })?;
+    let unsafe_dir = |reason: String| SpanFileError::UnsafeDir {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a folder".into()));
+    }
+    if meta.uid() != user() && meta.uid() != 0 {
+        return Err(unsafe_dir(format!(
+            "it belongs to user {}, not to this user ({}); set {SPANS_DIR_KEY} to a folder of yours",
+            meta.uid(),
+            user()
+        )));
+    }
+    const STICKY: u32 = 0o1000;
+    if meta.mode() & 0o022 != 0 && meta.mode() & STICKY == 0 {
+        return Err(unsafe_dir(format!(
+            "others may write it (mode {:o}) and it is not sticky; `chmod go-w` or `chmod +t` it, or set {SPANS_DIR_KEY} to a folder of yours",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// OTLP's span flags: bit 8 says whether bit 9 (the parent is remote) is known.

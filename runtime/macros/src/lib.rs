@@ -3,6 +3,9 @@
 //!
 //! Use them through the `filament` crate, which re-exports them.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};
@@ -13,13 +16,17 @@ use syn::{
 
 /// Makes a function remote: `f::remote(args…)` submits it to a worker and returns an `ObjectRef`.
 ///
-/// ```ignore
+/// ```no_run
 /// #[filament::remote]
 /// fn add(a: i64, b: i64) -> i64 { a + b }
 ///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _runtime = filament::init(filament::Config::default())?;
 /// let sum = add::remote(1, 2);          // runs in a worker
 /// assert_eq!(filament::get(&sum)?, 3);
 /// let again = add::remote(&sum, 10);    // an ObjectRef as an argument: runs once `sum` exists
+/// # Ok(())
+/// # }
 /// ```
 ///
 /// Arguments and the result may be of any serde type. The function itself stays callable locally.
@@ -39,7 +46,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// one impl block (whose `new` becomes `Name::remote(…)` and whose `&self`/`&mut self` methods become
 /// methods of the handle returning `ObjectRef`s).
 ///
-/// ```ignore
+/// ```no_run
 /// #[filament::actor]
 /// struct Counter { n: i64 }
 ///
@@ -49,8 +56,13 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///     fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
 /// }
 ///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let _runtime = filament::init(filament::Config::default())?;
 /// let counter = Counter::remote(0);     // created in a worker process of its own
 /// let one = counter.incr(1);            // calls run in submission order
+/// assert_eq!(filament::get(&one)?, 1);
+/// # Ok(())
+/// # }
 /// ```
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {

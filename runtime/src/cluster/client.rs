@@ -1,6 +1,7 @@
 //! A driver attached to a standing cluster: its job's registration with the head, and the link
 //! through which it asks for workers and hears about those that failed to start.
 
+use super::error::{AttachError, ConnectError};
 use super::proto::{self, FromHead, JobRequest, Peer, ToHead, Welcome};
 use super::session;
 use crate::wire::{FrameReader, Outbox};
@@ -12,6 +13,8 @@ pub(crate) struct Attached {
     pub(crate) token: String,
     pub(crate) job_id: String,
     pub(crate) hook: Option<String>,
+    /// The cluster's node on this machine, if there is one.
+    pub(crate) node_id: Option<String>,
     /// CPUs of the whole cluster.
     pub(crate) cpus: u32,
     /// Where this job's workers connect.
@@ -27,24 +30,36 @@ pub(crate) const JOB_ENV_PREFIXES: [&str; 3] = ["OTEL_", "FILAMENT_", "RUST_"];
 /// Environment variables a job's workers get from its driver: the job's configuration, not the
 /// driver's own connection to the cluster.
 fn job_env() -> Vec<(String, String)> {
-    const OWN: [&str; 6] = [
-        crate::driver::WORKER_ENV,
-        session::ADDRESS_ENV,
-        session::TOKEN_ENV,
-        session::TEMP_DIR_ENV,
-        super::node::NODE_ID_ENV,
-        super::node::NODE_PIPE_ENV,
-    ];
     std::env::vars()
         .filter(|(key, _)| {
-            JOB_ENV_PREFIXES.iter().any(|p| key.starts_with(p)) && !OWN.contains(&key.as_str())
+            JOB_ENV_PREFIXES.iter().any(|p| key.starts_with(p))
+                && !OWN_VARIABLES.contains(&key.as_str())
         })
+        .collect()
+}
+
+/// The variables of a process's own place in a cluster, which its workers never get from it.
+const OWN_VARIABLES: [&str; 6] = [
+    crate::driver::WORKER_ENV,
+    session::ADDRESS_ENV,
+    session::TOKEN_ENV,
+    session::TEMP_DIR_ENV,
+    super::node::NODE_ID_ENV,
+    super::node::NODE_PIPE_ENV,
+];
+
+/// The driver's environment as its workers' hooks read it (`TracingSetup::config`): all of it,
+/// but its own connection to the cluster (the token above all) and what is not UTF-8.
+pub(crate) fn hook_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(key, _)| !OWN_VARIABLES.contains(&key.as_str()))
         .collect()
 }
 
 /// Registers a job with the head at `address` (`auto`: this machine's current session), with
 /// `token` or the one [`session::resolve`] finds.
-pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, String> {
+pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, AttachError> {
     let (address, token) = match token {
         Some(token) => (session::resolve_address(address)?, token.to_owned()),
         None => session::resolve(address)?,
@@ -53,20 +68,21 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
     let (welcome, conn, reader) = proto::connect(&address, &token, |stream| {
         // Workers connect back on the address the head sees this driver at: reachable from the
         // cluster if the head is.
-        let local = stream
-            .local_addr()
-            .map_err(|e| format!("the local address of the connection to the head: {e}"))?;
-        let bound = TcpListener::bind((local.ip(), 0))
-            .map_err(|e| format!("cannot listen for workers on {}: {e}", local.ip()))?;
+        let local = |what: String| move |source| ConnectError::Local { what, source };
+        let here = stream.local_addr().map_err(local(
+            "the local address of the connection to the head".into(),
+        ))?;
+        let bound = TcpListener::bind((here.ip(), 0))
+            .map_err(local(format!("cannot listen for workers on {}", here.ip())))?;
         let worker_address = bound
             .local_addr()
-            .map_err(|e| format!("cannot read the workers' address: {e}"))?
+            .map_err(local("cannot read the workers' address".into()))?
             .to_string();
         listener = Some(bound);
         let job = JobRequest {
             pid: std::process::id(),
             exe: std::fs::read_link("/proc/self/exe")
-                .map_err(|e| format!("cannot read /proc/self/exe: {e}"))?,
+                .map_err(local("cannot read /proc/self/exe".into()))?,
             args: std::env::args().skip(1).collect(),
             cwd: std::env::current_dir().unwrap_or_default(),
             env: job_env(),
@@ -74,16 +90,25 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Str
         };
         Ok((Peer::Driver, Some(ToHead::Job(job))))
     })?;
-    let Welcome::Driver { job_id, hook, cpus } = welcome else {
-        return Err(format!(
-            "the head at {address} answered {welcome:?} to a driver"
-        ));
+    let Welcome::Driver {
+        job_id,
+        hook,
+        cpus,
+        node_id,
+    } = welcome
+    else {
+        return Err(ConnectError::Unexpected {
+            answer: format!("{welcome:?} to a driver"),
+            address,
+        }
+        .into());
     };
     Ok(Attached {
         address,
         token,
         job_id,
         hook,
+        node_id,
         cpus,
         listener: listener.expect("made before the hello"),
         outbox: Outbox::new(conn),

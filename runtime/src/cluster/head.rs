@@ -2,13 +2,16 @@
 //! drivers, places each job's workers on the node with the most free CPUs, tells drivers about
 //! workers that failed to start, and answers `filament status`. It is also the first node.
 
+use super::error::StartError;
+use super::gate::{Gate, Pass};
 use super::node::{NodeAgent, NodeEvent};
 use super::proto::{
     ClusterStatus, FromHead, Hello, JobProcess, JobRequest, JobStatus, NodeStatus, Peer,
-    ProcessStatus, ToHead, Welcome, hook_state,
+    ProcessStatus, ToHead, Welcome,
 };
 use super::{log, session};
-use crate::wire::{self, Conn, FrameReader, Outbox, TracingStats};
+use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::wire::{self, Conn, FrameReader, Outbox};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -59,7 +62,6 @@ struct HeadState {
     nodes: Vec<NodeEntry>,
     jobs: BTreeMap<String, JobEntry>,
     ended: VecDeque<JobStatus>,
-    next_job: u64,
 }
 
 struct Head {
@@ -67,24 +69,32 @@ struct Head {
     hook: Option<String>,
     address: String,
     started: Instant,
-    tracing: Option<crate::tracing::Reporter>,
+    tracing: Option<crate::tracing::ReportHandle>,
     state: Mutex<HeadState>,
-    /// The first half of every job id: jobs of different heads (whose spans may share a folder)
-    /// never share an id.
-    job_prefix: String,
+    /// Connections not yet authenticated: deadline, caps and a bounded log.
+    gate: Arc<Gate>,
 }
 
 /// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
 /// reports `Ok(address)` or the failure through `ready`, then serves forever.
-pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String>)) {
+pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, StartError>)) {
     let started = match start(&options) {
         Ok(started) => started,
-        Err(message) => {
-            ready(Err(message));
+        Err(error) => {
+            ready(Err(error));
             return;
         }
     };
-    let (head, listener, _guard) = started;
+    let (head, listener, guard) = started;
+    // The hook ran in full to prove it works; the head runs no task and records no span, so its
+    // tracing ends here (a file-writing hook leaves no empty file of the head's behind).
+    if let Some(guard) = guard
+        && let Err(error) = guard.shutdown()
+    {
+        log(&format!(
+            "the head's own tracing did not shut down cleanly: {error}"
+        ));
+    }
     ready(Ok(head.address.clone()));
     log(&format!(
         "head listening on {}, {} CPUs, tracing hook {}",
@@ -102,10 +112,14 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String
                 continue;
             }
         };
+        // Past the limit of strangers waiting to say hello, the longest-waiting one is cut off.
+        let Some(pass) = head.gate.admit(&stream) else {
+            continue;
+        };
         let head = Arc::clone(&head);
         if let Err(e) = std::thread::Builder::new()
             .name("filament-head-conn".into())
-            .spawn(move || head.serve(Conn::tcp(stream)))
+            .spawn(move || head.serve(Conn::tcp(stream), pass))
         {
             log(&format!("no thread for a connection: {e}"));
         }
@@ -114,21 +128,19 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, String
 
 type Started = (Arc<Head>, TcpListener, Option<crate::tracing::TracingGuard>);
 
-fn start(options: &HeadOptions) -> Result<Started, String> {
-    let listener = TcpListener::bind((options.host.as_str(), options.port)).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!(
-                "port {} is in use on {}: another program (or head) listens there; \
-                 pick another with --port",
-                options.port, options.host
-            )
+fn start(options: &HeadOptions) -> Result<Started, StartError> {
+    let listener = TcpListener::bind((options.host.as_str(), options.port)).map_err(|source| {
+        let (host, port) = (options.host.clone(), options.port);
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::PortInUse { host, port }
         } else {
-            format!("cannot listen on {}:{}: {e}", options.host, options.port)
+            StartError::Listen { host, port, source }
         }
     })?;
-    let mut listening = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let mut listening = listener.local_addr().map_err(|source| StartError::Io {
+        what: "reading the listening address",
+        source,
+    })?;
     // Listening on every interface: tell nodes and drivers an address they can reach.
     if listening.ip().is_unspecified() {
         listening.set_ip(routable_ip());
@@ -143,7 +155,7 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
             crate::tracing::Tracing::new(hook.clone())
                 .node_id(node_id.clone())
                 .install()
-                .map_err(|e| format!("the tracing startup hook was refused: {e}"))?,
+                .map_err(StartError::Hook)?,
         ),
         None => None,
     };
@@ -165,10 +177,14 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
         hook,
         address,
         started: Instant::now(),
-        tracing: guard.as_ref().map(|g| g.reporter()),
+        tracing: guard.as_ref().map(|g| g.report_handle()),
         state: Mutex::new(HeadState::default()),
-        job_prefix: super::new_node_id()[..4].to_owned(),
+        gate: Arc::new(Gate::default()),
     });
+    head.gate.start().map_err(|source| StartError::Io {
+        what: "starting the thread that cuts off late hellos",
+        source,
+    })?;
     let weak: Weak<Head> = Arc::downgrade(&head);
     let local_id = node_id.clone();
     let agent = Arc::new(NodeAgent::new(
@@ -190,16 +206,18 @@ fn start(options: &HeadOptions) -> Result<Started, String> {
     std::thread::Builder::new()
         .name("filament-node-reaper".into())
         .spawn(move || agent.watch())
-        .map_err(|e| format!("cannot start the reaper thread: {e}"))?;
+        .map_err(|source| StartError::Io {
+            what: "starting the reaper thread",
+            source,
+        })?;
     Ok((head, listener, guard))
 }
 
 /// `hooks` with every library given as a path made absolute: drivers and nodes run elsewhere, and a
 /// path relative to where `start` ran would mean another file, or none, to them. Bare library names
 /// stay: each machine searches for them.
-fn absolute_hook(hooks: &str) -> Result<String, String> {
-    let specs = crate::tracing::parse_hooks(hooks)
-        .map_err(|e| format!("the tracing startup hook was refused: {e}"))?;
+fn absolute_hook(hooks: &str) -> Result<String, StartError> {
+    let specs = crate::tracing::parse_hooks(hooks).map_err(StartError::Hook)?;
     let absolute: Vec<String> = specs
         .into_iter()
         .map(|spec| {
@@ -234,7 +252,7 @@ impl Head {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn serve(self: Arc<Self>, conn: Conn) {
+    fn serve(self: Arc<Self>, conn: Conn, pass: Pass) {
         let peer_address = conn.peer();
         let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
         let Ok(read_half) = conn.try_clone() else {
@@ -245,7 +263,7 @@ impl Head {
             Ok(Some(hello)) => hello,
             Ok(None) => return,
             Err(e) => {
-                log(&format!(
+                self.gate.log_refusal(&format!(
                     "refused a connection from {peer_address}: no Filament hello ({e})"
                 ));
                 return;
@@ -267,10 +285,12 @@ impl Head {
             None
         };
         if let Some(why) = refusal {
-            log(&format!("refused a connection from {peer_address}: {why}"));
+            self.gate
+                .log_refusal(&format!("refused a connection from {peer_address}: {why}"));
             let _ = wire::write_message(&conn, &FromHead::Refused(why));
             return;
         }
+        pass.authenticated();
         reader.trust();
         let _ = conn.set_read_timeout(None);
         let outbox = Outbox::new(conn);
@@ -283,7 +303,9 @@ impl Head {
                 self.serve_node(outbox, reader, peer_address, pid, num_cpus)
             }
             Peer::Driver => match reader.read::<ToHead>() {
-                Ok(Some(ToHead::Job(request))) => self.serve_driver(outbox, reader, request),
+                Ok(Some(ToHead::Job(request))) => {
+                    self.serve_driver(outbox, reader, request, &peer_address)
+                }
                 other => {
                     let why = format!("a driver sent no job after its hello: {other:?}");
                     log(&format!("refused a connection from {peer_address}: {why}"));
@@ -350,11 +372,34 @@ impl Head {
         }
     }
 
-    fn serve_driver(&self, outbox: Outbox<FromHead>, mut reader: FrameReader, request: JobRequest) {
-        let (job_id, cpus) = {
+    /// The node of the machine at `peer` (`ip:port`), if the cluster has one there: a node that
+    /// connected from that address, or the head's own for the head's machine.
+    fn node_at(&self, nodes: &[NodeEntry], peer: &str) -> Option<String> {
+        let ip_of = |address: &str| address.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let ip = ip_of(peer)?;
+        nodes
+            .iter()
+            .find(|node| match node.address.as_str() {
+                "head" => ip.is_loopback() || ip_of(&self.address) == Some(ip),
+                address => ip_of(address) == Some(ip),
+            })
+            .map(|node| node.node_id.clone())
+    }
+
+    fn serve_driver(
+        &self,
+        outbox: Outbox<FromHead>,
+        mut reader: FrameReader,
+        request: JobRequest,
+        peer: &str,
+    ) {
+        let (job_id, cpus, node_id) = {
             let mut state = self.lock();
-            state.next_job += 1;
-            let job_id = format!("{}{:04x}", self.job_prefix, state.next_job);
+            let job_id = std::iter::repeat_with(super::new_job_id)
+                .find(|id| {
+                    !state.jobs.contains_key(id) && !state.ended.iter().any(|j| j.job_id == *id)
+                })
+                .expect("an endless supply of ids");
             let cpus = state.nodes.iter().map(|n| n.num_cpus).sum::<u32>();
             state.jobs.insert(
                 job_id.clone(),
@@ -365,7 +410,7 @@ impl Head {
                     processes: Vec::new(),
                 },
             );
-            (job_id, cpus)
+            (job_id, cpus, self.node_at(&state.nodes, peer))
         };
         log(&format!(
             "job {job_id} started: driver pid {} ({})",
@@ -376,6 +421,7 @@ impl Head {
             job_id: job_id.clone(),
             hook: self.hook.clone(),
             cpus,
+            node_id,
         }));
         let end = loop {
             match reader.read::<ToHead>() {
@@ -536,7 +582,7 @@ impl Head {
                 worker: p.worker,
                 pid: p.pid,
                 node_id: node_of(p.worker),
-                hook: hook_state(&p.tracing),
+                hook: p.tracing.hook.clone(),
                 spans_exported: p.tracing.exported,
                 spans_dropped: p.tracing.dropped,
             })
@@ -545,11 +591,11 @@ impl Head {
         for (worker, place) in &job.workers {
             if !job.processes.iter().any(|p| p.worker == Some(*worker)) {
                 processes.push(JobProcess {
-                    kind: "worker (starting)".into(),
+                    kind: ProcessKind::StartingWorker,
                     worker: Some(*worker),
                     pid: place.pid.unwrap_or(0),
                     node_id: Some(place.node.clone()),
-                    hook: "not yet reported".into(),
+                    hook: HookState::NotReported,
                     spans_exported: 0,
                     spans_dropped: 0,
                 });
@@ -567,7 +613,7 @@ impl Head {
 
     fn status(&self) -> ClusterStatus {
         let state = self.lock();
-        let head_tracing = TracingStats::of(self.tracing.as_ref());
+        let head_tracing = ProcessTracing::of(self.tracing.as_ref());
         let nodes = state
             .nodes
             .iter()
@@ -580,15 +626,15 @@ impl Head {
                     .count() as u32;
                 let (hook, exported, dropped) = match &node.link {
                     NodeLink::Local(_) => (
-                        hook_state(&head_tracing),
+                        head_tracing.hook.clone(),
                         head_tracing.exported,
                         head_tracing.dropped,
                     ),
                     NodeLink::Remote(_) => (
                         if self.hook.is_some() {
-                            "checked (nodes run no tasks)".to_owned()
+                            HookState::Checked
                         } else {
-                            "none".to_owned()
+                            HookState::None
                         },
                         0,
                         0,

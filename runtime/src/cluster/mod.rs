@@ -8,11 +8,15 @@
 //! directly, presenting the cluster token.
 
 pub(crate) mod client;
+mod error;
+mod gate;
 pub(crate) mod head;
 pub(crate) mod node;
 pub(crate) mod proto;
 pub mod session;
 
+pub use crate::status::{HookState, ProcessKind};
+pub use error::{AttachError, ConnectError, SessionError, StartError};
 pub use proto::{ClusterStatus, JobProcess, JobStatus, NodeStatus};
 
 use node::NodeAgent;
@@ -45,9 +49,24 @@ pub(crate) fn same_token(presented: &str, ours: &str) -> bool {
 
 /// A new node id: 8 random bytes, in hex.
 pub(crate) fn new_node_id() -> String {
-    let mut bytes = [0u8; 8];
+    random_hex::<8>()
+}
+
+/// A new job id: 16 random bytes, in hex. Random, not the driver's pid: two drivers in different
+/// pid namespaces (containers) share pids, and a job id names span files.
+pub(crate) fn new_job_id() -> String {
+    random_hex::<16>()
+}
+
+/// `N` random bytes, in hex.
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
     if getrandom::fill(&mut bytes).is_err() {
-        bytes = u64::from(std::process::id()).to_le_bytes();
+        // No system randomness (it does not happen on Linux): the hasher's per-process keys.
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let word = crate::driver::random_u64() ^ i as u64;
+            chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -64,7 +83,7 @@ pub(crate) struct NodeOptions {
 /// Joins the head at `options.address`, checks the cluster's hook loads here, reports `Ok(node
 /// id)` or the failure through `ready`, then starts and ends workers as the head says. Returns when
 /// the head goes away, having killed this node's workers.
-pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, String>)) {
+pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, StartError>)) {
     let joined = proto::connect(&options.address, &options.token, |_| {
         let node = Peer::Node {
             pid: std::process::id(),
@@ -75,11 +94,15 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
     let (node_id, hook, conn, mut reader) = match joined {
         Ok((Welcome::Node { node_id, hook }, conn, reader)) => (node_id, hook, conn, reader),
         Ok((other, _, _)) => {
-            ready(Err(format!("the head answered {other:?} to a node")));
+            ready(Err(ConnectError::Unexpected {
+                address: options.address.clone(),
+                answer: format!("{other:?} to a node"),
+            }
+            .into()));
             return;
         }
-        Err(message) => {
-            ready(Err(message));
+        Err(error) => {
+            ready(Err(error.into()));
             return;
         }
     };
@@ -87,9 +110,7 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
     if let Some(hook) = &hook
         && let Err(e) = crate::tracing::check(hook)
     {
-        ready(Err(format!(
-            "the cluster's tracing hook cannot be used on this node: {e}"
-        )));
+        ready(Err(StartError::HookUnusable(e)));
         return;
     }
     let dir = &options.session;
@@ -98,8 +119,8 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
         .and_then(|()| session::write_private(dir, "role", "node"))
         .and_then(|()| session::write_private(dir, "node_id", &node_id))
         .and_then(|()| session::write_private(dir, "daemon.pid", &std::process::id().to_string()));
-    if let Err(message) = recorded {
-        ready(Err(message));
+    if let Err(error) = recorded {
+        ready(Err(error.into()));
         return;
     }
     // Drivers of this machine attach through the node's session, unless a daemon runs in the
@@ -118,8 +139,11 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
 
     let outbox = crate::wire::Outbox::<ToHead>::new(match conn.try_clone() {
         Ok(conn) => conn,
-        Err(e) => {
-            ready(Err(format!("connection to the head: {e}")));
+        Err(source) => {
+            ready(Err(StartError::Io {
+                what: "cloning the connection to the head",
+                source,
+            }));
             return;
         }
     });
@@ -132,11 +156,14 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
         }),
     ));
     let watching = Arc::clone(&agent);
-    if let Err(e) = std::thread::Builder::new()
+    if let Err(source) = std::thread::Builder::new()
         .name("filament-node-reaper".into())
         .spawn(move || watching.watch())
     {
-        ready(Err(format!("cannot start the reaper thread: {e}")));
+        ready(Err(StartError::Io {
+            what: "starting the reaper thread",
+            source,
+        }));
         return;
     }
     ready(Ok(node_id.clone()));

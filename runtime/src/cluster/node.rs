@@ -101,7 +101,7 @@ impl NodeAgent {
             .envs(request.env.iter().map(|(k, v)| (k, v)))
             .env(
                 WORKER_ENV,
-                format!("tcp:{}:{worker}", request.worker_address),
+                crate::worker::marker_for(&format!("tcp:{}:{worker}", request.worker_address)),
             )
             .env_remove(super::session::TOKEN_ENV)
             .env(NODE_ID_ENV, &self.node_id)

@@ -1,8 +1,10 @@
 //! Messages to and from the head of a standing cluster. Every connection opens with a [`Hello`]
 //! carrying the cluster token; the head answers [`FromHead::Welcome`] or [`FromHead::Refused`].
 
+use super::error::ConnectError;
 use super::node::NodeEvent;
-use crate::wire::{self, Conn, FrameReader, TracingStats};
+use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::wire::{self, Conn, FrameReader};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -88,6 +90,9 @@ pub(crate) enum Welcome {
         hook: Option<String>,
         /// CPUs of every node together: the default number of workers.
         cpus: u32,
+        /// The node of the driver's machine, if it is one of the cluster's: the driver's spans
+        /// then carry the same `filament.node_id` as its workers' there.
+        node_id: Option<String>,
     },
     Status,
 }
@@ -111,9 +116,8 @@ pub(crate) struct ProcessStatus {
     /// `None` for the driver.
     pub(crate) worker: Option<u32>,
     pub(crate) pid: u32,
-    /// `driver`, `worker`, or `actor <Class>`.
-    pub(crate) kind: String,
-    pub(crate) tracing: TracingStats,
+    pub(crate) kind: ProcessKind,
+    pub(crate) tracing: ProcessTracing,
 }
 
 /// The whole cluster, for `filament status`.
@@ -145,7 +149,7 @@ pub struct NodeStatus {
     /// Worker processes of jobs running on it.
     pub workers: u32,
     /// Tracing in the daemon process: the head runs the hook; a node only checks it loads.
-    pub hook: String,
+    pub hook: HookState,
     /// Spans the daemon exported.
     pub spans_exported: u64,
     /// Spans the daemon dropped.
@@ -172,29 +176,20 @@ pub struct JobStatus {
 /// A process of a job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobProcess {
-    /// `driver`, `worker`, or `actor <Class>`.
-    pub kind: String,
+    /// What the process is.
+    pub kind: ProcessKind,
     /// The worker's id in the job; none for the driver.
     pub worker: Option<u32>,
     /// The process id.
     pub pid: u32,
     /// The node it runs on (none for the driver, which is not a node's).
     pub node_id: Option<String>,
-    /// `loaded`, `none`, or `failed: why`.
-    pub hook: String,
+    /// Its tracing hook's state.
+    pub hook: HookState,
     /// Spans its tracing exported.
     pub spans_exported: u64,
     /// Spans its tracing dropped.
     pub spans_dropped: u64,
-}
-
-/// How a hook state reads in `filament status`.
-pub(crate) fn hook_state(stats: &TracingStats) -> String {
-    match &stats.hook {
-        None => "none".to_owned(),
-        Some(Ok(())) => "loaded".to_owned(),
-        Some(Err(why)) => format!("failed: {why}"),
-    }
 }
 
 /// Connects to the head at `address`, says hello as the peer `peer` makes of the connection
@@ -202,12 +197,15 @@ pub(crate) fn hook_state(stats: &TracingStats) -> String {
 pub(crate) fn connect(
     address: &str,
     token: &str,
-    peer: impl FnOnce(&std::net::TcpStream) -> Result<(Peer, Option<ToHead>), String>,
-) -> Result<(Welcome, Conn, FrameReader), String> {
+    peer: impl FnOnce(&std::net::TcpStream) -> Result<(Peer, Option<ToHead>), ConnectError>,
+) -> Result<(Welcome, Conn, FrameReader), ConnectError> {
     use std::net::ToSocketAddrs;
     let addrs: Vec<_> = address
         .to_socket_addrs()
-        .map_err(|e| format!("the head address {address:?} is not a host:port ({e})"))?
+        .map_err(|source| ConnectError::Resolve {
+            address: address.to_owned(),
+            source,
+        })?
         .collect();
     let mut last = None;
     let mut stream = None;
@@ -220,13 +218,19 @@ pub(crate) fn connect(
             Err(e) => last = Some(e),
         }
     }
-    let stream = stream.ok_or_else(|| {
-        format!(
-            "no head answers at {address}: {}",
-            last.map(|e| e.to_string())
-                .unwrap_or_else(|| "the address resolves to nothing".into())
-        )
+    let stream = stream.ok_or_else(|| ConnectError::Unreachable {
+        address: address.to_owned(),
+        source: last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the address resolves to nothing",
+            )
+        }),
     })?;
+    let broken = |source| ConnectError::Broken {
+        address: address.to_owned(),
+        source,
+    };
     let (peer, then) = peer(&stream)?;
     let conn = Conn::tcp(stream);
     wire::write_message(&conn, &Hello::new(token, peer))
@@ -234,24 +238,31 @@ pub(crate) fn connect(
             Some(message) => wire::write_message(&conn, message),
             None => Ok(()),
         })
-        .map_err(|e| format!("saying hello to the head at {address}: {e}"))?;
+        .map_err(broken)?;
     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-    let mut reader = FrameReader::new(
-        conn.try_clone()
-            .map_err(|e| format!("connection to {address}: {e}"))?,
-    );
+    let mut reader = FrameReader::new(conn.try_clone().map_err(broken)?);
     // The head this process chose to connect to.
     reader.trust();
     let welcome = match reader.read::<FromHead>() {
         Ok(Some(FromHead::Welcome(welcome))) => welcome,
-        Ok(Some(FromHead::Refused(why))) => {
-            return Err(format!(
-                "the head at {address} refused the connection: {why}"
-            ));
+        Ok(Some(FromHead::Refused(reason))) => {
+            return Err(ConnectError::Refused {
+                address: address.to_owned(),
+                reason,
+            });
         }
-        Ok(Some(other)) => return Err(format!("the head at {address} answered {other:?}")),
-        Ok(None) => return Err(format!("the head at {address} closed the connection")),
-        Err(e) => return Err(format!("reading the head's answer from {address}: {e}")),
+        Ok(Some(other)) => {
+            return Err(ConnectError::Unexpected {
+                address: address.to_owned(),
+                answer: format!("{other:?}"),
+            });
+        }
+        Ok(None) => {
+            return Err(ConnectError::Closed {
+                address: address.to_owned(),
+            });
+        }
+        Err(e) => return Err(broken(e)),
     };
     let _ = conn.set_read_timeout(None);
     Ok((welcome, conn, reader))

@@ -12,6 +12,7 @@
 //!     logs/daemon.log           what the daemon and its workers print
 //! ```
 
+pub use super::error::SessionError;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -37,39 +38,46 @@ pub fn root() -> PathBuf {
 /// The root of the session folders as it really is (links resolved), checked to be this user's
 /// to write — a folder another user made (or can write) could point drivers at a head of theirs, whose
 /// hook they would load. `Ok(None)` if there is no root yet.
-pub(crate) fn checked_root() -> Result<Option<PathBuf>, String> {
+pub(crate) fn checked_root() -> Result<Option<PathBuf>, SessionError> {
     let root = root();
     match fs::canonicalize(&root) {
         Ok(real) => check_private(&real).map(|()| Some(real)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot use {}: {e}", root.display())),
+        Err(source) => Err(SessionError::Io {
+            action: "use",
+            path: root,
+            source,
+        }),
     }
 }
 
 /// `dir` must be a folder owned by this user that no one else may write (the token files in it are
 /// readable by this user only).
-fn check_private(dir: &Path) -> Result<(), String> {
+fn check_private(dir: &Path) -> Result<(), SessionError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(dir).map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
-    let me = rustix::process::getuid().as_raw();
+    let meta = fs::metadata(dir).map_err(|source| SessionError::Io {
+        action: "use",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let user = rustix::process::getuid().as_raw();
     if !meta.is_dir() {
-        return Err(format!("{} is not a folder", dir.display()));
+        return Err(SessionError::NotAFolder {
+            path: dir.to_owned(),
+        });
     }
-    if meta.uid() != me {
-        return Err(format!(
-            "{} belongs to user {}, not to this user ({me}): refusing to trust its sessions; \
-             set {TEMP_DIR_ENV} to a folder of yours",
-            dir.display(),
-            meta.uid()
-        ));
+    if meta.uid() != user {
+        return Err(SessionError::NotOurs {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            user,
+        });
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} may be written by others (mode {:o}): refusing to trust its sessions; \
-             `chmod go-w` it or set {TEMP_DIR_ENV} to a folder of yours",
-            dir.display(),
-            meta.mode() & 0o777
-        ));
+        return Err(SessionError::WritableByOthers {
+            path: dir.to_owned(),
+            mode: meta.mode() & 0o777,
+        });
     }
     Ok(())
 }
@@ -80,23 +88,30 @@ pub fn latest(root: &Path) -> PathBuf {
 }
 
 /// A new token: 32 random bytes, in hex.
-pub(crate) fn new_token() -> Result<String, String> {
+pub(crate) fn new_token() -> Result<String, SessionError> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the cluster token: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(SessionError::NoRandomness)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A new session folder (with its `logs/`), readable by this user only, under the real path of
 /// `root` (which must be this user's alone).
-pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
+pub(crate) fn create(root: &Path) -> Result<PathBuf, SessionError> {
     use std::os::unix::fs::DirBuilderExt;
+    let io = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| SessionError::Io {
+            action,
+            path,
+            source,
+        }
+    };
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(root)
-        .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
-    let root =
-        &fs::canonicalize(root).map_err(|e| format!("cannot use {}: {e}", root.display()))?;
+        .map_err(io("create", root))?;
+    let root = &fs::canonicalize(root).map_err(io("use", root))?;
     check_private(root)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,13 +122,13 @@ pub(crate) fn create(root: &Path) -> Result<PathBuf, String> {
         .recursive(true)
         .mode(0o700)
         .create(dir.join("logs"))
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        .map_err(io("create", &dir))?;
     Ok(dir)
 }
 
 /// Writes `name` in `dir`, readable by this user only, whole: it appears with its contents (a
 /// reader polling for it never sees it half written).
-pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<(), String> {
+pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<(), SessionError> {
     let path = dir.join(name);
     let staging = dir.join(format!(".{name}.{}", std::process::id()));
     let written = fs::OpenOptions::new()
@@ -124,9 +139,13 @@ pub(crate) fn write_private(dir: &Path, name: &str, contents: &str) -> Result<()
         .open(&staging)
         .and_then(|mut file| file.write_all(contents.as_bytes()))
         .and_then(|()| fs::rename(&staging, &path));
-    written.map_err(|e| {
+    written.map_err(|source| {
         let _ = fs::remove_file(&staging);
-        format!("cannot write {}: {e}", path.display())
+        SessionError::Io {
+            action: "write",
+            path,
+            source,
+        }
     })
 }
 
@@ -141,13 +160,17 @@ pub(crate) fn read(dir: &Path, name: &str) -> Option<String> {
 }
 
 /// Points `session_latest` at `dir`.
-pub(crate) fn set_latest(root: &Path, dir: &Path) -> Result<(), String> {
+pub(crate) fn set_latest(root: &Path, dir: &Path) -> Result<(), SessionError> {
     let link = latest(root);
     let staging = root.join(format!(".session_latest.{}", std::process::id()));
     let _ = fs::remove_file(&staging);
     std::os::unix::fs::symlink(dir, &staging)
         .and_then(|()| fs::rename(&staging, &link))
-        .map_err(|e| format!("cannot link {} to {}: {e}", link.display(), dir.display()))
+        .map_err(|source| SessionError::Link {
+            link,
+            target: dir.to_owned(),
+            source,
+        })
 }
 
 /// A daemon of a session folder that still runs.
@@ -197,7 +220,7 @@ pub(crate) fn live_daemons(root: &Path) -> Vec<Daemon> {
 
 /// The head's address: `address` itself (checked to be host:port), or for `auto` the one in
 /// this machine's `session_latest` folder.
-pub(crate) fn resolve_address(address: &str) -> Result<String, String> {
+pub(crate) fn resolve_address(address: &str) -> Result<String, SessionError> {
     let root = checked_root()?.unwrap_or_else(root);
     let latest = latest(&root);
     if let Ok(session) = fs::canonicalize(&latest) {
@@ -205,27 +228,17 @@ pub(crate) fn resolve_address(address: &str) -> Result<String, String> {
     }
     let address = if address == "auto" {
         if live_daemon(&latest).is_none() {
-            return Err(format!(
-                "no Filament cluster runs on this machine ({} names no running daemon); \
-                 start one with `filament start --head`",
-                latest.display()
-            ));
+            return Err(SessionError::NoCluster { latest });
         }
-        read(&latest, "address").ok_or_else(|| {
-            format!(
-                "no Filament cluster runs on this machine: {} has no address; \
-                 start one with `filament start --head`",
-                latest.display()
-            )
-        })?
+        read(&latest, "address").ok_or(SessionError::NoAddress { latest })?
     } else {
         let valid = address
             .rsplit_once(':')
             .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !valid {
-            return Err(format!(
-                "the head address {address:?} is neither `auto` nor host:port"
-            ));
+            return Err(SessionError::BadAddress {
+                address: address.to_owned(),
+            });
         }
         address.to_owned()
     };
@@ -234,17 +247,13 @@ pub(crate) fn resolve_address(address: &str) -> Result<String, String> {
 
 /// The head address and token drivers and commands of this machine use: the `session_latest`
 /// folder's, unless `address` (or the token variable) says otherwise.
-pub(crate) fn resolve(address: &str) -> Result<(String, String), String> {
+pub(crate) fn resolve(address: &str) -> Result<(String, String), SessionError> {
     let address = resolve_address(address)?;
     let latest = latest(&checked_root()?.unwrap_or_else(root));
     let token = match std::env::var(TOKEN_ENV) {
         Ok(token) if !token.trim().is_empty() => token.trim().to_owned(),
-        _ => read(&latest, "token").ok_or_else(|| {
-            format!(
-                "no cluster token: set {TOKEN_ENV}, or run on a machine of the cluster \
-                 ({} has none)",
-                latest.join("token").display()
-            )
+        _ => read(&latest, "token").ok_or_else(|| SessionError::NoToken {
+            path: latest.join("token"),
         })?,
     };
     Ok((address, token))

@@ -26,6 +26,14 @@ fn outer(x: i64) -> i64 {
     filament::get(&inner).expect("the inner task") * 10
 }
 
+/// Prints to standard output and to standard error, and returns its process id.
+#[filament::remote]
+fn prints(text: String) -> u32 {
+    println!("{text} on stdout");
+    eprintln!("{text} on stderr");
+    std::process::id()
+}
+
 #[filament::remote]
 fn fails(message: String) -> i64 {
     panic!("{message}")
@@ -43,6 +51,52 @@ fn noop() {}
 fn sleeps(millis: u64) -> i64 {
     std::thread::sleep(Duration::from_millis(millis));
     0
+}
+
+/// Runs this program again from inside a task, as a program of its own (`child-program`), and
+/// returns what it printed.
+#[filament::remote]
+fn runs_a_program() -> String {
+    let output = std::process::Command::new("/proc/self/exe")
+        .arg("child-program")
+        .env("TEST_WORKERS", "1")
+        .output()
+        .expect("the program starts");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        output.status
+    )
+}
+
+/// `bytes` bytes whose every mebibyte starts with its index: a piece out of place shows.
+fn big_value(bytes: u64) -> serde_bytes::ByteBuf {
+    let mut value = vec![0xa5u8; bytes as usize];
+    for (index, piece) in value.chunks_mut(1 << 20).enumerate() {
+        let mark = (index as u32).to_le_bytes();
+        let n = mark.len().min(piece.len());
+        piece[..n].copy_from_slice(&mark[..n]);
+    }
+    serde_bytes::ByteBuf::from(value)
+}
+
+/// Whether `value` is `big_value(value.len())`.
+fn is_big_value(value: &[u8]) -> bool {
+    value.chunks(1 << 20).enumerate().all(|(index, piece)| {
+        let mark = (index as u32).to_le_bytes();
+        let n = mark.len().min(piece.len());
+        piece[..n] == mark[..n] && piece[n..].iter().step_by(4093).all(|b| *b == 0xa5)
+    })
+}
+
+#[filament::remote]
+fn makes_a_big_value(bytes: u64) -> serde_bytes::ByteBuf {
+    big_value(bytes)
+}
+
+#[filament::remote]
+fn checks_a_big_value(value: serde_bytes::ByteBuf) -> (u64, bool) {
+    (value.len() as u64, is_big_value(&value))
 }
 
 #[filament::remote]
@@ -121,6 +175,21 @@ impl Fragile {
     }
 }
 
+/// Which case of `InitError` a failed `init` is, as a program matching on it sees it.
+fn init_error_kind(error: &filament::InitError) -> &'static str {
+    use filament::{InitError, WorkerStartError};
+    match error {
+        InitError::Hook(_) => "hook",
+        InitError::WorkerStart(WorkerStartError::Hook { .. }) => "worker-hook",
+        InitError::WorkerStart(WorkerStartError::Timeout { .. }) => "worker-start-timeout",
+        InitError::WorkerStart(WorkerStartError::ClusterLost { .. }) => "cluster-lost",
+        InitError::WorkerStart(_) => "worker-start-other",
+        InitError::Attach(_) => "attach",
+        InitError::HookMismatch { .. } => "hook-mismatch",
+        _ => "other",
+    }
+}
+
 fn main() -> ExitCode {
     // Fault injection: the worker process with this id dies before it connects to its driver.
     if let (Ok(marker), Ok(id)) = (
@@ -130,10 +199,11 @@ fn main() -> ExitCode {
     {
         std::process::exit(1);
     }
-    // Fault injection: the worker process with this id hangs before it connects.
+    // Fault injection: the worker process with this id hangs before it connects. (The
+    // FILAMENT_-named variable reaches the workers of a standing cluster, as a job's variables do.)
     if let (Ok(marker), Ok(id)) = (
         std::env::var("FILAMENT_WORKER"),
-        std::env::var("TEST_STALL_WORKER"),
+        std::env::var("TEST_STALL_WORKER").or_else(|_| std::env::var("FILAMENT_TEST_STALL_WORKER")),
     ) && marker.ends_with(&format!(":{id}"))
     {
         std::thread::sleep(Duration::from_secs(120));
@@ -142,6 +212,9 @@ fn main() -> ExitCode {
     let mut config = filament::Config::default();
     if let Ok(workers) = std::env::var("TEST_WORKERS") {
         config = config.num_workers(workers.parse().expect("TEST_WORKERS is a number"));
+    }
+    if std::env::var_os("TEST_NO_FORWARD").is_some() {
+        config = config.forward_worker_output(false);
     }
     if let Ok(ms) = std::env::var("TEST_WORKER_START_TIMEOUT_MS") {
         let ms = ms
@@ -154,6 +227,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: {error}");
+            println!("init_error={}", init_error_kind(&error));
             println!("init_failed_after_ms={}", started.elapsed().as_millis());
             return ExitCode::from(3);
         }
@@ -164,9 +238,44 @@ fn main() -> ExitCode {
     let scenario = args.first().map(String::as_str).unwrap_or("");
     match scenario {
         "one-task" => println!("result={}", add::remote(1, 2).get().unwrap()),
+        "big-values" => {
+            let bytes: u64 = args[1].parse().expect("a size in bytes");
+            match makes_a_big_value::remote(bytes).get() {
+                Ok(value) => {
+                    println!("result_len={}", value.len());
+                    println!("result_intact={}", is_big_value(&value));
+                }
+                Err(error) => println!("result_error={error}"),
+            }
+            match checks_a_big_value::remote(big_value(bytes)).get() {
+                Ok((len, intact)) => {
+                    println!("argument_len={len}");
+                    println!("argument_intact={intact}");
+                }
+                Err(error) => println!("argument_error={error}"),
+            }
+        }
+        "prints" => {
+            println!(
+                "printer_pid={}",
+                prints::remote("hello from a task".to_owned())
+                    .get()
+                    .unwrap()
+            );
+            let _ = fails::remote("boom in a task".to_owned()).get();
+        }
+        "child-program" => println!("child_sum={}", add::remote(20, 22).get().unwrap()),
+        "runs-a-program" => {
+            let printed = runs_a_program::remote().get().unwrap();
+            for line in printed.lines() {
+                println!("child_{line}");
+            }
+        }
         "actor-one-call" => {
             let counter = Counter::remote(0);
             println!("result={}", counter.incr(1).get().unwrap());
+            println!("actor_id={}", counter.actor().id());
+            println!("actor_class={}", counter.actor().class());
         }
         "actor-four-calls" => {
             let counter = Counter::remote(10);
@@ -237,6 +346,18 @@ fn main() -> ExitCode {
                 call_counter::remote(counter.clone(), 5).get().unwrap()
             );
             println!("last={}", counter.incr(1).get().unwrap());
+        }
+        // Tasks, an actor, nested tasks, a panicking task and a custom span: one job, many processes.
+        "mixed" => {
+            println!("add={}", add::remote(1, 2).get().unwrap());
+            let counter = Counter::remote(0);
+            println!("counter={}", counter.incr(5).get().unwrap());
+            println!("nested={}", outer::remote(4).get().unwrap());
+            match fails::remote("it broke".to_owned()).get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
+            println!("custom={}", with_custom_span::remote().get().unwrap());
         }
         "in-user-span" => {
             let tracer = opentelemetry::global::tracer("cluster-program");

@@ -1,5 +1,6 @@
 //! Errors of giving, loading, checking and running a tracing startup hook.
 
+use crate::SETUP_TIMEOUT_ENV;
 use filament_plugin_api::AbiMismatch;
 use std::path::PathBuf;
 
@@ -81,6 +82,28 @@ pub enum HookError {
         hook: String,
         /// The hook's own error message.
         message: String,
+    },
+    /// The hook's setup did not return within its deadline; it is left running on a thread of
+    /// its own, and nothing it set up is used.
+    #[error(
+        "hook \"{hook}\": setup did not return within {timeout:?} (a hook must not block; \
+         the deadline is {SETUP_TIMEOUT_ENV})"
+    )]
+    SetupTimeout {
+        /// The hook, `library:symbol`.
+        hook: String,
+        /// The deadline it missed.
+        timeout: std::time::Duration,
+    },
+    /// A setting of the host itself is malformed.
+    #[error("{variable}={value:?} is not valid: {reason}")]
+    BadSetting {
+        /// The environment variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 

@@ -13,11 +13,37 @@ use super::{HookError, HookSpec};
 use filament_plugin_api::{AbiMismatch, HookEntry, HookHeader, hook, hook::HookHeaderPrefix};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use std::ffi::c_void;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Extra directories to search for hook libraries given by bare name, `:`-separated.
+/// Extra directories to search for hook libraries given by bare name, `:`-separated; searched
+/// first. Then [`plugin_home`], then the folder of the `filament` command found on `PATH`, then
+/// next to the program's executable and in the cargo target directory it runs from.
 pub const PLUGIN_PATH_ENV: &str = "FILAMENT_PLUGIN_PATH";
+
+/// This user's folder of installed plugins (`filament plugins install`):
+/// `$XDG_DATA_HOME/filament/plugins`, else `~/.local/share/filament/plugins`.
+pub fn plugin_home() -> Option<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share"))
+        })?;
+    Some(data.join("filament").join("plugins"))
+}
+
+/// The folder of the `filament` command on `PATH`, if there is one: plugins installed beside it
+/// (as `cargo install` would put them) are found from any program.
+fn command_dir() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find(|dir| dir.join("filament").is_file())
+}
 
 /// `dlopen` flag: never unload the library, even if its handle is closed. libloading does not
 /// export it; this is its value on Linux (glibc and musl alike).
@@ -33,6 +59,8 @@ pub(crate) struct CheckedHook {
     /// The library file it was loaded from, canonical.
     pub(crate) path: PathBuf,
     pub(crate) entry: HookEntry,
+    /// The ABI version the hook was built against, `(major, minor)`.
+    pub(crate) abi: (u32, u32),
 }
 
 /// Finds, loads and checks one hook. Nothing in the library is called but its initializers.
@@ -107,6 +135,7 @@ pub(crate) fn load_hook(spec: &HookSpec) -> Result<CheckedHook, HookError> {
         spec: spec.clone(),
         path: std::fs::canonicalize(&path).unwrap_or(path),
         entry,
+        abi: (prefix.abi_major, prefix.abi_minor),
     })
 }
 
@@ -159,14 +188,20 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
     if let Some(path) = found
         && let Ok(metadata) = std::fs::metadata(path)
     {
-        if metadata.is_dir() {
+        // Before anything opens it: opening a FIFO blocks until a writer comes, forever.
+        if !metadata.is_file() {
             return Err(HookError::LoadFailed {
                 hook,
                 path: path.clone(),
-                cause: "it is a directory, not a shared object".into(),
+                cause: format!("it is {}, not a shared object", file_kind(&metadata)),
             });
         }
-        if let Err(error) = std::fs::File::open(path) {
+        // Non-blocking all the same: the file may have been swapped since it was looked at.
+        let readable = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path);
+        if let Err(error) = readable {
             return Err(HookError::LoadFailed {
                 hook,
                 path: path.clone(),
@@ -195,6 +230,23 @@ fn open_library(spec: &HookSpec) -> Result<(PathBuf, Library), HookError> {
         )));
     }
     Err(HookError::LibraryNotFound { hook, searched })
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_block_device() || kind.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn is_plain_soname(library: &str) -> bool {
@@ -232,13 +284,16 @@ pub(crate) fn candidate_paths(library: &str) -> (Vec<PathBuf>, Vec<PathBuf>) {
 }
 
 fn plugin_path_dirs() -> Vec<PathBuf> {
-    std::env::var_os(PLUGIN_PATH_ENV)
+    let mut dirs: Vec<PathBuf> = std::env::var_os(PLUGIN_PATH_ENV)
         .map(|value| {
             std::env::split_paths(&value)
                 .filter(|p| !p.as_os_str().is_empty())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    dirs.extend(plugin_home());
+    dirs.extend(command_dir());
+    dirs
 }
 
 fn exe_dirs() -> Vec<PathBuf> {

@@ -29,14 +29,11 @@ struct Sink {
     name: String,
     raw: RawSpanProcessor_TO<'static, RBox<()>>,
     wants_on_start: bool,
-    report: SinkReport,
-}
-
-/// Counts and the first failure of one plugin processor.
-#[derive(Debug, Default)]
-struct SinkReport {
+    /// Spans handed to the processor without error.
     delivered: AtomicU64,
+    /// Calls that failed or panicked.
     failures: AtomicU64,
+    /// The first failure's message (the only one logged).
     first_failure: Mutex<Option<String>>,
 }
 
@@ -45,13 +42,12 @@ impl Sink {
         let RResult::RErr(error) = result else {
             return Ok(());
         };
-        self.report.failures.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let message = format!(
             "span processor \"{}\" failed in {operation}: {error}",
             self.name
         );
         let mut first = self
-            .report
             .first_failure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -130,15 +126,15 @@ impl Sinks {
             .map(|sink| ProcessorReport {
                 hook: sink.hook.clone(),
                 name: sink.name.clone(),
-                delivered: sink.report.delivered.load(Ordering::Relaxed),
-                failures: sink.report.failures.load(Ordering::Relaxed),
+                delivered: sink.delivered.load(Ordering::Relaxed),
+                failures: sink.failures.load(Ordering::Relaxed),
                 first_failure: sink
-                    .report
                     .first_failure
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .clone(),
                 plugin: sink.raw.stats(),
+                plugin_failed: sink.raw.failed(),
             })
             .collect()
     }
@@ -160,6 +156,9 @@ pub struct ProcessorReport {
     pub first_failure: Option<String>,
     /// What the processor itself says it exported and dropped.
     pub plugin: ProcessorStats,
+    /// Of `plugin.dropped`, the spans its exporter failed to deliver (refused, timed out,
+    /// unreachable); 0 from plugins built against ABI 1.0, which do not say.
+    pub plugin_failed: u64,
 }
 
 /// The host-side processor that forwards to every plugin processor.
@@ -187,7 +186,9 @@ impl Bridge {
                 wants_on_start: added.raw.wants_on_start(),
                 hook: added.hook,
                 raw: added.raw,
-                report: SinkReport::default(),
+                delivered: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                first_failure: Mutex::new(None),
             })
             .collect();
         let sinks = Sinks {
@@ -222,7 +223,7 @@ impl SpanProcessor for Bridge {
         with_record(&span, &self.resource, |record| {
             for sink in self.sinks.sinks.iter() {
                 if sink.check("on_end", sink.raw.on_end(record)).is_ok() {
-                    sink.report.delivered.fetch_add(1, Ordering::Relaxed);
+                    sink.delivered.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });

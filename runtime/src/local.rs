@@ -10,38 +10,39 @@ use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// The runtime this process talks to (not to be confused with OpenTelemetry's `Context`).
 #[derive(Clone)]
-pub(crate) enum Context {
+pub(crate) enum LocalRuntime {
     Driver(Arc<Driver>),
     Worker(Arc<WorkerCore>),
 }
 
-static CONTEXT: RwLock<Option<Context>> = RwLock::new(None);
+static LOCAL: RwLock<Option<LocalRuntime>> = RwLock::new(None);
 
-pub(crate) fn set(context: Option<Context>) {
-    *CONTEXT.write().unwrap_or_else(|p| p.into_inner()) = context;
+pub(crate) fn set(context: Option<LocalRuntime>) {
+    *LOCAL.write().unwrap_or_else(|p| p.into_inner()) = context;
 }
 
-pub(crate) fn current() -> Option<Context> {
-    CONTEXT.read().unwrap_or_else(|p| p.into_inner()).clone()
+pub(crate) fn current() -> Option<LocalRuntime> {
+    LOCAL.read().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn current_or_panic() -> Context {
+fn current_or_panic() -> LocalRuntime {
     current().expect("filament: no runtime in this process; call filament::init first")
 }
 
-impl Context {
+impl LocalRuntime {
     pub(crate) fn cluster(&self) -> u64 {
         match self {
-            Context::Driver(d) => d.cluster,
-            Context::Worker(w) => w.cluster,
+            LocalRuntime::Driver(d) => d.cluster,
+            LocalRuntime::Worker(w) => w.cluster,
         }
     }
 
     fn next_id(&self) -> ObjectId {
         match self {
-            Context::Driver(d) => d.next_id(),
-            Context::Worker(w) => w.next_id(),
+            LocalRuntime::Driver(d) => d.next_id(),
+            LocalRuntime::Worker(w) => w.next_id(),
         }
     }
 
@@ -57,8 +58,8 @@ impl Context {
             })
             .collect();
         match self {
-            Context::Driver(d) => d.submit(spec),
-            Context::Worker(w) => w.submit(spec),
+            LocalRuntime::Driver(d) => d.submit(spec),
+            LocalRuntime::Worker(w) => w.submit(spec),
         }
         // The submission holds them now: the references given with the arguments can go.
         for id in moved {
@@ -69,21 +70,21 @@ impl Context {
 
 pub(crate) fn add_ref(cluster: u64, id: ObjectId) {
     match current() {
-        Some(Context::Driver(d)) if d.cluster == cluster => d.add_ref(id),
-        Some(Context::Worker(w)) if w.cluster == cluster => w.add_ref(id),
+        Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.add_ref(id),
+        Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.add_ref(id),
         _ => {}
     }
 }
 
 pub(crate) fn release(cluster: u64, id: ObjectId) {
     match current() {
-        Some(Context::Driver(d)) if d.cluster == cluster => d.release(id),
-        Some(Context::Worker(w)) if w.cluster == cluster => w.release(id),
+        Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.release(id),
+        Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.release(id),
         _ => {}
     }
 }
 
-fn object_ref<T>(context: &Context, id: ObjectId) -> ObjectRef<T> {
+fn object_ref<T>(context: &LocalRuntime, id: ObjectId) -> ObjectRef<T> {
     ObjectRef {
         id,
         cluster: context.cluster(),
@@ -116,12 +117,13 @@ pub struct ActorHandle {
 }
 
 impl ActorHandle {
-    /// The actor's id.
-    pub fn id(&self) -> u64 {
-        self.id
+    /// The actor's id: its creation's, as spans (`filament.actor_id`), errors and
+    /// `filament status` show it (16 hex digits).
+    pub fn id(&self) -> ObjectId {
+        ObjectId(self.id)
     }
 
-    /// The actor's type name.
+    /// The actor's type, by its Rust path (`my_crate::Counter`).
     pub fn class(&self) -> &str {
         &self.class
     }
@@ -146,8 +148,9 @@ impl ActorHandle {
     }
 }
 
-/// Creates an actor. Used by the code `#[filament::actor]` generates.
-pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> ActorHandle {
+/// Creates an actor. Used by the code `#[filament::actor]` generates. Its spans and errors name it
+/// by its Rust path, `class_id` (two `Counter`s of two modules never share a name).
+pub fn create_actor(class_id: &'static str, _class: &str, args: Vec<Arg>) -> ActorHandle {
     let context = current_or_panic();
     let id = context.next_id();
     context.submit(TaskSpec {
@@ -156,7 +159,7 @@ pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> Acto
             class: class_id.to_owned(),
             actor: id.0,
         },
-        name: format!("{class}::new"),
+        name: format!("{class_id}::new"),
         args,
         trace_context: Vec::new(),
     });
@@ -164,7 +167,7 @@ pub fn create_actor(class_id: &'static str, class: &str, args: Vec<Arg>) -> Acto
     release(context.cluster(), id);
     ActorHandle {
         id: id.0,
-        class: class.to_owned(),
+        class: class_id.to_owned(),
         cluster: context.cluster(),
     }
 }
@@ -179,8 +182,8 @@ pub(crate) fn get_raw(
         return Err(GetError::OtherCluster { id: ids[0] });
     }
     match context {
-        Context::Driver(d) => d.get(ids),
-        Context::Worker(w) => w.get(ids),
+        LocalRuntime::Driver(d) => d.get(ids),
+        LocalRuntime::Worker(w) => w.get(ids),
     }
 }
 
@@ -196,7 +199,7 @@ pub(crate) fn wait_raw(
         return Err(GetError::OtherCluster { id: ids[0] });
     }
     match context {
-        Context::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
-        Context::Worker(w) => w.wait(ids, num_returns, timeout),
+        LocalRuntime::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
+        LocalRuntime::Worker(w) => w.wait(ids, num_returns, timeout),
     }
 }

@@ -24,16 +24,19 @@ pub(crate) struct AddedProcessor {
 }
 
 /// What all hooks of a process asked for.
-pub(crate) struct HostSetup<'a> {
+pub(crate) struct HostSetup {
     /// The hook being run now, for messages.
     pub(crate) current_hook: String,
-    pub(crate) process: &'a ProcessInfo,
-    pub(crate) config: &'a BTreeMap<String, String>,
+    pub(crate) process: ProcessInfo,
+    pub(crate) config: BTreeMap<String, String>,
+    /// Where `config` reads what the configuration values lack: this process's environment
+    /// (`None`), or another's.
+    pub(crate) environment: Option<BTreeMap<String, String>>,
     pub(crate) provider: Option<RequestedProvider>,
     pub(crate) processors: Vec<AddedProcessor>,
 }
 
-impl RawTracingSetup for HostSetup<'_> {
+impl RawTracingSetup for HostSetup {
     fn configure_provider(&mut self, config: &ProviderConfig<'_>) -> RResult<(), ConfigureError> {
         if let Some(first) = &self.provider {
             log::emit(
@@ -76,10 +79,14 @@ impl RawTracingSetup for HostSetup<'_> {
     }
 
     fn config(&self, key: RStr<'_>) -> ROption<RString> {
+        let key = key.as_str();
         self.config
-            .get(key.as_str())
+            .get(key)
             .cloned()
-            .or_else(|| std::env::var(key.as_str()).ok())
+            .or_else(|| match &self.environment {
+                Some(environment) => environment.get(key).cloned(),
+                None => std::env::var(key).ok(),
+            })
             .map(RString::from)
             .into()
     }
