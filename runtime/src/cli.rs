@@ -1,7 +1,7 @@
 //! The `filament` command: `start` a head or a node, `status`, `stop`. The binary calls [`main`].
 
 use crate::cluster::proto::{self, FromHead, Peer};
-use crate::cluster::{self, ClusterStatus, ConnectError, SessionError, session};
+use crate::cluster::{self, ClusterStatus, ConnectError, SessionError, session, tls};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -19,6 +19,16 @@ enum CommandError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Tls(#[from] cluster::TlsError),
+    #[error(
+        "--tls: no TLS files for this node: give --tls-ca, --tls-cert and --tls-key (or {}, {} \
+         and {}), or start it on the machine of the TLS cluster's head",
+        tls::CA_ENV,
+        tls::CERT_ENV,
+        tls::KEY_ENV
+    )]
+    NoTlsFiles,
     #[error(transparent)]
     Plugin(#[from] crate::plugins::PluginError),
     #[error("--tracing-startup-hook is empty; give library:symbol")]
@@ -149,6 +159,38 @@ struct StartArgs {
     /// and run now, then in every process of every job.
     #[arg(long, value_name = "HOOK", conflicts_with = "address")]
     tracing_startup_hook: Option<String>,
+    /// TLS with mutual authentication for every connection of the cluster. A head makes a cluster
+    /// CA and its certificates in its session (unless --tls-ca/--tls-cert/--tls-key give an
+    /// organisation's own); a node takes the CA of this machine's session or those options.
+    #[arg(long)]
+    tls: bool,
+    #[command(flatten)]
+    tls_files: TlsArgs,
+}
+
+/// An organisation's own PKI (each implies --tls). Every certificate must name `filament-cluster`
+/// (DNS) and allow client and server authentication.
+#[derive(Debug, Clone, clap::Args)]
+struct TlsArgs {
+    /// The cluster CA's certificate (PEM): peers must present certificates it signed.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This machine's certificate (PEM), signed by the cluster CA.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<tls::TlsFiles> {
+        Some(tls::TlsFiles {
+            ca: std::path::absolute(self.tls_ca.as_ref()?).ok()?,
+            cert: std::path::absolute(self.tls_cert.as_ref()?).ok()?,
+            key: std::path::absolute(self.tls_key.as_ref()?).ok()?,
+        })
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -177,6 +219,11 @@ struct DaemonArgs {
     num_cpus: u32,
     #[arg(long)]
     tracing_startup_hook: Option<String>,
+    /// Make a new cluster CA (a head).
+    #[arg(long)]
+    tls: bool,
+    #[command(flatten)]
+    tls_files: TlsArgs,
 }
 
 /// Runs the `filament` command line.
@@ -244,12 +291,33 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
         if let Some(hook) = &args.tracing_startup_hook {
             command.args(["--tracing-startup-hook", hook]);
         }
+        match args.tls_files.files() {
+            Some(files) => pass_tls_files(&mut command, &files),
+            None if args.tls => {
+                command.arg("--tls");
+            }
+            None => {}
+        }
     } else {
         let address = args.address.as_deref().expect("clap: --head or --address");
         let (address, token) = session::resolve(address)?;
         command
             .args(["--address", &address])
             .env(session::TOKEN_ENV, token);
+        // A node speaks TLS with the files given, else those of the variables, else those of
+        // this machine's session (where the head's CA is, with its key, on the head's machine).
+        let files = match args.tls_files.files() {
+            Some(files) => Some(files),
+            None => match tls::TlsFiles::from_env()? {
+                Some(files) => Some(files),
+                None => tls::TlsFiles::of_session(&session::latest(&root)),
+            },
+        };
+        match files {
+            Some(files) => pass_tls_files(&mut command, &files),
+            None if args.tls => return Err(CommandError::NoTlsFiles),
+            None => {}
+        }
     }
     command.args(["--num-cpus", &num_cpus.to_string()]);
     let dir = session::create(&root)?;
@@ -281,6 +349,17 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
             dir.display()
         )
     })
+}
+
+/// Gives the daemon its TLS files.
+fn pass_tls_files(command: &mut Command, files: &tls::TlsFiles) {
+    command
+        .arg("--tls-ca")
+        .arg(&files.ca)
+        .arg("--tls-cert")
+        .arg(&files.cert)
+        .arg("--tls-key")
+        .arg(&files.key);
 }
 
 /// Removes the folder of a session whose daemon failed to start, keeping its log as
@@ -376,6 +455,11 @@ fn daemon(args: DaemonArgs) -> Result<String, CommandError> {
             std::process::exit(1);
         }
     };
+    let tls = match args.tls_files.files() {
+        Some(files) => Some(tls::TlsSetup::Files(files)),
+        None if args.tls => Some(tls::TlsSetup::Generate),
+        None => None,
+    };
     if args.head {
         cluster::head::run(
             cluster::head::HeadOptions {
@@ -384,6 +468,7 @@ fn daemon(args: DaemonArgs) -> Result<String, CommandError> {
                 port: args.port,
                 num_cpus: args.num_cpus,
                 hook: args.tracing_startup_hook,
+                tls,
             },
             ready,
         );
@@ -395,6 +480,7 @@ fn daemon(args: DaemonArgs) -> Result<String, CommandError> {
                 address: args.address.unwrap_or_default(),
                 token,
                 num_cpus: args.num_cpus,
+                tls,
             },
             ready,
         );
@@ -404,7 +490,9 @@ fn daemon(args: DaemonArgs) -> Result<String, CommandError> {
 
 fn status(address: &str, json: bool) -> Result<String, CommandError> {
     let (address, token) = session::resolve(address)?;
-    let (_, _, mut reader) = proto::connect(&address, &token, |_| Ok((Peer::Status, None)))?;
+    let tls = session::resolve_tls()?;
+    let (_, _, mut reader) =
+        proto::connect(&address, &token, tls.as_ref(), |_| Ok((Peer::Status, None)))?;
     let status = match reader.read::<FromHead>() {
         Ok(Some(FromHead::Status(status))) => status,
         other => {

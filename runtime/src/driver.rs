@@ -133,6 +133,8 @@ enum Launcher {
         head: Outbox<ToHead>,
         token: String,
         listening: SocketAddr,
+        /// The cluster's TLS: workers connect with it, and plain ones are refused.
+        tls: Option<Arc<crate::cluster::tls::Tls>>,
     },
 }
 
@@ -253,6 +255,7 @@ impl Driver {
                         head: attached.outbox,
                         token: attached.token,
                         listening,
+                        tls: attached.tls,
                     },
                     Listener::Tcp(attached.listener),
                     Some((attached.reader, attached.address)),
@@ -479,6 +482,31 @@ impl Driver {
     /// Handshake, then the worker's messages until it goes away.
     fn serve_worker(self: Arc<Self>, stream: Conn) {
         let _ = stream.set_read_timeout(Some(self.start_timeout));
+        let stream = match (&self.launcher, stream) {
+            (Launcher::Cluster { tls: Some(tls), .. }, Conn::Tcp(raw)) => {
+                use crate::cluster::tls::{Accepted, refuse_plain};
+                let peer = raw
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "an unknown peer".to_owned());
+                match tls.accept(raw) {
+                    Accepted::Tls(stream) => Conn::tls(stream),
+                    Accepted::Plain(raw) => {
+                        let why = "this job's cluster requires TLS: a plain-TCP worker is refused";
+                        eprintln!("filament: refused a connection from {peer}: {why}");
+                        refuse_plain(raw, &ToWorker::Refused(why.into()));
+                        return;
+                    }
+                    Accepted::Failed(e) => {
+                        eprintln!(
+                            "filament: refused a connection from {peer}: TLS handshake failed: {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+            (_, stream) => stream,
+        };
         let Ok(write_half) = stream.try_clone() else {
             return;
         };

@@ -7,6 +7,7 @@
 //! frames, each but the last marked [`CONTINUED`]; the reader joins them, up to [`MAX_MESSAGE`].
 //! Task values are byte strings on the wire (`serde_bytes`): copied whole, not byte by byte.
 
+use crate::cluster::tls::TlsStream;
 use crate::object::{Arg, ObjectId, TaskError};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufReader, Read, Write};
@@ -45,11 +46,13 @@ pub(crate) const MAX_MESSAGE: usize = 16 << 30;
 /// this: a stranger cannot make a process allocate much by announcing a large frame.
 pub(crate) const MAX_UNTRUSTED_FRAME: usize = 64 * 1024;
 
-/// A connection: a Unix socket within a machine, TCP between machines.
+/// A connection: a Unix socket within a machine, TCP between machines, TLS over TCP in a cluster
+/// started with `--tls` (shared by its clones: one reader, any writers).
 #[derive(Debug)]
 pub(crate) enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
+    Tls(Arc<TlsStream>),
 }
 
 impl Conn {
@@ -57,20 +60,34 @@ impl Conn {
     /// peer whose machine vanished noticed within about 15–20 s, not hours: keepalive probes while
     /// the connection is quiet, and a limit on how long sent data may stay unacknowledged.
     pub(crate) fn tcp(stream: TcpStream) -> Conn {
-        use rustix::net::sockopt;
-        let _ = stream.set_nodelay(true);
-        let _ = sockopt::set_socket_keepalive(&stream, true);
-        let _ = sockopt::set_tcp_keepidle(&stream, Duration::from_secs(5));
-        let _ = sockopt::set_tcp_keepintvl(&stream, Duration::from_secs(2));
-        let _ = sockopt::set_tcp_keepcnt(&stream, 4);
-        let _ = sockopt::set_tcp_user_timeout(&stream, 20_000);
+        tune(&stream);
         Conn::Tcp(stream)
     }
 
+    /// A TLS connection over `stream` (tuned as [`Conn::tcp`]), once its handshake is done.
+    pub(crate) fn tls(stream: TlsStream) -> Conn {
+        tune(stream.socket());
+        Conn::Tls(Arc::new(stream))
+    }
+}
+
+/// Nagle's delay off, keepalive and a limit on unacknowledged data: see [`Conn::tcp`].
+fn tune(stream: &TcpStream) {
+    use rustix::net::sockopt;
+    let _ = stream.set_nodelay(true);
+    let _ = sockopt::set_socket_keepalive(stream, true);
+    let _ = sockopt::set_tcp_keepidle(stream, Duration::from_secs(5));
+    let _ = sockopt::set_tcp_keepintvl(stream, Duration::from_secs(2));
+    let _ = sockopt::set_tcp_keepcnt(stream, 4);
+    let _ = sockopt::set_tcp_user_timeout(stream, 20_000);
+}
+
+impl Conn {
     pub(crate) fn try_clone(&self) -> io::Result<Conn> {
         Ok(match self {
             Conn::Unix(s) => Conn::Unix(s.try_clone()?),
             Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Tls(s) => Conn::Tls(Arc::clone(s)),
         })
     }
 
@@ -78,6 +95,7 @@ impl Conn {
         match self {
             Conn::Unix(s) => s.set_read_timeout(timeout),
             Conn::Tcp(s) => s.set_read_timeout(timeout),
+            Conn::Tls(s) => s.socket().set_read_timeout(timeout),
         }
     }
 
@@ -86,6 +104,10 @@ impl Conn {
         let _ = match self {
             Conn::Unix(s) => s.shutdown(Shutdown::Both),
             Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+            Conn::Tls(s) => {
+                s.shutdown();
+                Ok(())
+            }
         };
     }
 
@@ -94,6 +116,11 @@ impl Conn {
         match self {
             Conn::Unix(_) => "a local process".to_owned(),
             Conn::Tcp(s) => s
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "an unknown peer".to_owned()),
+            Conn::Tls(s) => s
+                .socket()
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| "an unknown peer".to_owned()),
@@ -106,6 +133,7 @@ impl std::os::fd::AsFd for Conn {
         match self {
             Conn::Unix(s) => s.as_fd(),
             Conn::Tcp(s) => s.as_fd(),
+            Conn::Tls(s) => s.socket().as_fd(),
         }
     }
 }
@@ -115,6 +143,7 @@ impl Read for &Conn {
         match self {
             Conn::Unix(s) => (&*s).read(buf),
             Conn::Tcp(s) => (&*s).read(buf),
+            Conn::Tls(s) => s.read(buf),
         }
     }
 }
@@ -130,6 +159,25 @@ impl Write for &Conn {
         match self {
             Conn::Unix(s) => (&*s).write(buf),
             Conn::Tcp(s) => (&*s).write(buf),
+            Conn::Tls(s) => s.write_all(buf).map(|()| buf.len()),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Tls(s) => s.write_all(buf),
+            _ => {
+                let mut rest = buf;
+                while !rest.is_empty() {
+                    match self.write(rest) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => rest = &rest[n..],
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -401,6 +449,7 @@ impl FrameReader {
     /// Whether bytes of a next message are already read from the socket.
     pub(crate) fn has_buffered(&self) -> bool {
         !self.reader.buffer().is_empty()
+            || matches!(self.reader.get_ref(), Conn::Tls(s) if s.has_buffered())
     }
 
     /// The next message; `Ok(None)` at a clean end of stream.

@@ -138,24 +138,41 @@ fn serve(marker: &str) -> Result<(), String> {
     // The first line of standard input is the token: a standing cluster's node gives it (and the
     // end of its pipe later means the job ended or the node is gone), and so does an embedded
     // cluster's driver (the socket's folder is not the only wall).
-    let from_node = std::env::var_os(crate::cluster::node::NODE_PIPE_ENV).is_some();
+    // A node of a TLS cluster gives the TLS files next, for the connection to the driver.
+    let pipe = std::env::var(crate::cluster::node::NODE_PIPE_ENV).ok();
     let mut token = String::new();
-    if from_node || !socket.starts_with("tcp:") {
-        std::io::stdin()
-            .read_line(&mut token)
+    let mut tls = None;
+    if pipe.is_some() || !socket.starts_with("tcp:") {
+        let mut input = std::io::stdin().lock();
+        std::io::BufRead::read_line(&mut input, &mut token)
             .map_err(|e| format!("reading the cluster token: {e}"))?;
         token = token.trim().to_owned();
+        if pipe.as_deref() == Some(crate::cluster::node::NODE_PIPE_TLS) {
+            let pem = crate::cluster::tls::TlsPem::from_lines(&mut input)
+                .map_err(|e| format!("reading the TLS files from the node: {e}"))?;
+            tls = Some(
+                crate::cluster::tls::Tls::from_pem(pem, None, "its node's TLS files".into())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
     }
     let stream = match socket.strip_prefix("tcp:") {
-        Some(address) => Conn::tcp(
-            address
+        Some(address) => {
+            let raw = address
                 .parse()
                 .map_err(|e| format!("the driver address {address:?} is not ip:port: {e}"))
                 .and_then(|addr| {
                     TcpStream::connect_timeout(&addr, WORKER_CONNECT_TIMEOUT)
                         .map_err(|e| format!("the driver at {address} is gone ({e}); exiting"))
-                })?,
-        ),
+                })?;
+            match &tls {
+                Some(tls) => Conn::tls(
+                    tls.connect(raw)
+                        .map_err(|e| format!("TLS with the driver at {address} failed: {e}"))?,
+                ),
+                None => Conn::tcp(raw),
+            }
+        }
         None => Conn::Unix(
             UnixStream::connect(socket)
                 .map_err(|e| format!("the driver at {socket} is gone ({e}); exiting"))?,
@@ -261,7 +278,7 @@ fn serve(marker: &str) -> Result<(), String> {
         activity: Activity::new(),
     });
     crate::local::set(Some(crate::local::LocalRuntime::Worker(Arc::clone(&core))));
-    if from_node {
+    if pipe.is_some() {
         // The node closed the pipe: the job ended, or the node is gone. The worker stops as when
         // its driver says so, flushing its spans (the node kills it if that takes too long).
         let watching = Arc::clone(&core);

@@ -21,6 +21,8 @@ pub(crate) struct Attached {
     pub(crate) listener: TcpListener,
     pub(crate) outbox: Outbox<ToHead>,
     pub(crate) reader: FrameReader,
+    /// The cluster's TLS: its workers connect with it.
+    pub(crate) tls: Option<std::sync::Arc<super::tls::Tls>>,
 }
 
 /// The environment variables that make a job's configuration: its workers get the driver's, and
@@ -39,7 +41,10 @@ fn job_env() -> Vec<(String, String)> {
 }
 
 /// The variables of a process's own place in a cluster, which its workers never get from it.
-const OWN_VARIABLES: [&str; 6] = [
+const OWN_VARIABLES: [&str; 9] = [
+    super::tls::CA_ENV,
+    super::tls::CERT_ENV,
+    super::tls::KEY_ENV,
     crate::driver::WORKER_ENV,
     session::ADDRESS_ENV,
     session::TOKEN_ENV,
@@ -64,8 +69,9 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Att
         Some(token) => (session::resolve_address(address)?, token.to_owned()),
         None => session::resolve(address)?,
     };
+    let tls = session::resolve_tls()?;
     let mut listener = None;
-    let (welcome, conn, reader) = proto::connect(&address, &token, |stream| {
+    let (welcome, conn, reader) = proto::connect(&address, &token, tls.as_ref(), |stream| {
         // Workers connect back on the address the head sees this driver at: reachable from the
         // cluster if the head is.
         let local = |what: String| move |source| ConnectError::Local { what, source };
@@ -113,6 +119,7 @@ pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, Att
         listener: listener.expect("made before the hello"),
         outbox: Outbox::new(conn),
         reader,
+        tls: tls.map(std::sync::Arc::new),
     })
 }
 

@@ -106,6 +106,56 @@ pub enum SessionError {
     },
 }
 
+/// Why this process's TLS files (a TLS cluster's CA, certificate and key) cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("cannot use {what} {}: {source}", path.display())]
+    Read {
+        /// Which file it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A file holds no usable PEM certificate or key.
+    #[error("{what} {} is unusable: {reason}", path.display())]
+    Pem {
+        /// Which file it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The certificate, key and CA do not make a TLS configuration (a key not of the
+    /// certificate, say).
+    #[error("the TLS files of {origin} are unusable: {reason}")]
+    Invalid {
+        /// Where they came from.
+        origin: String,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// One variable of three was given without another.
+    #[error("{given} is set but {missing} is not: TLS needs the CA, a certificate and its key")]
+    Incomplete {
+        /// The variable given.
+        given: &'static str,
+        /// The one missing.
+        missing: &'static str,
+    },
+    /// A certificate could not be made.
+    #[error("cannot make the cluster's certificates: {0}")]
+    Generate(#[source] rcgen::Error),
+    /// A session file could not be written.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
 /// Why a connection to the cluster's head did not get its welcome.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -136,6 +186,20 @@ pub enum ConnectError {
         /// The system's reason.
         #[source]
         source: io::Error,
+    },
+    /// The TLS handshake failed: the head has another CA, or speaks plain TCP, or refused this
+    /// process's certificate.
+    #[error("TLS with the head at {address} failed ({origin}): {source}{hint}")]
+    Tls {
+        /// The head's address.
+        address: String,
+        /// Where this process's TLS files came from.
+        origin: String,
+        /// rustls's reason.
+        #[source]
+        source: io::Error,
+        /// What probably happened.
+        hint: &'static str,
     },
     /// The head refused: a wrong token, or a peer it does not take.
     #[error("the head at {address} refused the connection: {reason}")]
@@ -180,6 +244,9 @@ pub enum AttachError {
     /// The head could not be reached, or refused.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Why `filament start` could not start a head or a node.
@@ -220,6 +287,9 @@ pub enum StartError {
     /// A node could not join the head.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The TLS files could not be made or used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The system refused something else (a thread, an address).
     #[error("{what}: {source}")]
     Io {

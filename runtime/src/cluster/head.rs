@@ -29,6 +29,8 @@ pub(crate) struct HeadOptions {
     pub(crate) port: u16,
     pub(crate) num_cpus: u32,
     pub(crate) hook: Option<String>,
+    /// TLS for every connection, or plain TCP.
+    pub(crate) tls: Option<super::tls::TlsSetup>,
 }
 
 #[derive(Clone)]
@@ -73,6 +75,8 @@ struct Head {
     state: Mutex<HeadState>,
     /// Connections not yet authenticated: deadline, caps and a bounded log.
     gate: Arc<Gate>,
+    /// The cluster's TLS, if it has it: plain peers are refused.
+    tls: Option<Arc<super::tls::Tls>>,
 }
 
 /// Starts the head: listens, runs the hook (a broken one fails the start), records the session,
@@ -119,7 +123,7 @@ pub(crate) fn run(options: HeadOptions, ready: impl FnOnce(Result<String, StartE
         let head = Arc::clone(&head);
         if let Err(e) = std::thread::Builder::new()
             .name("filament-head-conn".into())
-            .spawn(move || head.serve(Conn::tcp(stream), pass))
+            .spawn(move || head.serve(stream, pass))
         {
             log(&format!("no thread for a connection: {e}"));
         }
@@ -162,6 +166,10 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
     let token = session::new_token()?;
     let dir = &options.session;
     session::write_private(dir, "token", &token)?;
+    let tls = match &options.tls {
+        Some(setup) => Some(Arc::new(setup.make(dir)?)),
+        None => None,
+    };
     session::write_private(dir, "address", &address)?;
     session::write_private(dir, "role", "head")?;
     session::write_private(dir, "hook", hook.as_deref().unwrap_or(""))?;
@@ -180,6 +188,7 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
         tracing: guard.as_ref().map(|g| g.report_handle()),
         state: Mutex::new(HeadState::default()),
         gate: Arc::new(Gate::default()),
+        tls: tls.clone(),
     });
     head.gate.start().map_err(|source| StartError::Io {
         what: "starting the thread that cuts off late hellos",
@@ -190,6 +199,7 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
     let agent = Arc::new(NodeAgent::new(
         node_id.clone(),
         token,
+        tls.map(|tls| tls.pem.clone()),
         Box::new(move |event| {
             if let Some(head) = weak.upgrade() {
                 head.on_node_event(&local_id, event);
@@ -252,9 +262,15 @@ impl Head {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn serve(self: Arc<Self>, conn: Conn, pass: Pass) {
-        let peer_address = conn.peer();
-        let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    fn serve(self: Arc<Self>, stream: std::net::TcpStream, pass: Pass) {
+        let peer_address = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "an unknown peer".to_owned());
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let Some(conn) = self.secure(stream, &peer_address) else {
+            return;
+        };
         let Ok(read_half) = conn.try_clone() else {
             return;
         };
@@ -312,6 +328,39 @@ impl Head {
                     outbox.send(FromHead::Refused(why));
                 }
             },
+        }
+    }
+
+    /// The connection as the cluster speaks it: TLS (a plain peer is told, in plain words, and
+    /// refused), or plain TCP (a TLS peer is refused). `None` if refused; the gate logs why.
+    fn secure(&self, stream: std::net::TcpStream, peer_address: &str) -> Option<Conn> {
+        use super::tls::{self, Accepted};
+        let Some(tls) = &self.tls else {
+            if tls::speaks_tls(&stream) {
+                self.gate.log_refusal(&format!(
+                    "refused a connection from {peer_address}: it speaks TLS and this cluster \
+                     does not (start the head with --tls for a TLS cluster)"
+                ));
+                return None;
+            }
+            return Some(Conn::tcp(stream));
+        };
+        match tls.accept(stream) {
+            Accepted::Tls(stream) => Some(Conn::tls(stream)),
+            Accepted::Plain(stream) => {
+                let why = "this cluster requires TLS: a plain-TCP peer is refused (give it the \
+                           cluster's CA, certificate and key)";
+                self.gate
+                    .log_refusal(&format!("refused a connection from {peer_address}: {why}"));
+                tls::refuse_plain(stream, &FromHead::Refused(why.into()));
+                None
+            }
+            Accepted::Failed(e) => {
+                self.gate.log_refusal(&format!(
+                    "refused a connection from {peer_address}: TLS handshake failed: {e}"
+                ));
+                None
+            }
         }
     }
 

@@ -14,9 +14,10 @@ pub(crate) mod head;
 pub(crate) mod node;
 pub(crate) mod proto;
 pub mod session;
+pub mod tls;
 
 pub use crate::status::{HookState, ProcessKind};
-pub use error::{AttachError, ConnectError, SessionError, StartError};
+pub use error::{AttachError, ConnectError, SessionError, StartError, TlsError};
 pub use proto::{ClusterStatus, JobProcess, JobStatus, NodeStatus};
 
 use node::NodeAgent;
@@ -78,13 +79,29 @@ pub(crate) struct NodeOptions {
     pub(crate) address: String,
     pub(crate) token: String,
     pub(crate) num_cpus: u32,
+    /// TLS to the head (and for this node's workers), or plain TCP.
+    pub(crate) tls: Option<tls::TlsSetup>,
 }
 
 /// Joins the head at `options.address`, checks the cluster's hook loads here, reports `Ok(node
 /// id)` or the failure through `ready`, then starts and ends workers as the head says. Returns when
 /// the head goes away, having killed this node's workers.
 pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, StartError>)) {
-    let joined = proto::connect(&options.address, &options.token, |_| {
+    // The node's certificate (its own if the CA's key is at hand) in its session, for the drivers
+    // of its machine too.
+    let tls = match options
+        .tls
+        .as_ref()
+        .map(|setup| setup.make(&options.session))
+    {
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(error)) => {
+            ready(Err(error.into()));
+            return;
+        }
+        None => None,
+    };
+    let joined = proto::connect(&options.address, &options.token, tls.as_ref(), |_| {
         let node = Peer::Node {
             pid: std::process::id(),
             num_cpus: options.num_cpus,
@@ -151,6 +168,7 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
     let agent = Arc::new(NodeAgent::new(
         node_id.clone(),
         options.token.clone(),
+        tls.map(|tls| tls.pem),
         Box::new(move |event| {
             events_outbox.send(ToHead::Node(event));
         }),

@@ -14,6 +14,8 @@ pub(crate) const NODE_ID_ENV: &str = "FILAMENT_NODE_ID";
 /// the cluster token (kept out of the environment, which every process a task starts would
 /// inherit); its end means the job ended or the node is gone (a worker never outlives its node).
 pub(crate) const NODE_PIPE_ENV: &str = "FILAMENT_NODE_PIPE";
+/// [`NODE_PIPE_ENV`]'s value when the TLS files follow the token on the pipe.
+pub(crate) const NODE_PIPE_TLS: &str = "tls";
 
 /// Something a node's workers did, for the head.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -53,6 +55,8 @@ const END_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct NodeAgent {
     pub(crate) node_id: String,
     token: String,
+    /// The TLS files workers connect to their driver with, after the token on their input.
+    tls: Option<super::tls::TlsPem>,
     running: Mutex<Vec<Running>>,
     events: Box<dyn Fn(NodeEvent) + Send + Sync>,
 }
@@ -61,11 +65,13 @@ impl NodeAgent {
     pub(crate) fn new(
         node_id: String,
         token: String,
+        tls: Option<super::tls::TlsPem>,
         events: Box<dyn Fn(NodeEvent) + Send + Sync>,
     ) -> NodeAgent {
         NodeAgent {
             node_id,
             token,
+            tls,
             running: Mutex::new(Vec::new()),
             events,
         }
@@ -105,7 +111,14 @@ impl NodeAgent {
             )
             .env_remove(super::session::TOKEN_ENV)
             .env(NODE_ID_ENV, &self.node_id)
-            .env(NODE_PIPE_ENV, "1")
+            .env(
+                NODE_PIPE_ENV,
+                if self.tls.is_some() {
+                    NODE_PIPE_TLS
+                } else {
+                    "1"
+                },
+            )
             .stdin(Stdio::piped())
             .spawn();
         match spawned {
@@ -113,9 +126,14 @@ impl NodeAgent {
                 use std::io::Write;
                 let pid = child.id();
                 let mut pipe = child.stdin.take();
-                // One line, far below a pipe's buffer: the write never waits for the worker.
+                // A few lines, far below a pipe's buffer: the write never waits for the worker.
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .map(|tls| tls.to_lines())
+                    .unwrap_or_default();
                 if let Some(pipe) = &mut pipe
-                    && let Err(e) = writeln!(pipe, "{}", self.token)
+                    && let Err(e) = write!(pipe, "{}\n{tls}", self.token)
                 {
                     super::log(&format!("job {job}: worker {worker} (pid {pid}): {e}"));
                 }

@@ -197,6 +197,7 @@ pub struct JobProcess {
 pub(crate) fn connect(
     address: &str,
     token: &str,
+    tls: Option<&super::tls::Tls>,
     peer: impl FnOnce(&std::net::TcpStream) -> Result<(Peer, Option<ToHead>), ConnectError>,
 ) -> Result<(Welcome, Conn, FrameReader), ConnectError> {
     use std::net::ToSocketAddrs;
@@ -232,7 +233,25 @@ pub(crate) fn connect(
         source,
     };
     let (peer, then) = peer(&stream)?;
-    let conn = Conn::tcp(stream);
+    let conn = match tls {
+        None => Conn::tcp(stream),
+        Some(tls) => Conn::tls(tls.connect(stream).map_err(|source| {
+            let text = source.to_string();
+            let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+                ": the head's certificate is not signed by this CA (another cluster's?)"
+            } else if text.contains("alert") {
+                ": the head refused this certificate (not signed by the cluster's CA?)"
+            } else {
+                ": does the head speak TLS (started with --tls)?"
+            };
+            ConnectError::Tls {
+                address: address.to_owned(),
+                origin: tls.origin.clone(),
+                source,
+                hint,
+            }
+        })?),
+    };
     wire::write_message(&conn, &Hello::new(token, peer))
         .and_then(|()| match &then {
             Some(message) => wire::write_message(&conn, message),

@@ -245,6 +245,17 @@ pub(crate) fn resolve_address(address: &str) -> Result<String, SessionError> {
     Ok(address)
 }
 
+/// The TLS drivers and commands of this machine use: the files [`super::tls::CA_ENV`] and its
+/// siblings name, else this machine's `session_latest` folder's; `None` (plain TCP) if neither.
+pub(crate) fn resolve_tls() -> Result<Option<super::tls::Tls>, super::TlsError> {
+    use super::tls::{Tls, TlsFiles};
+    let files = match TlsFiles::from_env()? {
+        Some(files) => Some(files),
+        None => TlsFiles::of_session(&latest(&checked_root()?.unwrap_or_else(root))),
+    };
+    files.map(|files| Tls::load(&files)).transpose()
+}
+
 /// The head address and token drivers and commands of this machine use: the `session_latest`
 /// folder's, unless `address` (or the token variable) says otherwise.
 pub(crate) fn resolve(address: &str) -> Result<(String, String), SessionError> {
