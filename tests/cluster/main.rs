@@ -1328,3 +1328,205 @@ fn strangers_holding_or_dripping_connections_lock_nobody_out_of_the_head() {
     assert!(refusals < 120, "{refusals} lines:\n{log}");
     assert!(log.contains("were not logged"), "{log}");
 }
+
+impl Cluster {
+    /// Starts a TLS head (`--tls`: a cluster CA made in its session); returns its address.
+    fn start_tls_head(&self, cpus: u32) -> String {
+        let cpus = cpus.to_string();
+        let output = self.filament(&[
+            "start",
+            "--head",
+            "--tls",
+            "--port",
+            "0",
+            "--num-cpus",
+            &cpus,
+            "--tracing-startup-hook",
+            LOCAL_FILE,
+        ]);
+        assert!(
+            output.status.success(),
+            "start --head --tls: {}",
+            output_text(&output)
+        );
+        self.session_file("address")
+    }
+
+    /// The head's log.
+    fn head_log(&self) -> String {
+        std::fs::read_to_string(self.temp.path().join("session_latest/logs/daemon.log")).unwrap()
+    }
+
+    /// A TLS file of the current session.
+    fn tls_file(&self, name: &str) -> PathBuf {
+        std::fs::canonicalize(self.temp.path().join("session_latest/tls"))
+            .unwrap()
+            .join(name)
+    }
+}
+
+#[test]
+fn a_tls_cluster_of_two_nodes_runs_the_seed_trees_and_answers_status() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::new();
+    let address = cluster.start_tls_head(2);
+    // The cluster's CA and the head's certificate, the keys readable by their user only.
+    for (name, mode) in [
+        ("ca.pem", None),
+        ("cert.pem", None),
+        ("ca.key", Some(0o600)),
+        ("key.pem", Some(0o600)),
+    ] {
+        let meta = std::fs::metadata(cluster.tls_file(name)).unwrap();
+        if let Some(mode) = mode {
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{name}");
+        }
+    }
+    // A node of this machine finds the CA in the head's session and issues itself a certificate.
+    let output = cluster.filament(&["start", "--address", &address, "--num-cpus", "2", "--tls"]);
+    assert!(output.status.success(), "join: {}", output_text(&output));
+    let node_cert = std::fs::read_dir(cluster.temp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("tls/cert.pem"))
+        .filter(|p| p.exists())
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect::<BTreeSet<_>>();
+    assert_eq!(node_cert.len(), 2, "a certificate per node");
+
+    // `filament status` over TLS.
+    let status = cluster.status();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 2, "{status}");
+
+    // The seed's trees, as on plain TCP: driver ↔ head, node ↔ head, worker ↔ driver all TLS.
+    let run = cluster.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+    assert_eq!(run.all().len(), 2, "{:?}", run.names());
+    let (_, producer) = run.span("cluster_program::add filament.remote");
+    let (_, consumer) = run.span("cluster_program::add filament.remote_worker");
+    assert_eq!(consumer.parent_span_id(), producer.span_id());
+    let run = cluster.run_program(&["nested"], &[]).ok();
+    assert_eq!(run.value("result"), "50");
+    run.assert_one_tree();
+    assert_eq!(run.all().len(), 4);
+    // Tasks on both nodes: workers of the joined node connected to the driver over TLS too.
+    let run = cluster.run_program(&["fan-out"], &[]).ok();
+    run.assert_one_tree();
+    assert_eq!(run.all().len(), 18, "{:?}", run.names());
+    let consumer_nodes: BTreeSet<String> = run
+        .all()
+        .iter()
+        .filter(|s| kind(s) == SpanKind::Consumer)
+        .map(|s| format!("{:?}", attr(s, "filament.node_id")))
+        .collect();
+    assert_eq!(consumer_nodes.len(), 2, "tasks ran on both nodes");
+    assert!(
+        !cluster.head_log().contains("refused"),
+        "{}",
+        cluster.head_log()
+    );
+}
+
+#[test]
+fn a_tls_cluster_refuses_plain_peers_and_other_cas_with_clear_errors() {
+    let cluster = Cluster::new();
+    let address = cluster.start_tls_head(1);
+    let token = cluster.session_file("token");
+    // Peers from elsewhere: no session of theirs, the token given.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let status_from_elsewhere = |envs: &[(&str, &Path)]| {
+        let mut command = cluster.command(&filament_bin());
+        command
+            .args(["status", "--address", &address])
+            .env("FILAMENT_TEMP_DIR", elsewhere.path())
+            .env("FILAMENT_CLUSTER_TOKEN", &token);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "{}", output_text(&output));
+        output_text(&output)
+    };
+
+    // Plain TCP, with the right token: refused, and told why.
+    let text = status_from_elsewhere(&[]);
+    assert!(
+        text.contains("refused the connection: this cluster requires TLS"),
+        "{text}"
+    );
+    // A plain driver too.
+    let run = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .arg("one-task")
+        .env("FILAMENT_ADDRESS", &address)
+        .env("FILAMENT_TEMP_DIR", elsewhere.path())
+        .env("FILAMENT_CLUSTER_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(
+        output_text(&run).contains("this cluster requires TLS"),
+        "{}",
+        output_text(&run)
+    );
+
+    // Another cluster's CA and certificate.
+    let other = Cluster::new();
+    other.start_tls_head(1);
+    let (ca, cert, key) = (
+        other.tls_file("ca.pem"),
+        other.tls_file("cert.pem"),
+        other.tls_file("key.pem"),
+    );
+    let text = status_from_elsewhere(&[
+        ("FILAMENT_TLS_CA", &ca),
+        ("FILAMENT_TLS_CERT", &cert),
+        ("FILAMENT_TLS_KEY", &key),
+    ]);
+    assert!(
+        text.contains(&format!("TLS with the head at {address} failed")),
+        "{text}"
+    );
+    assert!(text.contains("not signed by this CA"), "{text}");
+    // This cluster's CA, but a certificate of another's: the head refuses it.
+    let ours = cluster.tls_file("ca.pem");
+    let text = status_from_elsewhere(&[
+        ("FILAMENT_TLS_CA", &ours),
+        ("FILAMENT_TLS_CERT", &cert),
+        ("FILAMENT_TLS_KEY", &key),
+    ]);
+    assert!(text.contains("the head refused this certificate"), "{text}");
+
+    // Files missing or half given: the file or variable is named.
+    let missing = elsewhere.path().join("no-such-ca.pem");
+    let text = status_from_elsewhere(&[
+        ("FILAMENT_TLS_CA", &missing),
+        ("FILAMENT_TLS_CERT", &cert),
+        ("FILAMENT_TLS_KEY", &key),
+    ]);
+    assert!(
+        text.contains(&format!(
+            "cannot use the cluster CA's certificate {}",
+            missing.display()
+        )),
+        "{text}"
+    );
+    let text = status_from_elsewhere(&[("FILAMENT_TLS_CA", &ours)]);
+    assert!(
+        text.contains("FILAMENT_TLS_CA is set but FILAMENT_TLS_CERT is not"),
+        "{text}"
+    );
+
+    // The head logged each refusal with its cause, and still serves its own machine.
+    let log = cluster.head_log();
+    assert!(
+        log.contains("refused a connection from 127.0.0.1")
+            && log.contains("this cluster requires TLS"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TLS handshake failed") && log.contains("UnknownIssuer"),
+        "{log}"
+    );
+    cluster.status();
+}

@@ -192,6 +192,9 @@ pub struct JobProcess {
     pub spans_dropped: u64,
 }
 
+const REFUSED_CERTIFICATE: &str =
+    ": the head refused this certificate (not signed by the cluster's CA?)";
+
 /// Connects to the head at `address`, says hello as the peer `peer` makes of the connection
 /// (sending the message it may add right after), and returns the welcome and the connection.
 pub(crate) fn connect(
@@ -240,7 +243,7 @@ pub(crate) fn connect(
             let hint = if text.contains("UnknownIssuer") || text.contains("BadSignature") {
                 ": the head's certificate is not signed by this CA (another cluster's?)"
             } else if text.contains("alert") {
-                ": the head refused this certificate (not signed by the cluster's CA?)"
+                REFUSED_CERTIFICATE
             } else {
                 ": does the head speak TLS (started with --tls)?"
             };
@@ -279,6 +282,16 @@ pub(crate) fn connect(
         Ok(None) => {
             return Err(ConnectError::Closed {
                 address: address.to_owned(),
+            });
+        }
+        // In TLS 1.3 the client's handshake ends before the head has checked its certificate:
+        // a refusal comes as an alert on the first read.
+        Err(source) if tls.is_some() && source.to_string().contains("alert") => {
+            return Err(ConnectError::Tls {
+                address: address.to_owned(),
+                origin: tls.map(|t| t.origin.clone()).unwrap_or_default(),
+                source,
+                hint: REFUSED_CERTIFICATE,
             });
         }
         Err(e) => return Err(broken(e)),

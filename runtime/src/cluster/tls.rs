@@ -185,12 +185,20 @@ fn make_folder(dir: &Path) -> Result<PathBuf, TlsError> {
     Ok(tls)
 }
 
-/// The parameters of a cluster CA: always the same name, so a node can sign with the CA's key alone.
-fn ca_params() -> rcgen::CertificateParams {
+/// The parameters of a cluster CA, its name made of its key: a node signs with the CA's key alone,
+/// and two clusters' CAs never share a name (a certificate of the other is then of an unknown
+/// issuer, not a bad signature).
+fn ca_params(ca_key: &rcgen::KeyPair) -> rcgen::CertificateParams {
+    let raw = ca_key.public_key_raw();
+    let id: String = raw[raw.len().saturating_sub(8)..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "Filament cluster CA");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("Filament cluster CA {id}"),
+    );
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -215,7 +223,7 @@ fn member_cert(
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    let issuer = rcgen::Issuer::new(ca_params(), ca_key);
+    let issuer = rcgen::Issuer::new(ca_params(ca_key), ca_key);
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert, key))
 }
@@ -223,7 +231,7 @@ fn member_cert(
 /// Makes a new cluster CA and the head's certificate in `<session>/tls/` (keys 0600).
 pub(crate) fn generate_cluster(dir: &Path) -> Result<TlsFiles, TlsError> {
     let ca_key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
-    let ca = ca_params()
+    let ca = ca_params(&ca_key)
         .self_signed(&ca_key)
         .map_err(TlsError::Generate)?;
     let (cert, key) = member_cert("head", &ca_key).map_err(TlsError::Generate)?;
