@@ -329,6 +329,15 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
         }
     });
     let ready = outcome?;
+    let tls = if tls::TlsFiles::of_session(&dir).is_some() {
+        format!(
+            "\nTLS: every connection, with the certificates in {} (another machine's node: copy \
+             ca.pem, cert.pem and key.pem, and give them as --tls-ca, --tls-cert and --tls-key)",
+            dir.join(tls::SESSION_FOLDER).display()
+        )
+    } else {
+        String::new()
+    };
     Ok(if args.head {
         format!(
             "Started the head of a Filament cluster at {ready} ({num_cpus} CPUs, tracing hook {}).\n\
@@ -337,14 +346,14 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
              Join another node:                filament start --address {ready}\n\
              \x20                                 (with FILAMENT_CLUSTER_TOKEN=$(cat {}))\n\
              See the cluster:                  filament status\n\
-             Stop it:                          filament stop",
+             Stop it:                          filament stop{tls}",
             args.tracing_startup_hook.as_deref().unwrap_or("none"),
             dir.display(),
             dir.join("token").display()
         )
     } else {
         format!(
-            "Node {ready} joined the cluster at {} with {num_cpus} CPUs.\nSession: {}",
+            "Node {ready} joined the cluster at {} with {num_cpus} CPUs.\nSession: {}{tls}",
             args.address.unwrap_or_default(),
             dir.display()
         )

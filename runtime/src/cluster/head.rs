@@ -167,7 +167,7 @@ fn start(options: &HeadOptions) -> Result<Started, StartError> {
     let dir = &options.session;
     session::write_private(dir, "token", &token)?;
     let tls = match &options.tls {
-        Some(setup) => Some(Arc::new(setup.make(dir)?)),
+        Some(setup) => Some(Arc::new(setup.make(dir, false)?)),
         None => None,
     };
     session::write_private(dir, "address", &address)?;

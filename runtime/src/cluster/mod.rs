@@ -92,7 +92,7 @@ pub(crate) fn run_node(options: NodeOptions, ready: impl FnOnce(Result<String, S
     let tls = match options
         .tls
         .as_ref()
-        .map(|setup| setup.make(&options.session))
+        .map(|setup| setup.make(&options.session, true))
     {
         Some(Ok(tls)) => Some(tls),
         Some(Err(error)) => {

@@ -281,12 +281,12 @@ pub(crate) enum TlsSetup {
 
 impl TlsSetup {
     /// The files of the daemon with session `dir`, written there (keys 0600) for the drivers and
-    /// commands of its machine: a new CA (head), a certificate of its own when the CA's key is
-    /// beside the CA (a node on the head's machine), else copies of the files given.
-    pub(crate) fn make(&self, dir: &Path) -> Result<Tls, TlsError> {
+    /// commands of its machine: a new CA (head), a certificate of its own for a `node` when the
+    /// CA's key is beside the CA (a node on the head's machine), else copies of the files given.
+    pub(crate) fn make(&self, dir: &Path, node: bool) -> Result<Tls, TlsError> {
         let files = match self {
             TlsSetup::Generate => generate_cluster(dir)?,
-            TlsSetup::Files(files) => match files.ca_key() {
+            TlsSetup::Files(files) => match files.ca_key().filter(|_| node) {
                 Some(ca_key) => issue_for_node(&files.ca, &ca_key, dir)?,
                 None => TlsPem::read(files)?.write_to_session(dir)?,
             },
@@ -461,6 +461,8 @@ pub(crate) fn speaks_tls(stream: &TcpStream) -> bool {
 pub(crate) struct TlsStream {
     socket: TcpStream,
     state: Mutex<State>,
+    /// The reader's buffer for bytes from the socket (only the reader takes it: never contended).
+    raw: Mutex<Vec<u8>>,
     /// Held while records go out on the socket: they must go in the order they were sealed.
     sending: Mutex<()>,
 }
@@ -497,6 +499,7 @@ impl TlsStream {
                 eof: false,
             }),
             sending: Mutex::new(()),
+            raw: Mutex::new(vec![0; 64 * 1024]),
         })
     }
 
@@ -526,7 +529,7 @@ impl TlsStream {
 
     /// Reads plaintext: what rustls holds, else more bytes from the socket (without the lock).
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut raw = vec![0u8; 16 * 1024 + 256];
+        let mut raw = self.raw.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let wants_write = {
                 let mut state = self.state();
