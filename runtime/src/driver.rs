@@ -490,7 +490,7 @@ impl Driver {
                     .map(|a| a.to_string())
                     .unwrap_or_else(|_| "an unknown peer".to_owned());
                 match tls.accept(raw) {
-                    Accepted::Tls(stream) => Conn::tls(stream),
+                    Accepted::Tls(stream) => Conn::tls(*stream),
                     Accepted::Plain(raw) => {
                         let why = "this job's cluster requires TLS: a plain-TCP worker is refused";
                         eprintln!("filament: refused a connection from {peer}: {why}");

@@ -346,7 +346,7 @@ impl Head {
             return Some(Conn::tcp(stream));
         };
         match tls.accept(stream) {
-            Accepted::Tls(stream) => Some(Conn::tls(stream)),
+            Accepted::Tls(stream) => Some(Conn::tls(*stream)),
             Accepted::Plain(stream) => {
                 let why = "this cluster requires TLS: a plain-TCP peer is refused (give it the \
                            cluster's CA, certificate and key)";

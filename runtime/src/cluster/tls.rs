@@ -412,7 +412,7 @@ impl Tls {
             Err(e) => return Accepted::Failed(io::Error::other(e)),
         };
         match TlsStream::handshake(stream, conn.into()) {
-            Ok(tls) => Accepted::Tls(tls),
+            Ok(tls) => Accepted::Tls(Box::new(tls)),
             Err(e) => Accepted::Failed(e),
         }
     }
@@ -421,7 +421,7 @@ impl Tls {
 /// How a server's handshake ended.
 #[derive(Debug)]
 pub(crate) enum Accepted {
-    Tls(TlsStream),
+    Tls(Box<TlsStream>),
     /// The peer speaks plain TCP.
     Plain(TcpStream),
     Failed(io::Error),
