@@ -1529,4 +1529,28 @@ fn a_tls_cluster_refuses_plain_peers_and_other_cas_with_clear_errors() {
         "{log}"
     );
     cluster.status();
+
+    // And a TLS peer at a plain cluster: refused too, both ends saying why.
+    let plain = Cluster::new();
+    let plain_address = plain.start_head(None, 1);
+    let output = plain
+        .command(&filament_bin())
+        .args(["status", "--address", &plain_address])
+        .env("FILAMENT_CLUSTER_TOKEN", plain.session_file("token"))
+        .env("FILAMENT_TLS_CA", &ours)
+        .env("FILAMENT_TLS_CERT", cluster.tls_file("cert.pem"))
+        .env("FILAMENT_TLS_KEY", cluster.tls_file("key.pem"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = output_text(&output);
+    assert!(
+        text.contains("does the head speak TLS (started with --tls)?"),
+        "{text}"
+    );
+    let log = plain.head_log();
+    assert!(
+        log.contains("it speaks TLS and this cluster does not"),
+        "{log}"
+    );
 }
