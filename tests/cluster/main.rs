@@ -1420,6 +1420,11 @@ fn a_tls_cluster_of_two_nodes_runs_the_seed_trees_and_answers_status() {
         .map(|s| format!("{:?}", attr(s, "filament.node_id")))
         .collect();
     assert_eq!(consumer_nodes.len(), 2, "tasks ran on both nodes");
+    // A result and an argument of 48 MiB: many TLS records each way, sealed piece by piece.
+    let run = cluster.run_program(&["big-values", &(48u64 << 20).to_string()], &[]);
+    assert_eq!(run.value("result_len"), (48u64 << 20).to_string());
+    assert_eq!(run.value("result_intact"), "true");
+    assert_eq!(run.value("argument_intact"), "true");
     assert!(
         !cluster.head_log().contains("refused"),
         "{}",
