@@ -5,7 +5,8 @@
 //! The head keeps the cluster's token and tracing hook and places workers; each job's driver keeps
 //! its own objects and schedules its own tasks, as in an embedded cluster: the job's workers are
 //! processes of the driver's executable that the nodes start and that connect to the driver
-//! directly, presenting the cluster token.
+//! directly, presenting the cluster token. With `--tls` every one of these connections is TLS with
+//! certificates of the cluster's CA on both ends ([`tls`]).
 
 pub(crate) mod client;
 mod error;

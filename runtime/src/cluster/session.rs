@@ -9,6 +9,8 @@
 //!     token                     the cluster token (mode 0600)
 //!     role                      head | node
 //!     daemon.pid                the daemon's process id, while it runs
+//!     tls/                      a TLS cluster's: ca.pem, cert.pem, key.pem (0600), and on the
+//!                               head ca.key (0600), the CA's key nodes of its machine sign with
 //!     logs/daemon.log           what the daemon and its workers print
 //! ```
 
