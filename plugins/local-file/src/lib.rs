@@ -4,14 +4,27 @@
 //! configuration value `FILAMENT_SPANS_DIR` (given at startup, else the environment), by default
 //! `/tmp/spans`; it is created if missing.
 //!
-//! Each line is one OTLP/JSON `TracesData` object holding one span, exactly as the OpenTelemetry
-//! file exporter specification defines it: lower-case hex ids, camelCase keys, 64-bit integers as
-//! strings, enums as integers. Any OTLP/JSON reader (the `opentelemetry-proto` crate, the
-//! collector's `otlpjsonfile` receiver) parses every line.
+//! Each line is one OTLP/JSON `TracesData` object, exactly as the OpenTelemetry file exporter
+//! specification defines it: lower-case hex ids, camelCase keys, 64-bit integers as strings, enums
+//! as integers. Fields holding their default value (empty strings and lists, zero counts, an unset
+//! status) are left out, as proto3's JSON mapping allows: a task span's line is about half the
+//! size. Any OTLP/JSON reader (the `opentelemetry-proto` crate, the collector's `otlpjsonfile`
+//! receiver) parses every line, and every line carries its resource.
 //!
-//! Each span is written when it ends, with one appending `write` of the whole line: a reader sees it
-//! at once, and a crash never leaves half a line. Nothing is buffered in the process, so nothing is
-//! lost when it exits, however it exits. A failed write drops that span, counts it, and warns once;
+//! Two modes, chosen by the configuration value `FILAMENT_LOCAL_FILE_MODE`:
+//!
+//! - `simple` (the default): each span is written when it ends, one span per line, with one
+//!   appending `write` of the whole line: a reader sees it at once, and a crash never leaves half a
+//!   line. Nothing is buffered in the process, so nothing is lost when it exits, however it exits.
+//! - `batch`: the thread that ends a span encodes it and queues it without blocking
+//!   (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048; a full queue drops the span and counts it); a writer thread
+//!   writes many spans per line, under one resource, when a line holds
+//!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512) spans, when `OTEL_BSP_SCHEDULE_DELAY` (5000 ms) has
+//!   passed since its first span, at `force_flush` and at `shutdown`. A process that exits without
+//!   shutting down loses what was queued (at most the spans of the last schedule delay); the file
+//!   still holds only whole lines, each span at most once.
+//!
+//! In both modes a failed write drops its spans, counts them, and warns once;
 //! a short one (a full disk) is cut back to the last whole line, so the file never holds half a
 //! span. A file deleted under the process (its folder removed mid-run) is noticed within a second
 //! and made again at its path; the spans written to the deleted file meanwhile are counted as
@@ -265,9 +278,10 @@ impl SpanFile {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one span as one line, with a single `write`: the same bytes as
-    /// [`write_traces_data`](Self::write_traces_data) of [`traces_data`], but the resource's and the
-    /// scope's JSON, the same for most spans of a process, are encoded once and reused.
+    /// Appends one span as one line, with a single `write`: what
+    /// [`write_traces_data`](Self::write_traces_data) of [`traces_data`] reads back as, less the
+    /// default-valued fields; the resource's and the scope's JSON, the same for most spans of a
+    /// process, are encoded once and reused.
     pub fn write_span(&self, span: &SpanRecord<'_>) -> io::Result<()> {
         let mut state = self.lock();
         state.writer.encode(span).map_err(io::Error::other)?;
