@@ -495,3 +495,217 @@ fn a_process_that_recorded_no_span_leaves_no_empty_file() {
     local_file(dir.path()).build().unwrap().shutdown().unwrap();
     assert!(own_file(dir.path()).exists());
 }
+
+/// Runs `traced-program` with the local-file hook in batch mode and `env`; its output.
+fn run_batch(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_traced-program"))
+        .args(["--hooks", LOCAL_FILE])
+        .args(args)
+        .env("FILAMENT_SPANS_DIR", dir)
+        .env("FILAMENT_LOCAL_FILE_MODE", "batch")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    output
+}
+
+/// The lines of every span file in `dir`, with how many spans each holds.
+fn spans_per_line(dir: &Path) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            counts.push(
+                value["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                    .as_array()
+                    .map_or(0, Vec::len),
+            );
+        }
+    }
+    counts
+}
+
+#[test]
+fn in_batch_mode_every_span_arrives_once_many_to_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_batch(dir.path(), &["--spans", "2000", "--flush-first"], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(local_file_report(&stdout), (2000, 0), "{stdout}");
+    let files = read_spans_dir(dir.path());
+    assert_eq!(files.len(), 1);
+    let spans = files.values().next().unwrap();
+    let mut names: Vec<_> = spans.iter().map(|s| s.name().to_owned()).collect();
+    assert_eq!(names.len(), 2000);
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 2000, "no span lost or duplicated");
+    // Every line carries the resource, and at most a batch (512) of spans.
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.resource_attribute("process.pid").is_some())
+    );
+    let per_line = spans_per_line(dir.path());
+    assert!(
+        per_line.len() <= 20,
+        "2000 spans in {} lines",
+        per_line.len()
+    );
+    assert!(
+        per_line.iter().all(|&n| (1..=512).contains(&n)),
+        "{per_line:?}"
+    );
+}
+
+#[test]
+fn in_batch_mode_a_line_is_written_once_the_schedule_delay_passed_without_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path())
+        .config("FILAMENT_LOCAL_FILE_MODE", "batch")
+        .config("OTEL_BSP_SCHEDULE_DELAY", "20")
+        .build()
+        .unwrap();
+    let tracer = guard.provider().unwrap().tracer("timer");
+    tracer.in_span("waits-for-the-timer", |_| {});
+    // Neither a flush nor a shutdown: only the timer writes it. (Polled, not timed.)
+    let file = own_file(dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&file).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never written without a flush"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let spans = read_span_file(&file);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].name(), "waits-for-the-timer");
+    guard.shutdown().unwrap();
+}
+
+#[test]
+fn in_batch_mode_force_flush_writes_what_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    // A delay no test waits out: only the flush writes the spans.
+    let guard = local_file(dir.path())
+        .config("FILAMENT_LOCAL_FILE_MODE", "batch")
+        .config("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .build()
+        .unwrap();
+    let tracer = guard.provider().unwrap().tracer("flush");
+    for i in 0..10 {
+        tracer.in_span(format!("span-{i}"), |_| {});
+    }
+    guard.force_flush().unwrap();
+    let spans = read_span_file(&own_file(dir.path()));
+    assert_eq!(spans.len(), 10);
+    assert_eq!(spans_per_line(dir.path()), [10], "one line");
+    guard.shutdown().unwrap();
+}
+
+#[test]
+fn in_batch_mode_a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    // A queue of one, written only at shutdown: all but the spans the writer took are dropped.
+    let output = run_batch(
+        dir.path(),
+        &["--spans", "500", "--flush-first"],
+        &[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "3600000"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (exported, dropped) = local_file_report(&stdout);
+    assert_eq!(exported + dropped, 500, "{stdout}");
+    assert!(dropped > 0, "{stdout}");
+    let written: usize = read_spans_dir(dir.path()).values().map(Vec::len).sum();
+    assert_eq!(written as u64, exported);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("the queue of spans to write is full (OTEL_BSP_MAX_QUEUE_SIZE)")
+            .count(),
+        1,
+        "warned once: {stderr}"
+    );
+}
+
+#[test]
+fn in_batch_mode_a_process_that_exits_without_shutdown_leaves_whole_lines_of_its_first_spans() {
+    // The promise: what reached the file are whole lines, each span at most once, in the order
+    // they ended; what was lost is the spans queued or in the line being built at the exit.
+    let dir = tempfile::tempdir().unwrap();
+    run_batch(
+        dir.path(),
+        &[
+            "--spans",
+            "30",
+            "--interval-ms",
+            "20",
+            "--exit-without-shutdown",
+        ],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "10")],
+    );
+    let files = read_spans_dir(dir.path());
+    let spans: Vec<_> = files.values().flatten().collect();
+    let names: Vec<String> = spans.iter().map(|s| s.name().to_owned()).collect();
+    let expected: Vec<String> = (0..names.len()).map(|i| format!("span-{i}")).collect();
+    assert_eq!(names, expected, "a prefix of the spans, each once");
+    // With a 10 ms delay and 20 ms between spans, lines were written during the run.
+    assert!(!names.is_empty(), "nothing was written before the exit");
+}
+
+#[test]
+fn an_unknown_mode_is_an_error_at_setup_naming_the_variable_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = local_file(dir.path())
+        .config("FILAMENT_LOCAL_FILE_MODE", "batched")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(r#"FILAMENT_LOCAL_FILE_MODE="batched": unknown mode; use "simple""#),
+        "{error}"
+    );
+    let error = local_file(dir.path())
+        .config("FILAMENT_LOCAL_FILE_MODE", "batch")
+        .config("OTEL_BSP_SCHEDULE_DELAY", "5s")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(r#"OTEL_BSP_SCHEDULE_DELAY="5s": not a whole number above zero"#),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_task_span_line_holds_no_default_valued_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let guard = local_file(dir.path()).build().unwrap();
+    let tracer = guard.provider().unwrap().tracer("compact");
+    let mut span = tracer.start("plain");
+    span.set_attribute(KeyValue::new("count", 42));
+    span.end();
+    guard.shutdown().unwrap();
+    let text = std::fs::read_to_string(own_file(dir.path())).unwrap();
+    for default in [
+        r#""droppedAttributesCount":0"#,
+        r#""events":[]"#,
+        r#""links":[]"#,
+        r#""schemaUrl":"""#,
+        r#""traceState":"""#,
+        r#""parentSpanId":"""#,
+        r#""entityRefs":[]"#,
+        r#""status""#,
+    ] {
+        assert!(!text.contains(default), "{default} in {text}");
+    }
+    // And the reader restores them.
+    let spans = read_span_file(&own_file(dir.path()));
+    assert_eq!(spans[0].span.dropped_attributes_count, 0);
+    assert!(spans[0].span.events.is_empty());
+}

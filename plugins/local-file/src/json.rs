@@ -1,86 +1,174 @@
-//! A span's OTLP/JSON, written straight from the borrowed [`SpanRecord`]: the same bytes as
+//! A span's OTLP/JSON, written straight from the borrowed [`SpanRecord`]: what
 //! `opentelemetry-proto`'s serde writes for the `Span` message built from it (camelCase keys in the
-//! message's field order, ids in lower-case hex, 64-bit integers as strings, enums as integers,
-//! every field present), without building that message first. Strings and doubles go through
+//! message's field order, ids in lower-case hex, 64-bit integers as strings, enums as integers),
+//! less every field that holds its default value (empty strings and lists, zero counts, an unset
+//! status), which proto3's JSON mapping lets a writer leave out and every reader restores: a task
+//! span's line is half the size. Built without the message; strings and doubles go through
 //! `serde_json` itself, so escaping and number formatting are its own.
 
-use filament_plugin_api::{KeyValue, SpanKind, SpanRecord, StatusCode, Value};
+use filament_plugin_api::{KeyValue, Scope, SpanKind, SpanRecord, StatusCode, Value};
 use serde_json::Result;
 use std::io::Write;
 
 /// Appends the JSON of `span` as an OTLP `Span` message.
 pub(crate) fn span(out: &mut Vec<u8>, span: &SpanRecord<'_>) -> Result<()> {
-    out.extend_from_slice(br#"{"traceId":""#);
-    hex(out, &span.trace_id.0);
-    out.extend_from_slice(br#"","spanId":""#);
-    hex(out, &span.span_id.0);
-    out.extend_from_slice(br#"","traceState":"#);
-    string(out, span.trace_state.as_str())?;
-    out.extend_from_slice(br#","parentSpanId":""#);
+    let mut o = Object::new(out);
+    o.hex("traceId", &span.trace_id.0);
+    o.hex("spanId", &span.span_id.0);
+    o.string("traceState", span.trace_state.as_str())?;
     if !span.parent_span_id.is_zero() {
-        hex(out, &span.parent_span_id.0);
+        o.hex("parentSpanId", &span.parent_span_id.0);
     }
-    out.extend_from_slice(br#"","flags":"#);
-    number(
-        out,
+    o.number(
+        "flags",
         super::span_flags(span.trace_flags, span.parent_is_remote),
     )?;
-    out.extend_from_slice(br#","name":"#);
-    string(out, span.name.as_str())?;
-    out.extend_from_slice(br#","kind":"#);
-    number(out, kind(span.kind))?;
-    out.extend_from_slice(br#","startTimeUnixNano":"#);
-    quoted_number(out, span.start_time_unix_nano)?;
-    out.extend_from_slice(br#","endTimeUnixNano":"#);
-    quoted_number(out, span.end_time_unix_nano)?;
-    out.extend_from_slice(br#","attributes":"#);
-    attributes(out, &span.attributes)?;
-    out.extend_from_slice(br#","droppedAttributesCount":"#);
-    number(out, span.dropped_attributes_count)?;
-    out.extend_from_slice(br#","events":["#);
-    for (index, event) in span.events.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
+    o.string("name", span.name.as_str())?;
+    o.number("kind", kind(span.kind))?;
+    o.quoted_number("startTimeUnixNano", span.start_time_unix_nano)?;
+    o.quoted_number("endTimeUnixNano", span.end_time_unix_nano)?;
+    o.attributes("attributes", &span.attributes)?;
+    o.number("droppedAttributesCount", span.dropped_attributes_count)?;
+    if !span.events.is_empty() {
+        o.key("events");
+        o.out.push(b'[');
+        for (index, event) in span.events.iter().enumerate() {
+            if index > 0 {
+                o.out.push(b',');
+            }
+            let mut e = Object::new(o.out);
+            e.quoted_number("timeUnixNano", event.time_unix_nano)?;
+            e.string("name", event.name.as_str())?;
+            e.attributes("attributes", &event.attributes)?;
+            e.number("droppedAttributesCount", event.dropped_attributes_count)?;
+            e.end();
         }
-        out.extend_from_slice(br#"{"timeUnixNano":"#);
-        quoted_number(out, event.time_unix_nano)?;
-        out.extend_from_slice(br#","name":"#);
-        string(out, event.name.as_str())?;
-        out.extend_from_slice(br#","attributes":"#);
-        attributes(out, &event.attributes)?;
-        out.extend_from_slice(br#","droppedAttributesCount":"#);
-        number(out, event.dropped_attributes_count)?;
-        out.push(b'}');
+        o.out.push(b']');
     }
-    out.extend_from_slice(br#"],"droppedEventsCount":"#);
-    number(out, span.dropped_events_count)?;
-    out.extend_from_slice(br#","links":["#);
-    for (index, link) in span.links.iter().enumerate() {
-        if index > 0 {
-            out.push(b',');
+    o.number("droppedEventsCount", span.dropped_events_count)?;
+    if !span.links.is_empty() {
+        o.key("links");
+        o.out.push(b'[');
+        for (index, link) in span.links.iter().enumerate() {
+            if index > 0 {
+                o.out.push(b',');
+            }
+            let mut l = Object::new(o.out);
+            l.hex("traceId", &link.trace_id.0);
+            l.hex("spanId", &link.span_id.0);
+            l.string("traceState", link.trace_state.as_str())?;
+            l.attributes("attributes", &link.attributes)?;
+            l.number("droppedAttributesCount", link.dropped_attributes_count)?;
+            l.number("flags", super::span_flags(link.trace_flags, link.is_remote))?;
+            l.end();
         }
-        out.extend_from_slice(br#"{"traceId":""#);
-        hex(out, &link.trace_id.0);
-        out.extend_from_slice(br#"","spanId":""#);
-        hex(out, &link.span_id.0);
-        out.extend_from_slice(br#"","traceState":"#);
-        string(out, link.trace_state.as_str())?;
-        out.extend_from_slice(br#","attributes":"#);
-        attributes(out, &link.attributes)?;
-        out.extend_from_slice(br#","droppedAttributesCount":"#);
-        number(out, link.dropped_attributes_count)?;
-        out.extend_from_slice(br#","flags":"#);
-        number(out, super::span_flags(link.trace_flags, link.is_remote))?;
-        out.push(b'}');
+        o.out.push(b']');
     }
-    out.extend_from_slice(br#"],"droppedLinksCount":"#);
-    number(out, span.dropped_links_count)?;
-    out.extend_from_slice(br#","status":{"message":"#);
-    string(out, span.status.description.as_str())?;
-    out.extend_from_slice(br#","code":"#);
-    number(out, status_code(span.status.code))?;
-    out.extend_from_slice(b"}}");
+    o.number("droppedLinksCount", span.dropped_links_count)?;
+    let code = status_code(span.status.code);
+    let message = span.status.description.as_str();
+    if code != 0 || !message.is_empty() {
+        o.key("status");
+        let mut s = Object::new(o.out);
+        s.string("message", message)?;
+        s.number("code", code)?;
+        s.end();
+    }
+    o.end();
     Ok(())
+}
+
+/// Appends the JSON of a `Resource` message with these attributes.
+pub(crate) fn resource(out: &mut Vec<u8>, attributes: &[KeyValue<'_>]) -> Result<()> {
+    let mut o = Object::new(out);
+    o.attributes("attributes", attributes)?;
+    o.end();
+    Ok(())
+}
+
+/// Appends the JSON of an `InstrumentationScope` message.
+pub(crate) fn scope(out: &mut Vec<u8>, scope: &Scope<'_>) -> Result<()> {
+    let mut o = Object::new(out);
+    o.string("name", scope.name.as_str())?;
+    o.string("version", scope.version.as_str())?;
+    o.attributes("attributes", &scope.attributes)?;
+    o.end();
+    Ok(())
+}
+
+/// A JSON object being written, whose fields are left out when they hold their default value
+/// (proto3's JSON mapping lets a writer omit them; every reader takes them as the default).
+pub(crate) struct Object<'o> {
+    pub(crate) out: &'o mut Vec<u8>,
+    first: bool,
+}
+
+impl<'o> Object<'o> {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Object { out, first: true }
+    }
+
+    /// Writes `"name":`, after a comma unless it is the first field.
+    pub(crate) fn key(&mut self, name: &str) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    pub(crate) fn end(self) {
+        self.out.push(b'}');
+    }
+
+    fn hex(&mut self, name: &str, bytes: &[u8]) {
+        self.key(name);
+        self.out.push(b'"');
+        hex(self.out, bytes);
+        self.out.push(b'"');
+    }
+
+    pub(crate) fn string(&mut self, name: &str, s: &str) -> Result<()> {
+        if s.is_empty() {
+            return Ok(());
+        }
+        self.key(name);
+        string(self.out, s)
+    }
+
+    fn number<N: std::fmt::Display + Default + PartialEq>(
+        &mut self,
+        name: &str,
+        n: N,
+    ) -> Result<()> {
+        if n == N::default() {
+            return Ok(());
+        }
+        self.key(name);
+        number(self.out, n)
+    }
+
+    fn quoted_number<N: std::fmt::Display + Default + PartialEq>(
+        &mut self,
+        name: &str,
+        n: N,
+    ) -> Result<()> {
+        if n == N::default() {
+            return Ok(());
+        }
+        self.key(name);
+        quoted_number(self.out, n)
+    }
+
+    fn attributes(&mut self, name: &str, list: &[KeyValue<'_>]) -> Result<()> {
+        if list.is_empty() {
+            return Ok(());
+        }
+        self.key(name);
+        attributes(self.out, list)
+    }
 }
 
 /// OTLP's `SpanKind` numbers.
@@ -109,11 +197,13 @@ fn attributes(out: &mut Vec<u8>, attributes: &[KeyValue<'_>]) -> Result<()> {
         if index > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(br#"{"key":"#);
-        string(out, kv.key.as_str())?;
-        out.extend_from_slice(br#","value":"#);
-        value(out, &kv.value)?;
-        out.push(b'}');
+        // The key even when empty: `opentelemetry-proto`'s reader requires it.
+        let mut o = Object::new(out);
+        o.key("key");
+        string(o.out, kv.key.as_str())?;
+        o.key("value");
+        value(o.out, &kv.value)?;
+        o.end();
     }
     out.push(b']');
     Ok(())
@@ -142,6 +232,7 @@ fn array<T>(
     items: &[T],
     mut item: impl FnMut(&mut Vec<u8>, &T) -> Result<()>,
 ) -> Result<()> {
+    // `values` even when empty: `opentelemetry-proto`'s reader requires it.
     out.extend_from_slice(br#"{"arrayValue":{"values":["#);
     for (index, element) in items.iter().enumerate() {
         if index > 0 {
