@@ -9,7 +9,7 @@
 //! by their CA, whatever machine or address they run at. Workers get their node's files on their
 //! standard input, after the token.
 //!
-//! A connection is a [`TlsStream`]: one reader thread and any number of writer threads share it, as
+//! A connection is a `TlsStream`: one reader thread and any number of writer threads share it, as
 //! a plain socket. The rustls state sits behind a short lock; nobody holds it across a blocking
 //! socket call (a writer stuck on a full socket would otherwise stop the reader that drains the
 //! other direction, and two such peers would wait for each other forever).
