@@ -4,7 +4,9 @@
 //! as JSON; processes are killed with SIGKILL. Every test has session and span folders of its own
 //! and stops what it started.
 
-use filament_tests::{ReadSpan, Run, output_text, profile_dir, read_span_file, read_spans_dir};
+use filament_tests::{
+    ReadSpan, Run, filament_bin, output_text, profile_dir, read_span_file, read_spans_dir,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value as Json;
@@ -15,29 +17,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const LOCAL_FILE: &str = "filament_local_file:setup_tracing";
-
-/// The `filament` binary, built fresh: `cargo test --workspace` builds it, but a test of this
-/// package alone would find an old one, or none.
-fn filament_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile = profile_dir();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("cargo runs");
-            assert!(status.success(), "building the filament binary failed");
-            let path = profile.join("filament");
-            assert!(path.exists(), "{} was not built", path.display());
-            path
-        })
-        .clone()
-}
 
 /// A cluster's folders; dropping it runs `filament stop` for them.
 struct Cluster {

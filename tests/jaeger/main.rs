@@ -7,7 +7,7 @@ mod receiver;
 mod thrift;
 
 use filament::tracing::Tracing;
-use filament_tests::{ReadSpan, Run, output_text, profile_dir, read_spans_dir};
+use filament_tests::{ReadSpan, Run, filament_bin, output_text, profile_dir, read_spans_dir};
 use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
@@ -848,27 +848,6 @@ fn the_stdout_template_prints_every_span_through_the_sdk_exporter() {
             "{name} once in:\n{stdout}"
         );
     }
-}
-
-/// The `filament` binary, built fresh for this test.
-fn filament_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile = profile_dir();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            assert!(cargo.status().expect("cargo runs").success());
-            let path = profile.join("filament");
-            assert!(path.exists(), "{} was not built", path.display());
-            path
-        })
-        .clone()
 }
 
 /// A standing cluster's folder; dropping it runs `filament stop`.

@@ -7,7 +7,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 /// One span read back from a span file, with the resource and scope of its line.
 #[derive(Debug, Clone)]
@@ -291,4 +291,27 @@ pub fn assert_worker_output_forwarded(run: &Run) {
             .any(|line| line.starts_with("(worker ") && line.ends_with(") boom in a task")),
         "{stderr}"
     );
+}
+
+/// The `filament` binary, built fresh: `cargo test --workspace` builds it, but a test of this
+/// package alone would find an old one, or none.
+pub fn filament_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cargo
+                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile.file_name().is_some_and(|n| n == "release") {
+                cargo.arg("--release");
+            }
+            let status = cargo.status().expect("cargo runs");
+            assert!(status.success(), "building the filament binary failed");
+            let path = profile.join("filament");
+            assert!(path.exists(), "{} was not built", path.display());
+            path
+        })
+        .clone()
 }
