@@ -169,24 +169,11 @@ pub(crate) struct Driver {
     launcher: Launcher,
     /// Worker processes started and not yet reaped, by worker id.
     children: Mutex<Vec<(u32, Child)>>,
-    welcome: WelcomeInfo,
+    welcome: wire::WelcomeInfo,
     /// The driver's own tracing, for the head's `status`.
     tracing: Option<crate::tracing::ReportHandle>,
     /// How long a new worker has to connect, handshake and run the tracing hook.
     start_timeout: Duration,
-}
-
-/// What every worker of the job is told when it connects.
-#[derive(Clone)]
-pub(crate) struct WelcomeInfo {
-    pub(crate) hook: Option<String>,
-    pub(crate) config: Vec<(String, String)>,
-    /// The driver's environment, as its workers' hooks read it.
-    pub(crate) environment: Vec<(String, String)>,
-    /// Whether workers send their output here.
-    pub(crate) forward_output: bool,
-    pub(crate) job_id: String,
-    pub(crate) node_id: String,
 }
 
 pub(crate) fn random_u64() -> u64 {
@@ -208,7 +195,7 @@ impl Driver {
     /// worker is ready, or the first worker's failure.
     pub(crate) fn start(
         workers: usize,
-        welcome: WelcomeInfo,
+        welcome: wire::WelcomeInfo,
         mode: Mode,
         tracing: Option<crate::tracing::ReportHandle>,
         start_timeout: Duration,
@@ -577,12 +564,7 @@ impl Driver {
         reader.trust();
         let outbox = Outbox::new(write_half);
         outbox.send(ToWorker::Welcome {
-            hook: self.welcome.hook.clone(),
-            config: self.welcome.config.clone(),
-            environment: self.welcome.environment.clone(),
-            forward_output: self.welcome.forward_output,
-            job_id: self.welcome.job_id.clone(),
-            node_id: self.welcome.node_id.clone(),
+            job: self.welcome.clone(),
             cluster: self.cluster,
         });
         // What the worker prints while its hook runs comes before the hook's status.

@@ -471,7 +471,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     };
     let driver = driver::Driver::start(
         workers,
-        driver::WelcomeInfo {
+        wire::WelcomeInfo {
             hook: config.tracing_startup_hook.clone(),
             config: config.tracing_config.into_iter().collect(),
             environment: cluster::client::hook_environment(),

@@ -233,19 +233,27 @@ pub(crate) struct Execute {
     pub(crate) trace_context: Vec<(String, String)>,
 }
 
+/// What every worker of a job is told when it connects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WelcomeInfo {
+    /// The tracing startup hook(s) to run, if any.
+    pub(crate) hook: Option<String>,
+    /// The job's configuration values for the hooks.
+    pub(crate) config: Vec<(String, String)>,
+    /// The driver's environment, where the hooks read what `config` lacks.
+    pub(crate) environment: Vec<(String, String)>,
+    /// Whether the worker sends its standard output and error to the driver.
+    pub(crate) forward_output: bool,
+    pub(crate) job_id: String,
+    pub(crate) node_id: String,
+}
+
 /// Driver → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
     /// The handshake's answer: go on, with the tracing hook to run (if any) and its configuration.
     Welcome {
-        hook: Option<String>,
-        config: Vec<(String, String)>,
-        /// The driver's environment, where the hook reads what `config` lacks.
-        environment: Vec<(String, String)>,
-        /// Whether the worker sends its standard output and error to the driver.
-        forward_output: bool,
-        job_id: String,
-        node_id: String,
+        job: WelcomeInfo,
         cluster: u64,
     },
     /// The handshake's answer: refused, and why.

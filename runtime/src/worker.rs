@@ -194,30 +194,23 @@ fn serve(marker: &str) -> Result<(), String> {
     let mut reader = FrameReader::new(stream);
     // Its own driver, whose address it was given.
     reader.trust();
-    let (hook, config, environment, forward_output, job_id, node_id, cluster) =
-        match reader.read::<ToWorker>() {
-            Ok(Some(ToWorker::Welcome {
-                hook,
-                config,
-                environment,
-                forward_output,
-                job_id,
-                node_id,
-                cluster,
-            })) => (
-                hook,
-                config,
-                environment,
-                forward_output,
-                job_id,
-                node_id,
-                cluster,
-            ),
-            Ok(Some(ToWorker::Refused(reason))) => {
-                return Err(format!("refused by the driver: {reason}"));
-            }
-            other => return Err(format!("no welcome from the driver: {other:?}")),
-        };
+    let (
+        wire::WelcomeInfo {
+            hook,
+            config,
+            environment,
+            forward_output,
+            job_id,
+            node_id,
+        },
+        cluster,
+    ) = match reader.read::<ToWorker>() {
+        Ok(Some(ToWorker::Welcome { job, cluster })) => (job, cluster),
+        Ok(Some(ToWorker::Refused(reason))) => {
+            return Err(format!("refused by the driver: {reason}"));
+        }
+        other => return Err(format!("no welcome from the driver: {other:?}")),
+    };
     let outbox = Outbox::new(write_half);
     // A node's worker belongs to that node, not the driver's machine.
     let node_id = std::env::var(crate::cluster::node::NODE_ID_ENV).unwrap_or(node_id);
