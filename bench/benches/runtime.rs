@@ -11,7 +11,9 @@
 //! 6. **driver memory** over many tasks whose results are dropped (batches of 1,000, tracing on):
 //!    the driver's `VmRSS` after the first 10% and at the end;
 //! 7. **attached**: phases 1–4 with the driver attached to a standing cluster (a head started with
-//!    the `filament` command, 2 CPUs, the same hook; workers connect over TCP), beside "on".
+//!    the `filament` command, 2 CPUs, the same hook; workers connect over TCP), beside "on";
+//! 8. **attached with TLS**: the same against a second head started with `--tls` (the driver
+//!    presents that session's certificate; every connection is TLS 1.3), beside plain "attached".
 //!
 //! Every cluster is one variant and is dropped before the next starts; the variants alternate,
 //! off/on then on/off, for a few rounds, so that the noise of a shared machine lands on both alike.
@@ -35,6 +37,7 @@
 //! `cargo test --all-targets`) it runs a quick smoke pass. It panics only if a result is wrong, a
 //! cluster fails, or a traced cluster wrote fewer spans than it ran tasks.
 
+use filament::cluster::tls::TlsFiles;
 use filament::{Config, Runtime};
 use filament_bench::{median, min};
 use std::path::Path;
@@ -128,6 +131,8 @@ enum Tracing {
     On,
     /// Traced, attached to the standing cluster of [`HEAD`].
     Attached,
+    /// Traced, attached to the standing cluster of [`TLS_HEAD`], over TLS.
+    AttachedTls,
 }
 
 impl Tracing {
@@ -136,6 +141,7 @@ impl Tracing {
             Tracing::Off => "off",
             Tracing::On => "on",
             Tracing::Attached => "attached",
+            Tracing::AttachedTls => "attached-tls",
         }
     }
 
@@ -146,6 +152,9 @@ impl Tracing {
 
 /// The head of the standing cluster the "attached" variant attaches to: its address and token.
 static HEAD: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+/// The head started with `--tls` the "attached-tls" variant attaches to: its address, token and
+/// the TLS files of its session.
+static TLS_HEAD: std::sync::OnceLock<(String, String, TlsFiles)> = std::sync::OnceLock::new();
 
 /// A standing cluster started with the `filament` command (built first), stopped when dropped.
 struct Head {
@@ -156,7 +165,8 @@ struct Head {
 }
 
 impl Head {
-    fn start() -> Head {
+    /// Starts a head, with `--tls` if `tls`, and records it in [`HEAD`] or [`TLS_HEAD`].
+    fn start(tls: bool) -> Head {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = std::process::Command::new(cargo)
             .args([
@@ -182,6 +192,7 @@ impl Head {
         let started = std::process::Command::new(&filament)
             .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
             .args(["--tracing-startup-hook", HOOK])
+            .args(tls.then_some("--tls"))
             .env("FILAMENT_TEMP_DIR", sessions.path())
             .env("FILAMENT_SPANS_DIR", spans.path())
             .output()
@@ -191,14 +202,25 @@ impl Head {
             "filament start failed: {}",
             String::from_utf8_lossy(&started.stderr)
         );
+        let session = sessions.path().join("session_latest");
         let read = |name: &str| {
-            let path = sessions.path().join("session_latest").join(name);
+            let path = session.join(name);
             std::fs::read_to_string(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
                 .trim()
                 .to_owned()
         };
-        let _ = HEAD.set((read("address"), read("token")));
+        if tls {
+            let files = TlsFiles {
+                ca: session.join("tls/ca.pem"),
+                cert: session.join("tls/cert.pem"),
+                key: session.join("tls/key.pem"),
+            };
+            assert!(files.ca.exists(), "{} is missing", files.ca.display());
+            let _ = TLS_HEAD.set((read("address"), read("token"), files));
+        } else {
+            let _ = HEAD.set((read("address"), read("token")));
+        }
         Head {
             filament,
             sessions,
@@ -222,11 +244,23 @@ fn config(tracing: Tracing, spans_dir: Option<&Path>) -> Config {
     let mut config = Config::default().num_workers(WORKERS);
     match tracing {
         Tracing::Off => config.tracing_startup_hook = None,
-        Tracing::Attached => {
-            let (address, token) = HEAD.get().expect("the head started");
+        Tracing::Attached | Tracing::AttachedTls => {
             let dir = spans_dir.expect("a spans directory for the traced variant");
             config.tracing_startup_hook = None;
-            config = config.address(address).cluster_token(token).tracing_config(
+            config = match tracing {
+                Tracing::Attached => {
+                    let (address, token) = HEAD.get().expect("the head started");
+                    config.address(address).cluster_token(token)
+                }
+                _ => {
+                    let (address, token, files) = TLS_HEAD.get().expect("the TLS head started");
+                    config
+                        .address(address)
+                        .cluster_token(token)
+                        .cluster_tls(files.clone())
+                }
+            };
+            config = config.tracing_config(
                 filament_local_file::SPANS_DIR_KEY,
                 dir.to_str().expect("a UTF-8 temporary path"),
             );
@@ -724,24 +758,33 @@ fn main() {
         SMOKE
     };
 
-    // Started when the first "attached" cluster needs it, after the first cluster's first result.
-    let mut head = None;
-    let (mut off, mut on, mut attached) =
-        (Samples::default(), Samples::default(), Samples::default());
+    // Started when the first "attached" cluster needs them, after the first cluster's first result.
+    let mut heads = None;
+    let (mut off, mut on, mut attached, mut attached_tls) = (
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+        Samples::default(),
+    );
     for round in 0..plan.rounds {
-        let order = if round % 2 == 0 {
-            [Tracing::Off, Tracing::On, Tracing::Attached]
-        } else {
-            [Tracing::Attached, Tracing::On, Tracing::Off]
-        };
+        let mut order = [
+            Tracing::Off,
+            Tracing::On,
+            Tracing::Attached,
+            Tracing::AttachedTls,
+        ];
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for tracing in order {
-            if tracing == Tracing::Attached && head.is_none() {
-                head = Some(Head::start());
+            if matches!(tracing, Tracing::Attached | Tracing::AttachedTls) && heads.is_none() {
+                heads = Some((Head::start(false), Head::start(true)));
             }
             let samples = match tracing {
                 Tracing::Off => &mut off,
                 Tracing::On => &mut on,
                 Tracing::Attached => &mut attached,
+                Tracing::AttachedTls => &mut attached_tls,
             };
             let runtime = if tracing == Tracing::Off {
                 first.take()
@@ -756,58 +799,63 @@ fn main() {
             (Tracing::On, &mut on),
             (Tracing::Off, &mut off),
             (Tracing::Attached, &mut attached),
+            (Tracing::AttachedTls, &mut attached_tls),
         ] {
             let cluster = Cluster::start(tracing, None, samples);
             cluster.finish(samples);
         }
     }
     let memory = memory(plan, Tracing::On, &mut on);
-    drop(head);
+    drop(heads);
     report(plan, &off, &on, &memory, started.elapsed());
-    report_attached(plan, &on, &attached);
-}
-
-fn report_attached(plan: Plan, on: &Samples, attached: &Samples) {
     println!(
         "7. attached to a standing cluster (head with 2 CPUs, hook {HOOK}, workers over TCP), \
          beside the embedded \"on\":"
     );
+    report_pair(plan, ("on", &on), ("attached", &attached));
+    println!(
+        "8. attached over TLS (a head started with --tls; every connection TLS 1.3, mutual \
+         authentication), beside plain \"attached\":"
+    );
+    report_pair(plan, ("attached", &attached), ("tls", &attached_tls));
+}
+
+/// Rows of two variants side by side, with the ratio of the second to the first.
+fn report_pair(plan: Plan, (a_name, a): (&str, &Samples), (b_name, b): (&str, &Samples)) {
     println!(
         "{:<35} {:>18} {:>18} {:>9}",
-        "measure", "on median (best)", "attached med.(best)", "attached/on"
+        "measure",
+        format!("{a_name} med.(best)"),
+        format!("{b_name} med.(best)"),
+        format!("{b_name}/{a_name}")
     );
     let tasks_per_s = |us: f64| 1e6 / us;
     let ident = |x: f64| x;
     let batch = format!("   batch of {}, tasks/s", plan.batch_tasks);
     let small_batch = format!("   batch of {}, tasks/s", plan.small_batch_tasks);
     let rows: [(&str, &Vec<f64>, &Vec<f64>, bool); 5] = [
-        (batch.as_str(), &on.batch_us, &attached.batch_us, true),
+        (batch.as_str(), &a.batch_us, &b.batch_us, true),
         (
             small_batch.as_str(),
-            &on.small_batch_us,
-            &attached.small_batch_us,
+            &a.small_batch_us,
+            &b.small_batch_us,
             true,
         ),
         (
             "   sequential round trip, us",
-            &on.round_trip_us,
-            &attached.round_trip_us,
+            &a.round_trip_us,
+            &b.round_trip_us,
             false,
         ),
         (
             "   sequential actor call, us",
-            &on.actor_call_us,
-            &attached.actor_call_us,
+            &a.actor_call_us,
+            &b.actor_call_us,
             false,
         ),
-        (
-            "   init to first result, ms",
-            &on.init_ms,
-            &attached.init_ms,
-            false,
-        ),
+        ("   init to first result, ms", &a.init_ms, &b.init_ms, false),
     ];
-    for (name, on, attached, rate) in rows {
+    for (name, a, b, rate) in rows {
         let (scale, decimals): (&dyn Fn(f64) -> f64, usize) =
             if rate { (&tasks_per_s, 0) } else { (&ident, 1) };
         let fig = |s: &[f64]| {
@@ -819,17 +867,17 @@ fn report_attached(plan: Plan, on: &Samples, attached: &Samples) {
         };
         println!(
             "{name:<35} {:>18} {:>18} {:>9.2}",
-            fig(on),
-            fig(attached),
-            scale(median(attached)) / scale(median(on))
+            fig(a),
+            fig(b),
+            scale(median(b)) / scale(median(a))
         );
     }
     println!(
-        "  attached round trip us: {}",
-        list(&attached.round_trip_us, ident, 1)
+        "  {b_name} round trip us: {}",
+        list(&b.round_trip_us, ident, 1)
     );
     println!(
-        "  attached actor call us: {}",
-        list(&attached.actor_call_us, ident, 1)
+        "  {b_name} actor call us: {}",
+        list(&b.actor_call_us, ident, 1)
     );
 }

@@ -101,6 +101,10 @@ pub struct Config {
     /// The standing cluster's token; by default `FILAMENT_CLUSTER_TOKEN`, else the one in this
     /// machine's session folder.
     pub cluster_token: Option<String>,
+    /// The TLS files a driver attaching to a standing cluster started with `--tls` presents; by
+    /// default those `FILAMENT_TLS_CA`, `FILAMENT_TLS_CERT` and `FILAMENT_TLS_KEY` name, else this
+    /// machine's session's (see the README's security section).
+    pub cluster_tls: Option<cluster::tls::TlsFiles>,
     /// How long a new worker process has to connect and run the tracing hook before what waits
     /// for it (`init`, an actor's calls) fails; by default 30 seconds.
     pub worker_start_timeout: Option<Duration>,
@@ -139,6 +143,7 @@ impl Default for Config {
             tracing_config: BTreeMap::new(),
             address: env_setting(cluster::session::ADDRESS_ENV, &mut unreadable_env),
             cluster_token: None,
+            cluster_tls: None,
             worker_start_timeout: None,
             forward_worker_output: true,
             unreadable_env,
@@ -184,6 +189,12 @@ impl Config {
     /// Sets the standing cluster's token (see [`Config::cluster_token`]).
     pub fn cluster_token(mut self, token: impl Into<String>) -> Self {
         self.cluster_token = Some(token.into());
+        self
+    }
+
+    /// Sets the TLS files to attach with (see [`Config::cluster_tls`]).
+    pub fn cluster_tls(mut self, files: cluster::tls::TlsFiles) -> Self {
+        self.cluster_tls = Some(files);
         self
     }
 
@@ -426,7 +437,11 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
     let mut config = config;
     let attached = match &config.address {
         Some(address) => {
-            let attached = cluster::client::attach(address, config.cluster_token.as_deref())?;
+            let attached = cluster::client::attach(
+                address,
+                config.cluster_token.as_deref(),
+                config.cluster_tls.as_ref(),
+            )?;
             config.tracing_startup_hook =
                 cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
             Some(attached)

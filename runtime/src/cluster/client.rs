@@ -63,13 +63,21 @@ pub(crate) fn hook_environment() -> Vec<(String, String)> {
 }
 
 /// Registers a job with the head at `address` (`auto`: this machine's current session), with
-/// `token` or the one [`session::resolve`] finds.
-pub(crate) fn attach(address: &str, token: Option<&str>) -> Result<Attached, AttachError> {
+/// `token` or the one [`session::resolve`] finds, and `tls` or the TLS files
+/// [`session::resolve_tls`] finds.
+pub(crate) fn attach(
+    address: &str,
+    token: Option<&str>,
+    tls: Option<&super::tls::TlsFiles>,
+) -> Result<Attached, AttachError> {
     let (address, token) = match token {
         Some(token) => (session::resolve_address(address)?, token.to_owned()),
         None => session::resolve(address)?,
     };
-    let tls = session::resolve_tls()?;
+    let tls = match tls {
+        Some(files) => Some(super::tls::Tls::load(files)?),
+        None => session::resolve_tls()?,
+    };
     let mut listener = None;
     let (welcome, conn, reader) = proto::connect(&address, &token, tls.as_ref(), |stream| {
         // Workers connect back on the address the head sees this driver at: reachable from the

@@ -42,12 +42,16 @@ const CA_KEY_FILE: &str = "ca.key";
 const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
 
-/// Where a process's TLS files are.
-#[derive(Debug, Clone)]
-pub(crate) struct TlsFiles {
-    pub(crate) ca: PathBuf,
-    pub(crate) cert: PathBuf,
-    pub(crate) key: PathBuf,
+/// Where a process's TLS files are (PEM): the cluster CA's certificate, and this process's
+/// certificate (signed by that CA, naming [`SERVER_NAME`]) and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate.
+    pub ca: PathBuf,
+    /// This process's certificate.
+    pub cert: PathBuf,
+    /// This process's private key.
+    pub key: PathBuf,
 }
 
 impl TlsFiles {
