@@ -563,7 +563,7 @@ fn report(plan: Plan, off: &Samples, on: &Samples, memory: &Memory, elapsed: Dur
         ""
     };
     println!(
-        "runtime: {WORKERS} workers; {} rounds of an off, an on and an attached cluster each (order alternating); \
+        "runtime: {WORKERS} workers; {} rounds of an off, an on, an attached and an attached-over-TLS cluster each (order alternating); \
          per cluster {}x{} + {}x{} batched tasks, {}x{} round trips, {}x{} actor calls{smoke}",
         plan.rounds,
         plan.batches,

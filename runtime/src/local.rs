@@ -3,7 +3,7 @@
 
 use crate::driver::Driver;
 use crate::object::{Arg, GetError, ObjectId, ObjectRef};
-use crate::wire::{ActorId, TaskKind, TaskSpec};
+use crate::wire::{ActorId, RetryPolicy, TaskKind, TaskSpec};
 use crate::worker::WorkerCore;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -93,7 +93,15 @@ fn object_ref<T>(context: &LocalRuntime, id: ObjectId) -> ObjectRef<T> {
 }
 
 /// Submits a remote function. Used by the code `#[filament::remote]` generates.
-pub fn submit_function<T>(function: &'static str, args: Vec<Arg>) -> ObjectRef<T> {
+///
+/// `max_retries` and `retry_exceptions` are the function's `#[filament::remote(…)]` options: how
+/// many times it runs again if its worker dies (or, with `retry_exceptions`, if it panics).
+pub fn submit_function<T>(
+    function: &'static str,
+    args: Vec<Arg>,
+    max_retries: u32,
+    retry_exceptions: bool,
+) -> ObjectRef<T> {
     let context = current_or_panic();
     let id = context.next_id();
     context.submit(TaskSpec {
@@ -104,6 +112,11 @@ pub fn submit_function<T>(function: &'static str, args: Vec<Arg>) -> ObjectRef<T
         name: function.to_owned(),
         args,
         trace_context: Vec::new(),
+        retry: RetryPolicy {
+            max_retries,
+            retry_exceptions,
+        },
+        attempt: 0,
     });
     object_ref(&context, id)
 }
@@ -141,6 +154,8 @@ impl ActorHandle {
             name: format!("{}::{method}", self.class),
             args,
             trace_context: Vec::new(),
+            retry: RetryPolicy::NEVER,
+            attempt: 0,
         };
         // A handle of another cluster names no actor here: the driver fails the call saying so.
         context.submit(spec);
@@ -162,6 +177,8 @@ pub fn create_actor(class_id: &'static str, _class: &str, args: Vec<Arg>) -> Act
         name: format!("{class_id}::new"),
         args,
         trace_context: Vec::new(),
+        retry: RetryPolicy::NEVER,
+        attempt: 0,
     });
     // Nobody gets the creation's result: errors surface on the actor's calls.
     release(context.cluster(), id);

@@ -151,6 +151,46 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     ProducerSpan(Some(cx))
 }
 
+/// The attribute that numbers a retry's CONSUMER span: 1 for the first retry, … (a first attempt
+/// has none).
+pub(crate) const ATTEMPT: &str = "filament.attempt";
+
+/// The CONSUMER span of an attempt that died with its worker (whose own span died with it),
+/// recorded by the driver: from when it sent the task to when it saw the worker go, with status
+/// ERROR, an `exception` event saying why, `filament.attempt` and `filament.recorded_by = driver`.
+pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
+    if !enabled() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&Reader(&lost.trace_context))
+    });
+    let tracer = tracer();
+    let message = lost.error.to_string();
+    let mut attributes = attributes(&lost.name, &lost.kind);
+    attributes.push(KeyValue::new(ATTEMPT, i64::from(lost.attempt)));
+    attributes.push(KeyValue::new("filament.recorded_by", "driver"));
+    let mut builder = tracer
+        .span_builder(format!("{} filament.remote_worker", lost.name))
+        .with_kind(SpanKind::Consumer)
+        .with_attributes(attributes);
+    if let Some(started) = lost.started {
+        builder = builder.with_start_time(started);
+    }
+    let span = builder.start_with_context(&*tracer, &parent);
+    let cx = parent.with_span(span);
+    let span = cx.span();
+    span.add_event(
+        "exception",
+        vec![
+            KeyValue::new("exception.type", "worker died"),
+            KeyValue::new("exception.message", message.clone()),
+        ],
+    );
+    span.set_status(Status::error(message));
+    span.end();
+}
+
 /// The CONSUMER span of an execution, current while the task runs.
 pub(crate) struct ConsumerSpan {
     span: Option<(Context, opentelemetry::ContextGuard)>,
@@ -164,6 +204,7 @@ pub(crate) fn on_execute(
     name: &str,
     kind: &TaskKind,
     trace_context: &[(String, String)],
+    attempt: u32,
 ) -> ConsumerSpan {
     let previous_task = CURRENT_TASK.with(|t| t.replace(Some(id)));
     if !enabled() {
@@ -176,10 +217,14 @@ pub(crate) fn on_execute(
         propagator.extract(&Reader(trace_context))
     });
     let tracer = tracer();
+    let mut attributes = attributes(name, kind);
+    if attempt > 0 {
+        attributes.push(KeyValue::new(ATTEMPT, i64::from(attempt)));
+    }
     let span: BoxedSpan = tracer
         .span_builder(format!("{name} filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
-        .with_attributes(attributes(name, kind))
+        .with_attributes(attributes)
         .start_with_context(&*tracer, &parent);
     let cx = parent.with_span(span);
     let guard = cx.clone().attach();

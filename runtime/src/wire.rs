@@ -20,7 +20,7 @@ use std::time::Duration;
 /// The first bytes of every connection.
 pub(crate) const MAGIC: [u8; 8] = *b"filament";
 /// Bumped on any incompatible change of the messages.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 /// No frame may be larger than this (1 GiB): a corrupt length is an error, not an allocation.
 pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// The most a task's arguments (together) or its result may weigh: a message, less room for its
@@ -220,6 +220,27 @@ pub(crate) struct TaskSpec {
     /// The W3C trace context (`traceparent`, `tracestate`) of the submitting span: part of the
     /// envelope, never of the user's arguments. Empty when tracing is off.
     pub(crate) trace_context: Vec<(String, String)>,
+    /// When the task runs again after a failed attempt.
+    pub(crate) retry: RetryPolicy,
+    /// Which attempt this is: 0 for the first run, 1 for the first retry, …
+    pub(crate) attempt: u32,
+}
+
+/// When a task runs again after an attempt failed, as Ray's `max_retries` and `retry_exceptions`
+/// say: up to `max_retries` more times if its worker died, and if it panicked too when
+/// `retry_exceptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_retries: u32,
+    pub(crate) retry_exceptions: bool,
+}
+
+impl RetryPolicy {
+    /// Never again: actor creations and calls (restarts are the actor's business).
+    pub(crate) const NEVER: RetryPolicy = RetryPolicy {
+        max_retries: 0,
+        retry_exceptions: false,
+    };
 }
 
 /// A task whose arguments the driver has resolved, sent to a worker to run.
@@ -231,6 +252,8 @@ pub(crate) struct Execute {
     #[serde(with = "byte_strings")]
     pub(crate) args: Vec<Vec<u8>>,
     pub(crate) trace_context: Vec<(String, String)>,
+    /// See [`TaskSpec::attempt`].
+    pub(crate) attempt: u32,
 }
 
 /// What every worker of a job is told when it connects.
@@ -271,6 +294,9 @@ pub(crate) enum ToWorker {
         request: u64,
         ready: Vec<ObjectId>,
     },
+    /// Give back up to this many tasks that have not started (the last queued first): another
+    /// worker is idle. Answered with [`ToDriver::Returned`].
+    GiveBack(u32),
     Shutdown,
 }
 
@@ -309,6 +335,9 @@ pub(crate) enum ToDriver {
     Blocked,
     /// A blocked task goes on.
     Unblocked,
+    /// Answer to [`ToWorker::GiveBack`]: the tasks this worker gave back unstarted (perhaps none);
+    /// it will not run them.
+    Returned(Vec<ObjectId>),
     /// What the worker's tracing did so far (sent when it changed, at most twice a second).
     Stats(crate::status::ProcessTracing),
     /// A line the worker wrote to its standard output (or error), prefixed with who wrote it.

@@ -394,6 +394,10 @@ impl WorkerCore {
                         let _ = waiter.send(reply);
                     }
                 }
+                Ok(Some(ToWorker::GiveBack(count))) => {
+                    drop(reader);
+                    self.give_back(count as usize);
+                }
                 Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => {
                     self.stop();
                     return;
@@ -425,6 +429,23 @@ impl WorkerCore {
         } else {
             None
         }
+    }
+
+    /// Gives the driver back up to `count` queued tasks, the last queued first (another worker is
+    /// idle): they leave the queue under its lock, so none of them has started or will.
+    fn give_back(&self, count: usize) {
+        let mut execution = self.lock_run_queue();
+        let movable = execution
+            .queue
+            .iter()
+            .rev()
+            .take(count)
+            .take_while(|task| matches!(task.kind, TaskKind::Function { .. }))
+            .count();
+        let keep = execution.queue.len() - movable;
+        let returned: Vec<ObjectId> = execution.queue.drain(keep..).map(|task| task.id).collect();
+        drop(execution);
+        self.outbox.send(ToDriver::Returned(returned));
     }
 
     /// Threads kept when idle: one reading, one ready to run what it reads.
@@ -470,7 +491,13 @@ impl WorkerCore {
     /// Runs a task; returns its result and its still open CONSUMER span, which the caller ends
     /// once the result is on its way.
     fn execute(&self, task: Execute) -> (Result<Vec<u8>, TaskError>, spans::FinishedConsumerSpan) {
-        let execution = spans::on_execute(task.id, &task.name, &task.kind, &task.trace_context);
+        let execution = spans::on_execute(
+            task.id,
+            &task.name,
+            &task.kind,
+            &task.trace_context,
+            task.attempt,
+        );
         let name = task.name.as_str();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let args = Args::new(name, &task.args);

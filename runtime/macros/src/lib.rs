@@ -30,15 +30,57 @@ use syn::{
 /// ```
 ///
 /// Arguments and the result may be of any serde type. The function itself stays callable locally.
+///
+/// Options, as Ray's: `#[filament::remote(max_retries = 5, retry_exceptions = true)]`.
+/// `max_retries` (default 3) is how many times the task runs again when its worker dies before it
+/// finished; with `retry_exceptions` (default `false`) a panic is retried too. Each attempt is its
+/// own CONSUMER span in the task's trace; retries carry `filament.attempt`.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return error(Span::call_site(), "#[filament::remote] takes no arguments");
-    }
+    let options = match RemoteOptions::parse(attr.into()) {
+        Ok(options) => options,
+        Err(error) => return error.to_compile_error().into(),
+    };
     let function = parse_macro_input!(item as ItemFn);
-    match remote_function(function) {
+    match remote_function(function, &options) {
         Ok(tokens) => tokens.into(),
         Err(error) => error.to_compile_error().into(),
+    }
+}
+
+/// The options of `#[filament::remote(…)]`.
+struct RemoteOptions {
+    max_retries: u32,
+    retry_exceptions: bool,
+}
+
+impl RemoteOptions {
+    /// Ray's default: a task whose worker died runs up to 3 more times; a panic is not retried.
+    const DEFAULT_MAX_RETRIES: u32 = 3;
+
+    fn parse(attr: TokenStream2) -> syn::Result<RemoteOptions> {
+        let mut options = RemoteOptions {
+            max_retries: Self::DEFAULT_MAX_RETRIES,
+            retry_exceptions: false,
+        };
+        let parser = syn::meta::parser(|meta| {
+            if meta.path.is_ident("max_retries") {
+                let value: syn::LitInt = meta.value()?.parse()?;
+                options.max_retries = value.base10_parse()?;
+                Ok(())
+            } else if meta.path.is_ident("retry_exceptions") {
+                let value: syn::LitBool = meta.value()?.parse()?;
+                options.retry_exceptions = value.value;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "unknown option of #[filament::remote]: it takes `max_retries = N` and \
+                     `retry_exceptions = true|false`",
+                ))
+            }
+        });
+        syn::parse::Parser::parse2(parser, attr)?;
+        Ok(options)
     }
 }
 
@@ -137,7 +179,9 @@ fn check_plain(sig: &syn::Signature) -> syn::Result<()> {
     Ok(())
 }
 
-fn remote_function(function: ItemFn) -> syn::Result<TokenStream2> {
+fn remote_function(function: ItemFn, options: &RemoteOptions) -> syn::Result<TokenStream2> {
+    let max_retries = options.max_retries;
+    let retry_exceptions = options.retry_exceptions;
     check_plain(&function.sig)?;
     let vis = &function.vis;
     let name = &function.sig.ident;
@@ -161,6 +205,8 @@ fn remote_function(function: ItemFn) -> syn::Result<TokenStream2> {
                 ::filament::__private::submit_function(
                     ID,
                     ::std::vec![#(::filament::IntoArg::into_arg(#args)),*],
+                    #max_retries,
+                    #retry_exceptions,
                 )
             }
 
