@@ -865,3 +865,337 @@ impl Scheduler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The scheduler alone: events in, effects out, no process, socket or clock.
+
+    use super::*;
+    use crate::wire::RetryPolicy;
+    use std::collections::{BTreeMap, HashSet};
+
+    fn task(id: u64, args: Vec<Arg>, max_retries: u32) -> TaskSpec {
+        TaskSpec {
+            id: ObjectId(id),
+            kind: TaskKind::Function {
+                function: "f".into(),
+            },
+            name: format!("f{id}"),
+            args,
+            trace_context: Vec::new(),
+            retry: RetryPolicy {
+                max_retries,
+                retry_exceptions: false,
+            },
+            attempt: 0,
+        }
+    }
+
+    fn call(id: u64, actor: ActorId, args: Vec<Arg>) -> TaskSpec {
+        TaskSpec {
+            id: ObjectId(id),
+            kind: TaskKind::ActorCall {
+                actor,
+                method: "m".into(),
+            },
+            name: format!("A::m{id}"),
+            args,
+            trace_context: Vec::new(),
+            retry: RetryPolicy::NEVER,
+            attempt: 0,
+        }
+    }
+
+    /// A started scheduler with `n` pool workers connected (ids 1..=n).
+    fn with_workers(n: u32) -> Scheduler {
+        let mut s = Scheduler::default();
+        for _ in 0..n {
+            let w = s.reserve_worker(None).expect("reserved");
+            s.worker_ready(w, 1000 + w, false).expect("ready");
+        }
+        s.started = true;
+        s.effects.clear();
+        s
+    }
+
+    /// The tasks sent to each worker since the last call, in order, with their attempt.
+    fn sent(s: &mut Scheduler) -> Vec<(u32, u64, u32)> {
+        s.effects
+            .drain(..)
+            .filter_map(|e| match e {
+                Effect::Send(w, ToWorker::Execute(x)) => Some((w, x.id.0, x.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn done(s: &mut Scheduler, worker: u32, id: u64) {
+        s.on_message(
+            worker,
+            ToDriver::Done {
+                id: ObjectId(id),
+                result: Ok(vec![id as u8]),
+            },
+        );
+    }
+
+    #[test]
+    fn an_actors_calls_keep_their_order_when_an_argument_resolves_late() {
+        let mut s = with_workers(1);
+        s.submit(task(1, vec![], 0));
+        assert_eq!(sent(&mut s), vec![(1, 1, 0)]);
+        let actor = 50;
+        s.submit(TaskSpec {
+            kind: TaskKind::CreateActor {
+                class: "A".into(),
+                actor,
+            },
+            name: "A::new".into(),
+            ..task(actor, vec![], 0)
+        });
+        let launched: Vec<u32> = s
+            .effects
+            .drain(..)
+            .filter_map(|e| match e {
+                Effect::Launch(w, true) => Some(w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(launched.len(), 1, "one process for the actor");
+        // The first call waits for task 1's result; the second has no argument.
+        s.submit(call(2, actor, vec![Arg::Ref(ObjectId(1))]));
+        s.submit(call(3, actor, vec![]));
+        s.worker_ready(launched[0], 2000, false)
+            .expect("the actor's process");
+        assert_eq!(
+            sent(&mut s),
+            vec![(launched[0], actor, 0)],
+            "only the constructor: call 3 must not overtake call 2"
+        );
+        done(&mut s, 1, 1);
+        assert_eq!(
+            sent(&mut s),
+            vec![(launched[0], 2, 0), (launched[0], 3, 0)],
+            "both calls, in submission order, once the argument exists"
+        );
+    }
+
+    #[test]
+    fn a_dead_worker_retries_exactly_the_tasks_it_held_and_fails_those_out_of_retries() {
+        let mut s = with_workers(2);
+        for id in 1..=6 {
+            s.submit(task(id, vec![], if id % 2 == 0 { 1 } else { 0 }));
+        }
+        let first = sent(&mut s);
+        let on_1: HashSet<u64> = first
+            .iter()
+            .filter(|(w, ..)| *w == 1)
+            .map(|(_, id, _)| *id)
+            .collect();
+        assert_eq!(first.len(), 6);
+        assert!(!on_1.is_empty() && on_1.len() < 6, "both workers got tasks");
+        assert!(s.worker_exited(1, 1001));
+        // Its even tasks run again (attempt 1) on worker 2; its odd ones fail.
+        let again: HashSet<(u64, u32)> = sent(&mut s)
+            .into_iter()
+            .inspect(|(w, ..)| assert_eq!(*w, 2, "only worker 2 is left"))
+            .map(|(_, id, attempt)| (id, attempt))
+            .collect();
+        let expected: HashSet<(u64, u32)> = on_1
+            .iter()
+            .filter(|id| *id % 2 == 0)
+            .map(|id| (*id, 1))
+            .collect();
+        assert_eq!(again, expected);
+        for id in &on_1 {
+            let value = s.objects[&ObjectId(*id)].value.as_ref();
+            if id % 2 == 1 {
+                assert!(
+                    matches!(value, Some(Err(TaskError::WorkerDied { worker: 1, .. }))),
+                    "task {id}: {value:?}"
+                );
+            } else {
+                assert!(value.is_none(), "task {id} runs again");
+            }
+        }
+        // Worker 2's own tasks were not touched, and a replacement was launched.
+        assert!(s.starting.contains_key(&3));
+    }
+
+    #[test]
+    fn an_idle_worker_takes_back_tasks_queued_behind_a_long_one_and_none_runs_twice() {
+        let mut s = with_workers(1);
+        for id in 1..=10 {
+            s.submit(task(id, vec![], 3));
+        }
+        assert_eq!(sent(&mut s).len(), 10, "all on worker 1");
+        let w = s.reserve_worker(None).expect("reserved");
+        s.worker_ready(w, 1002, false).expect("ready");
+        let asked: Vec<(u32, u32)> = s
+            .effects
+            .drain(..)
+            .filter_map(|e| match e {
+                Effect::Send(w, ToWorker::GiveBack(n)) => Some((w, n)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(asked, vec![(1, 5)], "half of what worker 1 holds");
+        // Meanwhile worker 1 finished task 10, then gives back what it had not started: 6..=9
+        // (and 10, which it ran: a stale id the driver must ignore).
+        done(&mut s, 1, 10);
+        s.effects.clear();
+        s.on_message(1, ToDriver::Returned((6..=10).map(ObjectId).collect()));
+        let moved = sent(&mut s);
+        assert_eq!(
+            moved,
+            (6..=9).map(|id| (w, id, 0)).collect::<Vec<_>>(),
+            "the given-back tasks, in order, on the idle worker; task 10 not again"
+        );
+        assert!(matches!(
+            s.objects[&ObjectId(10)].value,
+            Some(Ok(ref v)) if v.as_slice() == [10]
+        ));
+    }
+
+    #[test]
+    fn a_panic_is_retried_only_with_retry_exceptions() {
+        let mut s = with_workers(1);
+        let mut retried = task(1, vec![], 2);
+        retried.retry.retry_exceptions = true;
+        s.submit(retried);
+        s.submit(task(2, vec![], 2));
+        sent(&mut s);
+        let panic = |id: u64| ToDriver::Done {
+            id: ObjectId(id),
+            result: Err(TaskError::Panicked {
+                task: format!("f{id}"),
+                message: "boom".into(),
+            }),
+        };
+        for attempt in 1..=2 {
+            s.on_message(1, panic(1));
+            assert_eq!(sent(&mut s), vec![(1, 1, attempt)]);
+        }
+        s.on_message(1, panic(1));
+        s.on_message(1, panic(2));
+        assert!(
+            sent(&mut s).is_empty(),
+            "out of retries, and 2 never retries"
+        );
+        for id in [1, 2] {
+            assert!(matches!(
+                s.objects[&ObjectId(id)].value,
+                Some(Err(TaskError::Panicked { .. }))
+            ));
+        }
+    }
+
+    /// A worker as the property test plays it: what it received, in order; the first runs.
+    #[derive(Default)]
+    struct FakeWorker {
+        queue: VecDeque<(u64, u32)>,
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Random submissions (with arguments on earlier results), completions, give-backs,
+        /// worker deaths and released handles: no task attempt runs twice, no object is freed
+        /// while referenced, and once every task is done and every handle dropped, nothing is
+        /// left.
+        #[test]
+        fn references_count_to_zero_on_every_path(ops in proptest::collection::vec((0u8..6, 0usize..64), 1..200)) {
+            let mut s = with_workers(2);
+            let mut fakes: BTreeMap<u32, FakeWorker> = BTreeMap::new();
+            fakes.insert(1, FakeWorker::default());
+            fakes.insert(2, FakeWorker::default());
+            let mut handles: Vec<u64> = Vec::new();
+            let mut runs: HashSet<(u64, u32)> = HashSet::new();
+            let mut next = 1u64;
+            let mut deaths = 0;
+            let apply = |s: &mut Scheduler, fakes: &mut BTreeMap<u32, FakeWorker>| {
+                // Carry out the effects the way the shell and the workers would.
+                while !s.effects.is_empty() {
+                    for effect in std::mem::take(&mut s.effects) {
+                        match effect {
+                            Effect::Send(w, ToWorker::Execute(x)) => {
+                                fakes.get_mut(&w).expect("a live worker").queue.push_back((x.id.0, x.attempt));
+                            }
+                            Effect::Send(w, ToWorker::GiveBack(n)) => {
+                                let fake = fakes.get_mut(&w).expect("a live worker");
+                                let keep = fake.queue.len().saturating_sub(n as usize).max(1.min(fake.queue.len()));
+                                let back: Vec<ObjectId> = fake.queue.drain(keep..).map(|(id, _)| ObjectId(id)).collect();
+                                s.on_message(w, ToDriver::Returned(back));
+                            }
+                            Effect::Launch(w, false) => {
+                                fakes.insert(w, FakeWorker::default());
+                                s.worker_ready(w, 1000 + w, false).expect("ready");
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            };
+            for (op, pick) in ops {
+                match op {
+                    0 | 1 => {
+                        let args = handles
+                            .iter()
+                            .rev()
+                            .take(pick % 3)
+                            .map(|id| Arg::Ref(ObjectId(*id)))
+                            .collect();
+                        s.submit(task(next, args, (pick % 3) as u32));
+                        handles.push(next);
+                        next += 1;
+                    }
+                    2 | 3 => {
+                        // A worker finishes the task it runs.
+                        let ids: Vec<u32> = fakes.keys().copied().collect();
+                        let w = ids[pick % ids.len()];
+                        if let Some((id, attempt)) = fakes.get_mut(&w).expect("listed").queue.pop_front() {
+                            proptest::prop_assert!(runs.insert((id, attempt)), "task {id} attempt {attempt} ran twice");
+                            done(&mut s, w, id);
+                        }
+                    }
+                    4 if deaths < 5 => {
+                        let ids: Vec<u32> = fakes.keys().copied().collect();
+                        let w = ids[pick % ids.len()];
+                        // What it ran or held is lost with it; each counts as an attempt.
+                        let fake = fakes.remove(&w).expect("listed");
+                        for (id, attempt) in fake.queue {
+                            runs.insert((id, attempt));
+                        }
+                        s.worker_exited(w, 1000 + w);
+                        deaths += 1;
+                    }
+                    _ => {
+                        if !handles.is_empty() {
+                            let id = handles.swap_remove(pick % handles.len());
+                            s.release(ObjectId(id));
+                        }
+                    }
+                }
+                apply(&mut s, &mut fakes);
+                for id in &handles {
+                    proptest::prop_assert!(s.objects.contains_key(&ObjectId(*id)), "object {id} freed while referenced");
+                }
+            }
+            // Drain: the workers finish everything, then every handle is dropped.
+            loop {
+                let Some((&w, _)) = fakes.iter().find(|(_, f)| !f.queue.is_empty()) else { break };
+                let (id, attempt) = fakes.get_mut(&w).expect("found").queue.pop_front().expect("not empty");
+                proptest::prop_assert!(runs.insert((id, attempt)), "task {id} attempt {attempt} ran twice");
+                done(&mut s, w, id);
+                apply(&mut s, &mut fakes);
+            }
+            for id in handles.drain(..) {
+                let value = s.objects.get(&ObjectId(id)).and_then(|o| o.value.as_ref());
+                proptest::prop_assert!(value.is_some(), "task {id} never finished");
+                s.release(ObjectId(id));
+            }
+            proptest::prop_assert!(s.objects.is_empty(), "leaked: {:?}", s.objects.keys().collect::<Vec<_>>());
+            proptest::prop_assert!(s.ready.is_empty() && s.parked.is_empty() && s.waiting.is_empty());
+        }
+    }
+}
