@@ -295,6 +295,83 @@ fn a_worker_dying_mid_task_fails_the_task_naming_it_and_the_pool_replaces_the_wo
 }
 
 #[test]
+fn tasks_of_a_worker_killed_under_a_batch_run_again_each_lost_attempt_a_span_with_error() {
+    let run = run(&["retry-under-kill"]);
+    assert_eq!(run.value("results"), "1000 correct=true");
+    let killed: u32 = run.value("killed").parse().unwrap();
+    let consumers: Vec<(u32, &ReadSpan)> = run
+        .with_pids()
+        .into_iter()
+        .filter(|(_, s)| s.span.kind == SpanKind::Consumer as i32)
+        .filter(|(_, s)| s.name().starts_with("cluster_program::square_slowly "))
+        .collect();
+    let lost: Vec<&ReadSpan> = consumers
+        .iter()
+        .filter(|(_, s)| s.attribute("filament.recorded_by") == Some(&string("driver")))
+        .map(|(_, s)| *s)
+        .collect();
+    assert!(
+        !lost.is_empty(),
+        "the killed worker {killed} held tasks: their attempts' spans are recorded by the driver"
+    );
+    for attempt in &lost {
+        let status = attempt.span.status.as_ref().expect("a status");
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert!(
+            status.message.contains(&format!("(pid {killed}) died")),
+            "{}",
+            status.message
+        );
+        assert_eq!(
+            attr(attempt, "filament.attempt"),
+            &Value::IntValue(0),
+            "the first attempt died"
+        );
+        // The retry: a CONSUMER span of the same PRODUCER, in a live worker, attempt 1.
+        let retry: Vec<&(u32, &ReadSpan)> = consumers
+            .iter()
+            .filter(|(_, s)| {
+                s.trace_id() == attempt.trace_id()
+                    && s.parent_span_id() == attempt.parent_span_id()
+                    && s.attribute("filament.recorded_by").is_none()
+            })
+            .collect();
+        assert_eq!(retry.len(), 1, "one retry of {}", attempt.span_id());
+        let (pid, retry) = retry[0];
+        assert_ne!(*pid, killed);
+        assert_eq!(attr(retry, "filament.attempt"), &Value::IntValue(1));
+        assert!(retry.span.start_time_unix_nano >= attempt.span.start_time_unix_nano);
+    }
+    // Every task has exactly one CONSUMER span that ran to the end (its own, or its retry's).
+    let finished = consumers
+        .iter()
+        .filter(|(_, s)| s.attribute("filament.recorded_by").is_none())
+        .count();
+    assert_eq!(finished, 1000);
+}
+
+#[test]
+fn a_task_with_max_retries_0_fails_at_its_workers_first_death() {
+    let run = run(&["no-retry"]);
+    let error = run.value("error");
+    assert!(
+        error.starts_with("task cluster_program::dies_once_only failed: worker "),
+        "{error}"
+    );
+    assert_eq!(run.value("after"), "42");
+    // One attempt only: its span, recorded by the driver, and no retry.
+    let attempts = run
+        .all()
+        .into_iter()
+        .filter(|s| {
+            s.name()
+                .starts_with("cluster_program::dies_once_only filament.remote_worker")
+        })
+        .count();
+    assert_eq!(attempts, 1);
+}
+
+#[test]
 fn calls_to_a_dead_actor_fail_with_a_clear_error() {
     let run = run(&["dead-actor"]);
     assert_eq!(run.value("first"), "1");

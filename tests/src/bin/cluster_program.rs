@@ -47,6 +47,17 @@ fn dies() -> i64 {
 #[filament::remote]
 fn noop() {}
 
+#[filament::remote(max_retries = 3)]
+fn square_slowly(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(2));
+    i * i
+}
+
+#[filament::remote(max_retries = 0)]
+fn dies_once_only() -> i64 {
+    std::process::exit(9)
+}
+
 #[filament::remote]
 fn sleeps(millis: u64) -> i64 {
     std::thread::sleep(Duration::from_millis(millis));
@@ -323,6 +334,28 @@ fn main() -> ExitCode {
                 Err(error) => println!("error={error}"),
             }
             // The pool replaced the worker: work goes on.
+            println!("after={}", add::remote(20, 22).get().unwrap());
+        }
+        // A worker SIGKILLed under a batch: its tasks run again elsewhere.
+        "retry-under-kill" => {
+            let tasks: Vec<_> = (0..1000u64).map(square_slowly::remote).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let (_, pid) = runtime.worker_pids()[0];
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(killed.success(), "kill -KILL {pid}");
+            println!("killed={pid}");
+            let values = filament::get_all(&tasks).expect("every result");
+            let correct = values.iter().enumerate().all(|(i, v)| *v == (i * i) as u64);
+            println!("results={} correct={correct}", values.len());
+        }
+        "no-retry" => {
+            match dies_once_only::remote().get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("error={error}"),
+            }
             println!("after={}", add::remote(20, 22).get().unwrap());
         }
         "dead-actor" => {
