@@ -1182,8 +1182,7 @@ mod tests {
                 }
             }
             // Drain: the workers finish everything, then every handle is dropped.
-            loop {
-                let Some((&w, _)) = fakes.iter().find(|(_, f)| !f.queue.is_empty()) else { break };
+            while let Some((&w, _)) = fakes.iter().find(|(_, f)| !f.queue.is_empty()) {
                 let (id, attempt) = fakes.get_mut(&w).expect("found").queue.pop_front().expect("not empty");
                 proptest::prop_assert!(runs.insert((id, attempt)), "task {id} attempt {attempt} ran twice");
                 done(&mut s, w, id);
