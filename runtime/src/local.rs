@@ -3,7 +3,7 @@
 
 use crate::driver::Driver;
 use crate::object::{Arg, GetError, ObjectId, ObjectRef};
-use crate::wire::{ActorId, RetryPolicy, TaskKind, TaskSpec};
+use crate::wire::{ActorId, ActorRestarts, RetryPolicy, TaskKind, TaskSpec};
 use crate::worker::WorkerCore;
 use serde::{Deserialize, Serialize};
 use std::marker::PhantomData;
@@ -165,7 +165,15 @@ impl ActorHandle {
 
 /// Creates an actor. Used by the code `#[filament::actor]` generates. Its spans and errors name it
 /// by its Rust path, `class_id` (two `Counter`s of two modules never share a name).
-pub fn create_actor(class_id: &'static str, _class: &str, args: Vec<Arg>) -> ActorHandle {
+///
+/// `max_restarts` and `max_task_retries` are the type's `#[filament::actor(…)]` options.
+pub fn create_actor(
+    class_id: &'static str,
+    _class: &str,
+    args: Vec<Arg>,
+    max_restarts: u32,
+    max_task_retries: u32,
+) -> ActorHandle {
     let context = current_or_panic();
     let id = context.next_id();
     context.submit(TaskSpec {
@@ -173,6 +181,10 @@ pub fn create_actor(class_id: &'static str, _class: &str, args: Vec<Arg>) -> Act
         kind: TaskKind::CreateActor {
             class: class_id.to_owned(),
             actor: id.0,
+            restarts: ActorRestarts {
+                max_restarts,
+                max_task_retries,
+            },
         },
         name: format!("{class_id}::new"),
         args,

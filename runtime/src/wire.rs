@@ -203,7 +203,11 @@ pub(crate) enum TaskKind {
     /// A remote function, by id.
     Function { function: String },
     /// Creating an actor of a class, by id.
-    CreateActor { class: String, actor: ActorId },
+    CreateActor {
+        class: String,
+        actor: ActorId,
+        restarts: ActorRestarts,
+    },
     /// Calling an actor's method, by id.
     ActorCall { actor: ActorId, method: String },
 }
@@ -241,6 +245,15 @@ impl RetryPolicy {
         max_retries: 0,
         retry_exceptions: false,
     };
+}
+
+/// What happens when an actor's process dies, as Ray's `max_restarts` and `max_task_retries` say:
+/// the constructor runs again in a new process up to `max_restarts` times, and each call that was
+/// in flight runs again up to `max_task_retries` times (else it fails with `ActorDied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct ActorRestarts {
+    pub(crate) max_restarts: u32,
+    pub(crate) max_task_retries: u32,
 }
 
 /// A task whose arguments the driver has resolved, sent to a worker to run.

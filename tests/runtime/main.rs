@@ -351,6 +351,35 @@ fn tasks_of_a_worker_killed_under_a_batch_run_again_each_lost_attempt_a_span_wit
 }
 
 #[test]
+fn an_actor_killed_with_max_restarts_1_comes_back_once_with_its_constructor_run_again() {
+    let run = run(&["actor-restart"]);
+    assert_eq!(run.value("before"), "11");
+    // The constructor ran again (state 10), then the call: 11.
+    assert_eq!(run.value("after_restart"), "11");
+    assert_eq!(run.value("new_process"), "true");
+    let error = run.value("final_error");
+    assert!(
+        error.contains("actor cluster_program::Phoenix(")
+            && error.contains(") is dead: its worker"),
+        "{error}"
+    );
+    // The constructor's second run is its own CONSUMER span, attempt 1, in the creation's trace.
+    let creations: Vec<&ReadSpan> = run
+        .all()
+        .into_iter()
+        .filter(|s| s.name() == "cluster_program::Phoenix::new filament.remote_worker")
+        .collect();
+    assert_eq!(creations.len(), 2, "{:?}", run.names());
+    assert_eq!(creations[0].trace_id(), creations[1].trace_id());
+    let mut attempts: Vec<Option<&Value>> = creations
+        .iter()
+        .map(|s| s.attribute("filament.attempt"))
+        .collect();
+    attempts.sort_by_key(Option::is_some);
+    assert_eq!(attempts, vec![None, Some(&Value::IntValue(1))]);
+}
+
+#[test]
 fn a_task_with_max_retries_0_fails_at_its_workers_first_death() {
     let run = run(&["no-retry"]);
     let error = run.value("error");

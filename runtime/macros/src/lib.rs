@@ -106,15 +106,26 @@ impl RemoteOptions {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Options, as Ray's, on the impl block: `#[filament::actor(max_restarts = 1, max_task_retries = 2)]`.
+/// `max_restarts` (default 0) is how many times the constructor runs again, in a new process, when
+/// the actor's process dies; calls made meanwhile wait for it. `max_task_retries` (default 0) is
+/// how many times a call in flight when the process died runs again on the restarted actor; past
+/// it, such a call fails with `ActorDied`.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return error(Span::call_site(), "#[filament::actor] takes no arguments");
-    }
+    let attr = TokenStream2::from(attr);
     let parsed = if let Ok(item) = syn::parse::<ItemStruct>(item.clone()) {
-        actor_struct(item)
+        if attr.is_empty() {
+            actor_struct(item)
+        } else {
+            Err(syn::Error::new(
+                attr.span(),
+                "#[filament::actor] takes its options on the impl block, not on the struct",
+            ))
+        }
     } else if let Ok(item) = syn::parse::<ItemImpl>(item) {
-        actor_impl(item)
+        ActorOptions::parse(attr).and_then(|options| actor_impl(item, &options))
     } else {
         Err(syn::Error::new(
             Span::call_site(),
@@ -127,8 +138,36 @@ pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn error(span: Span, message: &str) -> TokenStream {
-    syn::Error::new(span, message).to_compile_error().into()
+/// The options of `#[filament::actor(…)]` on an impl block.
+struct ActorOptions {
+    max_restarts: u32,
+    max_task_retries: u32,
+}
+
+impl ActorOptions {
+    fn parse(attr: TokenStream2) -> syn::Result<ActorOptions> {
+        let mut options = ActorOptions {
+            max_restarts: 0,
+            max_task_retries: 0,
+        };
+        let parser = syn::meta::parser(|meta| {
+            let field = if meta.path.is_ident("max_restarts") {
+                &mut options.max_restarts
+            } else if meta.path.is_ident("max_task_retries") {
+                &mut options.max_task_retries
+            } else {
+                return Err(meta.error(
+                    "unknown option of #[filament::actor]: it takes `max_restarts = N` and \
+                     `max_task_retries = N`",
+                ));
+            };
+            let value: syn::LitInt = meta.value()?.parse()?;
+            *field = value.base10_parse()?;
+            Ok(())
+        });
+        syn::parse::Parser::parse2(parser, attr)?;
+        Ok(options)
+    }
 }
 
 /// The names and types of a function's arguments, refusing patterns and `self`.
@@ -261,7 +300,9 @@ fn actor_struct(item: ItemStruct) -> syn::Result<TokenStream2> {
     })
 }
 
-fn actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
+fn actor_impl(item: ItemImpl, options: &ActorOptions) -> syn::Result<TokenStream2> {
+    let max_restarts = options.max_restarts;
+    let max_task_retries = options.max_task_retries;
     if !item.generics.params.is_empty() || item.trait_.is_some() {
         return Err(syn::Error::new(
             item.span(),
@@ -366,6 +407,8 @@ fn actor_impl(item: ItemImpl) -> syn::Result<TokenStream2> {
                         ::core::concat!(::core::module_path!(), "::", #class_name),
                         #class_name,
                         ::std::vec![#(::filament::IntoArg::into_arg(#ctor_args)),*],
+                        #max_restarts,
+                        #max_task_retries,
                     ),
                 }
             }

@@ -10,7 +10,7 @@ use crate::object::{Arg, ObjectId, TaskError};
 use crate::status::{HookState, ProcessKind, ProcessTracing};
 use crate::wire::{self, ActorId, Execute, TaskKind, TaskSpec, ToDriver, ToWorker};
 use crate::{WorkerStartError, cluster::proto::ProcessStatus};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -76,6 +76,9 @@ pub(super) struct WorkerSlot {
     pub(super) stats: ProcessTracing,
     /// It was asked to give tasks back and has not answered yet.
     giving_back: bool,
+    /// The references it holds (the results of tasks it submitted, until it releases them):
+    /// released for it if it dies.
+    holds: HashSet<ObjectId>,
 }
 
 pub(super) struct ActorSlot {
@@ -84,6 +87,11 @@ pub(super) struct ActorSlot {
     /// Calls not yet sent, in submission order; the head waits for its arguments.
     queue: VecDeque<TaskSpec>,
     dead: Option<String>,
+    /// Its creation, kept (with its arguments referenced) while it may restart.
+    creation: Option<TaskSpec>,
+    /// Restarts left, and how many times a call in flight when its process died runs again.
+    restarts_left: u32,
+    max_task_retries: u32,
 }
 
 /// The scheduler's whole state. See the module's documentation.
@@ -185,6 +193,7 @@ impl Scheduler {
                     HookState::None
                 }),
                 giving_back: false,
+                holds: HashSet::new(),
             },
         );
         if let Some(actor) = actor
@@ -250,7 +259,12 @@ impl Scheduler {
                 }
                 self.dispatch();
             }
-            ToDriver::Submit(spec) => self.submit(spec),
+            ToDriver::Submit(spec) => {
+                if let Some(slot) = self.workers.get_mut(&worker) {
+                    slot.holds.insert(spec.id);
+                }
+                self.submit(spec);
+            }
             ToDriver::Get { request, ids } => {
                 let missing: Vec<ObjectId> = ids
                     .iter()
@@ -279,6 +293,9 @@ impl Scheduler {
             }
             ToDriver::Release(ids) => {
                 for id in ids {
+                    if let Some(slot) = self.workers.get_mut(&worker) {
+                        slot.holds.remove(&id);
+                    }
                     self.release(id);
                 }
             }
@@ -396,9 +413,19 @@ impl Scheduler {
                     self.fail_if_no_workers(&cause);
                 }
             }
-            TaskKind::CreateActor { actor, .. } => {
-                let actor = *actor;
+            TaskKind::CreateActor {
+                actor, restarts, ..
+            } => {
+                let (actor, restarts) = (*actor, *restarts);
                 let class = spec.name.trim_end_matches("::new").to_owned();
+                // Kept for restarts, holding its arguments once more (the queued one releases
+                // its own when sent).
+                let creation = (restarts.max_restarts > 0).then(|| {
+                    for dep in spec.args.iter().filter_map(Arg::object) {
+                        self.add_ref(dep);
+                    }
+                    spec.clone()
+                });
                 self.actors.insert(
                     actor,
                     ActorSlot {
@@ -406,6 +433,9 @@ impl Scheduler {
                         worker: None,
                         queue: VecDeque::from([spec]),
                         dead: None,
+                        creation,
+                        restarts_left: restarts.max_restarts,
+                        max_task_retries: restarts.max_task_retries,
                     },
                 );
                 if missing > 0 {
@@ -566,9 +596,23 @@ impl Scheduler {
         };
         let slot = self.workers.get_mut(&worker).expect("a live worker");
         // A pool worker's task may move to another worker or run again: the driver keeps it (and
-        // its arguments) until it is done. An actor's call goes for good.
-        let (kept, gone) = if slot.actor.is_none() {
-            slot.free -= 1;
+        // its arguments) until it is done. So does an actor's call that may run again on its
+        // restarted actor; other actor tasks go for good.
+        let keep = match slot.actor {
+            None => {
+                slot.free -= 1;
+                true
+            }
+            Some(actor) => {
+                matches!(spec.kind, TaskKind::ActorCall { .. })
+                    && self
+                        .actors
+                        .get(&actor)
+                        .is_some_and(|a| a.max_task_retries > 0)
+            }
+        };
+        let slot = self.workers.get_mut(&worker).expect("a live worker");
+        let (kept, gone) = if keep {
             (Some(spec), None)
         } else {
             (None, Some(spec))
@@ -609,6 +653,9 @@ impl Scheduler {
         let worker = slot.worker.take();
         let class = slot.class.clone();
         let queued: Vec<TaskSpec> = slot.queue.drain(..).collect();
+        if let Some(creation) = slot.creation.take() {
+            self.release_args(&creation);
+        }
         // Its process has nothing left to do.
         if let Some(worker) = worker
             && self.workers.contains_key(&worker)
@@ -629,13 +676,17 @@ impl Scheduler {
 
     /// Stores a task's result and moves on whatever waited for it.
     fn complete(&mut self, id: ObjectId, result: Result<Arc<Vec<u8>>, TaskError>) {
-        let Some(object) = self.objects.get_mut(&id) else {
-            return;
-        };
-        // A failed actor creation kills the actor.
-        let failed_creation = match (&result, object.name.strip_suffix("::new")) {
-            (Err(error), Some(_)) => Some(error.to_string()),
+        // A failed actor creation (an actor's id is its creation's) kills the actor, a restart's
+        // too, whose object nobody holds any more.
+        let failed_creation = match &result {
+            Err(error) if self.actors.contains_key(&id.0) => Some(error.to_string()),
             _ => None,
+        };
+        let Some(object) = self.objects.get_mut(&id) else {
+            if let Some(cause) = failed_creation {
+                self.kill_actor(id.0, format!("its constructor failed: {cause}"));
+            }
+            return;
         };
         object.value = Some(result);
         self.completions += 1;
@@ -645,9 +696,7 @@ impl Scheduler {
         if self.awaited.contains_key(&id) {
             self.wake = true;
         }
-        if let Some(cause) = failed_creation
-            && self.actors.contains_key(&id.0)
-        {
+        if let Some(cause) = failed_creation {
             self.kill_actor(id.0, format!("its constructor failed: {cause}"));
         }
         for dependent in dependents {
@@ -723,10 +772,19 @@ impl Scheduler {
     /// A worker went away: its tasks run again elsewhere if they may retry, else fail; its actor
     /// dies; a pool worker is replaced. `false` if it was not connected.
     pub(super) fn worker_exited(&mut self, worker: u32, pid: u32) -> bool {
-        let Some(slot) = self.workers.remove(&worker) else {
+        let Some(mut slot) = self.workers.remove(&worker) else {
             return false;
         };
+        for id in std::mem::take(&mut slot.holds) {
+            self.release(id);
+        }
         let shutting_down = self.shutting_down;
+        if let Some(actor) = slot.actor
+            && self.restart_actor(actor, worker, pid, &mut slot)
+        {
+            self.wake = true;
+            return true;
+        }
         if shutting_down {
             let last = self.process_status(worker, &slot);
             self.departed.push(last);
@@ -810,6 +868,81 @@ impl Scheduler {
         }
         self.dispatch();
         self.wake = true;
+        true
+    }
+
+    /// The process of `actor` died: if it may restart, its constructor goes first in its queue,
+    /// then the calls that were in flight and may run again (the others fail), then those that
+    /// waited; a new process is launched. `false` if it may not restart.
+    fn restart_actor(
+        &mut self,
+        actor: ActorId,
+        worker: u32,
+        pid: u32,
+        slot: &mut WorkerSlot,
+    ) -> bool {
+        let (shutting_down, lost) = (self.shutting_down, self.cluster_lost.is_some());
+        let Some(actor_slot) = self.actors.get_mut(&actor) else {
+            return false;
+        };
+        if actor_slot.dead.is_some() || actor_slot.restarts_left == 0 || shutting_down || lost {
+            return false;
+        }
+        let Some(kept) = &mut actor_slot.creation else {
+            return false;
+        };
+        kept.attempt += 1;
+        let creation = kept.clone();
+        actor_slot.restarts_left -= 1;
+        actor_slot.worker = None;
+        let actor_name = format!("{}({actor:016x})", actor_slot.class);
+        let max_task_retries = actor_slot.max_task_retries;
+        let mut held: Vec<(ObjectId, Held)> = slot.held.drain().collect();
+        held.sort_by_key(|(id, _)| *id);
+        let mut again = Vec::new();
+        for (id, held) in held {
+            if id.0 == actor {
+                // The constructor itself: it runs again below.
+                continue;
+            }
+            match held.spec {
+                Some(mut spec)
+                    if matches!(spec.kind, TaskKind::ActorCall { .. })
+                        && spec.attempt < max_task_retries =>
+                {
+                    spec.attempt += 1;
+                    again.push(spec);
+                }
+                spec => {
+                    if let Some(spec) = &spec {
+                        self.release_args(spec);
+                    }
+                    let name = self
+                        .objects
+                        .get(&id)
+                        .map(|o| o.name.clone())
+                        .unwrap_or_default();
+                    let error = TaskError::ActorDied {
+                        task: name,
+                        actor: actor_name.clone(),
+                        cause: format!(
+                            "its worker {worker} (pid {pid}) died while the call ran; the actor restarts"
+                        ),
+                    };
+                    self.complete(id, Err(error));
+                }
+            }
+        }
+        // The creation's own arguments are held by the kept copy: this run holds them again.
+        for dep in creation.args.iter().filter_map(Arg::object) {
+            self.add_ref(dep);
+        }
+        let actor_slot = self.actors.get_mut(&actor).expect("looked up above");
+        for spec in again.into_iter().rev() {
+            actor_slot.queue.push_front(spec);
+        }
+        actor_slot.queue.push_front(creation);
+        self.launch_new_worker(Some(actor));
         true
     }
 
@@ -929,6 +1062,36 @@ mod tests {
             .collect()
     }
 
+    /// The workers launched for actors since the last call.
+    fn launched(s: &mut Scheduler) -> Vec<u32> {
+        s.effects
+            .drain(..)
+            .filter_map(|e| match e {
+                Effect::Launch(w, true) => Some(w),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Creates actor `actor` (with `restarts`) and connects its process; returns the process.
+    fn actor_up(s: &mut Scheduler, actor: ActorId, restarts: wire::ActorRestarts) -> u32 {
+        s.submit(TaskSpec {
+            kind: TaskKind::CreateActor {
+                class: "A".into(),
+                actor,
+                restarts,
+            },
+            name: "A::new".into(),
+            ..task(actor, vec![], 0)
+        });
+        let w = launched(s)[0];
+        s.worker_ready(w, 2000 + w, false)
+            .expect("the actor's process");
+        assert_eq!(sent(s), vec![(w, actor, 0)], "the constructor");
+        done(s, w, actor);
+        w
+    }
+
     fn done(s: &mut Scheduler, worker: u32, id: u64) {
         s.on_message(
             worker,
@@ -949,18 +1112,12 @@ mod tests {
             kind: TaskKind::CreateActor {
                 class: "A".into(),
                 actor,
+                restarts: Default::default(),
             },
             name: "A::new".into(),
             ..task(actor, vec![], 0)
         });
-        let launched: Vec<u32> = s
-            .effects
-            .drain(..)
-            .filter_map(|e| match e {
-                Effect::Launch(w, true) => Some(w),
-                _ => None,
-            })
-            .collect();
+        let launched = launched(&mut s);
         assert_eq!(launched.len(), 1, "one process for the actor");
         // The first call waits for task 1's result; the second has no argument.
         s.submit(call(2, actor, vec![Arg::Ref(ObjectId(1))]));
@@ -1088,6 +1245,85 @@ mod tests {
                 Some(Err(TaskError::Panicked { .. }))
             ));
         }
+    }
+
+    #[test]
+    fn an_actor_with_max_restarts_comes_back_its_calls_in_flight_failing_and_later_ones_served() {
+        let mut s = with_workers(1);
+        let actor = 50;
+        let restarts = wire::ActorRestarts {
+            max_restarts: 1,
+            max_task_retries: 0,
+        };
+        let w = actor_up(&mut s, actor, restarts);
+        s.submit(call(51, actor, vec![]));
+        assert_eq!(sent(&mut s), vec![(w, 51, 0)]);
+        assert!(s.worker_exited(w, 2000 + w));
+        assert!(matches!(
+            &s.objects[&ObjectId(51)].value,
+            Some(Err(TaskError::ActorDied { cause, .. })) if cause.contains("restarts")
+        ));
+        // Calls made while it restarts wait for it, behind the constructor's second run.
+        s.submit(call(52, actor, vec![]));
+        let again = launched(&mut s);
+        assert_eq!(again.len(), 1, "a new process for the actor");
+        s.worker_ready(again[0], 3000, false).expect("ready");
+        assert_eq!(sent(&mut s), vec![(again[0], actor, 1), (again[0], 52, 0)]);
+        done(&mut s, again[0], actor);
+        done(&mut s, again[0], 52);
+        assert!(matches!(s.objects[&ObjectId(52)].value, Some(Ok(_))));
+        // No restart left: the next death is final.
+        s.submit(call(53, actor, vec![]));
+        sent(&mut s);
+        assert!(s.worker_exited(again[0], 3000));
+        assert!(launched(&mut s).is_empty());
+        s.submit(call(54, actor, vec![]));
+        assert!(matches!(
+            s.objects[&ObjectId(53)].value,
+            Some(Err(TaskError::WorkerDied { .. }))
+        ));
+        assert!(matches!(
+            s.objects[&ObjectId(54)].value,
+            Some(Err(TaskError::ActorDied { .. }))
+        ));
+    }
+
+    #[test]
+    fn with_max_task_retries_a_call_in_flight_runs_again_on_the_restarted_actor() {
+        let mut s = with_workers(1);
+        let actor = 50;
+        let restarts = wire::ActorRestarts {
+            max_restarts: 2,
+            max_task_retries: 1,
+        };
+        let w = actor_up(&mut s, actor, restarts);
+        s.submit(call(51, actor, vec![]));
+        s.submit(call(52, actor, vec![]));
+        sent(&mut s);
+        assert!(s.worker_exited(w, 2000 + w));
+        let again = launched(&mut s)[0];
+        s.worker_ready(again, 3000, false).expect("ready");
+        assert_eq!(
+            sent(&mut s),
+            vec![(again, actor, 1), (again, 51, 1), (again, 52, 1)],
+            "the constructor, then the calls in their order"
+        );
+    }
+
+    #[test]
+    fn a_dead_workers_references_are_released() {
+        let mut s = with_workers(2);
+        // Worker 1 submits a task (it holds the result's reference), which runs on worker 2.
+        s.on_message(1, ToDriver::Submit(task(7, vec![], 0)));
+        let placed = sent(&mut s);
+        let (runner, ..) = placed[0];
+        done(&mut s, runner, 7);
+        assert!(s.objects.contains_key(&ObjectId(7)), "held by worker 1");
+        s.worker_exited(1, 1001);
+        assert!(
+            !s.objects.contains_key(&ObjectId(7)),
+            "released with worker 1"
+        );
     }
 
     /// A worker as the property test plays it: what it received, in order; the first runs.

@@ -128,6 +128,12 @@ fn sleepy_pid(millis: u64) -> u32 {
     std::process::id()
 }
 
+#[filament::remote(max_retries = 0)]
+fn sleepy_pid_no_retry(millis: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(millis));
+    std::process::id()
+}
+
 /// Gets a result, then passes the ref itself (by value) to another task.
 #[filament::remote]
 fn moves_a_ref() -> i64 {
@@ -167,6 +173,35 @@ impl Counter {
     fn exit(&mut self) -> i64 {
         std::process::exit(9)
     }
+}
+
+#[filament::actor]
+struct Phoenix {
+    n: i64,
+}
+
+#[filament::actor(max_restarts = 1, max_task_retries = 1)]
+impl Phoenix {
+    fn new(n: i64) -> Self {
+        Phoenix { n }
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    fn incr(&mut self) -> i64 {
+        self.n += 1;
+        self.n
+    }
+}
+
+fn kill_process(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success(), "kill -KILL {pid}");
 }
 
 #[filament::actor]
@@ -351,6 +386,23 @@ fn main() -> ExitCode {
             let correct = values.iter().enumerate().all(|(i, v)| *v == (i * i) as u64);
             println!("results={} correct={correct}", values.len());
         }
+        // An actor SIGKILLed with max_restarts = 1: it comes back once, not twice.
+        "actor-restart" => {
+            let phoenix = Phoenix::remote(10);
+            println!("before={}", phoenix.incr().get().unwrap());
+            let first = phoenix.pid().get().unwrap();
+            kill_process(first);
+            // In flight or queued when the driver learns of the death: it runs on the new process.
+            println!("after_restart={}", phoenix.incr().get().unwrap());
+            let second = phoenix.pid().get().unwrap();
+            println!("new_process={}", second != first);
+            kill_process(second);
+            std::thread::sleep(Duration::from_millis(300));
+            match phoenix.incr().get() {
+                Ok(v) => println!("unexpected={v}"),
+                Err(error) => println!("final_error={error}"),
+            }
+        }
         "no-retry" => {
             match dies_once_only::remote().get() {
                 Ok(v) => println!("unexpected={v}"),
@@ -467,7 +519,16 @@ fn main() -> ExitCode {
         "under-fire" => {
             use std::io::Write;
             let millis: u64 = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3000);
-            let slow: Vec<_> = (0..4).map(|_| sleepy_pid::remote(millis)).collect();
+            let retry = args.get(2).map(String::as_str) != Some("no-retry");
+            let slow: Vec<_> = (0..4)
+                .map(|_| {
+                    if retry {
+                        sleepy_pid::remote(millis)
+                    } else {
+                        sleepy_pid_no_retry::remote(millis)
+                    }
+                })
+                .collect();
             // Every worker has started one.
             std::thread::sleep(Duration::from_millis(300));
             println!("submitted");
