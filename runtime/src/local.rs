@@ -49,13 +49,15 @@ impl LocalRuntime {
     /// Submits a task; the caller holds one reference to its result.
     fn submit(&self, mut spec: TaskSpec) {
         let _producer = crate::spans::on_submit(&mut spec);
+        // References given up with the arguments, and those the serialized values took.
         let moved: Vec<ObjectId> = spec
             .args
             .iter()
-            .filter_map(|arg| match arg {
-                Arg::Moved(id) => Some(*id),
-                _ => None,
+            .flat_map(|arg| match arg {
+                Arg::Moved(id) => std::slice::from_ref(id),
+                arg => arg.contained(),
             })
+            .copied()
             .collect();
         match self {
             LocalRuntime::Driver(d) => d.submit(spec),
@@ -72,6 +74,16 @@ pub(crate) fn add_ref(cluster: u64, id: ObjectId) {
     match current() {
         Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.add_ref(id),
         Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.add_ref(id),
+        _ => {}
+    }
+}
+
+/// A reference deserialized in this process (from an argument or a result): it holds its object
+/// from now on, until dropped.
+pub(crate) fn borrow(cluster: u64, id: ObjectId) {
+    match current() {
+        Some(LocalRuntime::Driver(d)) if d.cluster == cluster => d.add_ref(id),
+        Some(LocalRuntime::Worker(w)) if w.cluster == cluster => w.borrow(id),
         _ => {}
     }
 }
@@ -122,11 +134,48 @@ pub fn submit_function<T>(
 }
 
 /// A handle to an actor: its id and class. Typed handles (`<Type>Handle`) wrap it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Handles are counted like [`ObjectRef`]s (they hold the actor's creation): once the last one is
+/// dropped, in the driver and in every worker, the actor finishes the calls it was given, then
+/// stops, and its process ends. A handle passed to a task (it is `Serialize`) counts while the
+/// task may run and from the moment the task deserializes it.
+#[derive(Debug)]
 pub struct ActorHandle {
     id: ActorId,
     class: String,
     cluster: u64,
+}
+
+impl Clone for ActorHandle {
+    fn clone(&self) -> Self {
+        add_ref(self.cluster, ObjectId(self.id));
+        ActorHandle {
+            id: self.id,
+            class: self.class.clone(),
+            cluster: self.cluster,
+        }
+    }
+}
+
+impl Drop for ActorHandle {
+    fn drop(&mut self) {
+        release(self.cluster, ObjectId(self.id));
+    }
+}
+
+impl Serialize for ActorHandle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::object::contain(self.cluster, ObjectId(self.id));
+        (self.id, &self.class, self.cluster).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (id, class, cluster) = <(ActorId, String, u64)>::deserialize(deserializer)?;
+        borrow(cluster, ObjectId(id));
+        Ok(ActorHandle { id, class, cluster })
+    }
 }
 
 impl ActorHandle {
@@ -192,8 +241,8 @@ pub fn create_actor(
         retry: RetryPolicy::NEVER,
         attempt: 0,
     });
-    // Nobody gets the creation's result: errors surface on the actor's calls.
-    release(context.cluster(), id);
+    // The handle holds the creation's reference (its result is never got: errors surface on the
+    // actor's calls).
     ActorHandle {
         id: id.0,
         class: class_id.to_owned(),

@@ -27,6 +27,12 @@ impl fmt::Debug for ObjectId {
 /// A future result of a task or actor call, of type `T`. Get it with [`get`](crate::get) or
 /// [`ObjectRef::get`]; pass it to other tasks as an argument. The result is freed when no reference
 /// to it remains.
+///
+/// It is `Serialize` and `Deserialize`: refs travel inside arguments and results (a
+/// `Vec<ObjectRef<T>>`, a struct holding one), and `get` works on them in any process of the job.
+/// A value holding refs keeps their objects alive as long as it is itself an argument or result
+/// the runtime holds, and a ref deserialized from it keeps its object alive until it is dropped.
+/// (A ref serialized by other means, to a file say, is only an id: it keeps nothing alive.)
 pub struct ObjectRef<T> {
     pub(crate) id: ObjectId,
     pub(crate) cluster: u64,
@@ -84,6 +90,52 @@ impl<T> Drop for ObjectRef<T> {
     }
 }
 
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        contain(self.cluster, self.id);
+        (self.id, self.cluster).serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (id, cluster) = <(ObjectId, u64)>::deserialize(deserializer)?;
+        crate::local::borrow(cluster, id);
+        Ok(ObjectRef {
+            id,
+            cluster,
+            _type: PhantomData,
+        })
+    }
+}
+
+thread_local! {
+    /// While this thread serializes a task's argument or result, the references inside it.
+    static CONTAINED: std::cell::RefCell<Option<Vec<ObjectId>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A reference is being serialized: inside an argument or result, it takes a reference of its
+/// own, which the message carrying the value hands to the driver (so that the object outlives the
+/// handle that was serialized, whatever order the messages arrive in).
+pub(crate) fn contain(cluster: u64, id: ObjectId) {
+    CONTAINED.with(|contained| {
+        if let Some(ids) = contained.borrow_mut().as_mut() {
+            crate::local::add_ref(cluster, id);
+            ids.push(id);
+        }
+    });
+}
+
+/// Runs `serialize`, returning what it made and the references serialized meanwhile (each holding
+/// a reference of its own, to release once the value is handed over).
+pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<ObjectId>) {
+    let outer = CONTAINED.with(|contained| contained.borrow_mut().replace(Vec::new()));
+    let made = serialize();
+    let ids = CONTAINED.with(|contained| std::mem::replace(&mut *contained.borrow_mut(), outer));
+    (made, ids.unwrap_or_default())
+}
+
 /// A task argument as it travels: a serialized value, or a reference the driver resolves before the
 /// task runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,14 +147,30 @@ pub enum Arg {
     /// The result of another task, whose reference the caller gave up with the argument: the
     /// caller releases it once the submission holds the object.
     Moved(ObjectId),
+    /// A value with object references inside it: the submission holds them while it may run.
+    Holding {
+        /// The value, serialized with postcard.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// The references inside it.
+        refs: Vec<ObjectId>,
+    },
 }
 
 impl Arg {
     /// The object this argument refers to, if it is a reference.
     pub(crate) fn object(&self) -> Option<ObjectId> {
         match self {
-            Arg::Value(_) => None,
+            Arg::Value(_) | Arg::Holding { .. } => None,
             Arg::Ref(id) | Arg::Moved(id) => Some(*id),
+        }
+    }
+
+    /// The references inside a value argument.
+    pub(crate) fn contained(&self) -> &[ObjectId] {
+        match self {
+            Arg::Holding { refs, .. } => refs,
+            _ => &[],
         }
     }
 }
@@ -116,9 +184,10 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
-        match postcard::to_stdvec(&self) {
-            Ok(bytes) => Arg::Value(bytes),
-            Err(error) => panic!(
+        match collecting(|| postcard::to_stdvec(&self)) {
+            (Ok(bytes), refs) if refs.is_empty() => Arg::Value(bytes),
+            (Ok(value), refs) => Arg::Holding { value, refs },
+            (Err(error), _) => panic!(
                 "filament: cannot serialize an argument of type {}: {error}",
                 std::any::type_name::<T>()
             ),

@@ -332,6 +332,8 @@ pub(crate) enum ToDriver {
         id: ObjectId,
         #[serde(with = "byte_result")]
         result: Result<Vec<u8>, TaskError>,
+        /// The object references inside the result: the result holds them while it lives.
+        refs: Vec<ObjectId>,
     },
     Submit(TaskSpec),
     Get {
@@ -344,6 +346,9 @@ pub(crate) enum ToDriver {
     },
     /// The worker no longer references these objects.
     Release(Vec<ObjectId>),
+    /// The worker deserialized references to these objects (inside an argument or a result) and
+    /// holds them from now on.
+    Borrow(Vec<ObjectId>),
     /// A task of the worker is blocked in `get`: the worker can run one more meanwhile.
     Blocked,
     /// A blocked task goes on.

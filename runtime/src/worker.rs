@@ -469,10 +469,19 @@ impl WorkerCore {
             self.start_thread();
         }
         let id = task.id;
-        let (result, span) = self.execute(task);
+        // References serialized into the result (and only those: a task's own submissions
+        // collect theirs apart) travel with it; the driver's result holds them from then on.
+        let ((result, span), refs) = crate::object::collecting(|| self.execute(task));
         // Sent now, whatever runs next: a result must not wait for the next task to finish.
         // (Results of threads finishing together still go out in one write.)
-        self.outbox.send(ToDriver::Done { id, result });
+        self.outbox.send(ToDriver::Done {
+            id,
+            result,
+            refs: refs.clone(),
+        });
+        for id in refs {
+            self.release(id);
+        }
         self.activity.note();
         // The task is over: the next one may start (an actor's next call included) while this
         // thread ends and exports the span, and the result travels.
@@ -590,6 +599,20 @@ impl WorkerCore {
             .unwrap_or_else(|p| p.into_inner())
             .entry(id)
             .or_insert(0) += 1;
+    }
+
+    /// A reference deserialized here: the driver learns that this process holds the object if it
+    /// did not already (before any later message of this process, a release or a result).
+    pub(crate) fn borrow(&self, id: ObjectId) {
+        let first = {
+            let mut refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+            let count = refs.entry(id).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.outbox.send(ToDriver::Borrow(vec![id]));
+        }
     }
 
     pub(crate) fn release(&self, id: ObjectId) {

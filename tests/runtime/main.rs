@@ -380,6 +380,34 @@ fn an_actor_killed_with_max_restarts_1_comes_back_once_with_its_constructor_run_
 }
 
 #[test]
+fn refs_inside_a_vec_and_a_struct_travel_through_three_tasks_and_back() {
+    let run = run(&["nested-refs"]);
+    // 100 + 101 + 102 + 103.
+    assert_eq!(run.value("label"), "4 refs sum=406");
+    assert_eq!(run.value("driver_values"), "[100, 101, 102, 103]");
+}
+
+#[test]
+fn actors_whose_handles_are_all_dropped_stop_and_their_processes_end() {
+    let run = run(&["actors-dropped", "40"]);
+    assert_eq!(run.value("processes_left"), "2 pool=2");
+    let pids: Vec<u32> = run
+        .value("actor_pids")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(pids.len() >= 20, "{pids:?}");
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z ")),
+            "actor process {pid} still runs"
+        );
+    }
+}
+
+#[test]
 fn a_task_with_max_retries_0_fails_at_its_workers_first_death() {
     let run = run(&["no-retry"]);
     let error = run.value("error");

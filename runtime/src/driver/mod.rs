@@ -640,8 +640,12 @@ impl Driver {
         self.lock().sched.add_ref(id);
     }
 
+    /// Drops a reference of this process; what that frees (an actor whose last handle it was)
+    /// is carried out.
     pub(crate) fn release(&self, id: ObjectId) {
-        self.lock().sched.release(id);
+        let mut state = self.lock();
+        state.sched.release(id);
+        self.unlock(state);
     }
 
     /// Waits for every object and returns their names and results.

@@ -55,6 +55,8 @@ pub(super) struct Object {
     dependents: Vec<ObjectId>,
     /// Workers' `get` requests waiting for this object.
     remote_waiters: Vec<(u32, u64)>,
+    /// The references inside its value, which it holds while it lives.
+    contained: Vec<ObjectId>,
 }
 
 /// A task a worker holds (running or queued there).
@@ -92,6 +94,8 @@ pub(super) struct ActorSlot {
     /// Restarts left, and how many times a call in flight when its process died runs again.
     restarts_left: u32,
     max_task_retries: u32,
+    /// Every handle to it was dropped: it stops once its calls are done.
+    unused: bool,
 }
 
 /// The scheduler's whole state. See the module's documentation.
@@ -224,7 +228,8 @@ impl Scheduler {
     /// A message from a connected worker.
     pub(super) fn on_message(&mut self, worker: u32, message: ToDriver) {
         match message {
-            ToDriver::Done { id, result } => {
+            ToDriver::Done { id, result, refs } => {
+                self.hold_contained(id, &refs);
                 let held = self.workers.get_mut(&worker).and_then(|slot| {
                     let held = slot.held.remove(&id)?;
                     if slot.actor.is_none() {
@@ -235,6 +240,9 @@ impl Scheduler {
                 match held.and_then(|held| held.spec) {
                     Some(spec) => self.finish_held(spec, result),
                     None => self.complete(id, result.map(Arc::new)),
+                }
+                if let Some(actor) = self.workers.get(&worker).and_then(|w| w.actor) {
+                    self.stop_if_unused(actor);
                 }
                 self.dispatch();
             }
@@ -289,6 +297,15 @@ impl Scheduler {
                     .collect();
                 if self.workers.contains_key(&worker) {
                     self.send(worker, ToWorker::Ready { request, ready });
+                }
+            }
+            ToDriver::Borrow(ids) => {
+                for id in ids {
+                    if let Some(slot) = self.workers.get_mut(&worker)
+                        && slot.holds.insert(id)
+                    {
+                        self.add_ref(id);
+                    }
                 }
             }
             ToDriver::Release(ids) => {
@@ -368,11 +385,17 @@ impl Scheduler {
                 refs: 1,
                 dependents: Vec::new(),
                 remote_waiters: Vec::new(),
+                contained: Vec::new(),
             },
         );
         // Every argument is held until the task has its value; count those still running.
         let mut missing = 0;
         let mut unknown = None;
+        for arg in &spec.args {
+            for contained in arg.contained() {
+                self.add_ref(*contained);
+            }
+        }
         for (index, arg) in spec.args.iter().enumerate() {
             if let Some(dep) = arg.object() {
                 match self.objects.get_mut(&dep) {
@@ -436,6 +459,7 @@ impl Scheduler {
                         creation,
                         restarts_left: restarts.max_restarts,
                         max_task_retries: restarts.max_task_retries,
+                        unused: false,
                     },
                 );
                 if missing > 0 {
@@ -482,6 +506,62 @@ impl Scheduler {
             if let Some(dep) = arg.object() {
                 self.release(dep);
             }
+            for contained in arg.contained() {
+                self.release(*contained);
+            }
+        }
+    }
+
+    /// A result holds the references inside it (the worker's serialization took one each, which
+    /// it releases after the result is sent): taken now, before that release arrives.
+    fn hold_contained(&mut self, id: ObjectId, refs: &[ObjectId]) {
+        if refs.is_empty() || !self.objects.contains_key(&id) {
+            return;
+        }
+        for dep in refs {
+            self.add_ref(*dep);
+        }
+        if let Some(object) = self.objects.get_mut(&id) {
+            object.contained.extend_from_slice(refs);
+        }
+    }
+
+    /// Frees an object nobody references any more: what it held goes too, and an actor whose
+    /// creation it was (whose handles are all gone) stops once its calls are done.
+    fn free(&mut self, id: ObjectId) {
+        let Some(object) = self.objects.remove(&id) else {
+            return;
+        };
+        for dep in object.contained {
+            self.release(dep);
+        }
+        if let Some(actor) = self.actors.get_mut(&id.0) {
+            actor.unused = true;
+            self.stop_if_unused(id.0);
+        }
+    }
+
+    /// Stops an actor nobody holds a handle to once it has no call left to run.
+    fn stop_if_unused(&mut self, actor: ActorId) {
+        let Some(slot) = self.actors.get(&actor) else {
+            return;
+        };
+        let busy = slot
+            .worker
+            .and_then(|w| self.workers.get(&w))
+            .is_some_and(|w| !w.held.is_empty());
+        if !slot.unused || !slot.queue.is_empty() || busy {
+            return;
+        }
+        let starting = slot.worker.is_none() && slot.dead.is_none();
+        if starting {
+            // Its process is not up yet: it stops once it has run its queue (the constructor).
+            return;
+        }
+        self.kill_actor(actor, "every handle to it was dropped".into());
+        // Nobody can name it any more: it leaves no trace once its process is gone.
+        if self.actors.get(&actor).is_some_and(|a| a.worker.is_none()) {
+            self.actors.remove(&actor);
         }
     }
 
@@ -492,7 +572,7 @@ impl Scheduler {
             .iter()
             .enumerate()
             .map(|(index, arg)| match arg {
-                Arg::Value(bytes) => Ok(bytes.clone()),
+                Arg::Value(bytes) | Arg::Holding { value: bytes, .. } => Ok(bytes.clone()),
                 Arg::Ref(dep) | Arg::Moved(dep) => {
                     match self.objects.get(dep).and_then(|o| o.value.as_ref()) {
                         Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
@@ -728,7 +808,7 @@ impl Scheduler {
             }
         }
         if free {
-            self.objects.remove(&id);
+            self.free(id);
         }
     }
 
@@ -746,7 +826,7 @@ impl Scheduler {
         };
         object.refs = object.refs.saturating_sub(1);
         if object.refs == 0 && object.value.is_some() && object.remote_waiters.is_empty() {
-            self.objects.remove(&id);
+            self.free(id);
         }
     }
 
@@ -853,6 +933,9 @@ impl Scheduler {
         }
         if let Some(actor) = slot.actor {
             self.kill_actor(actor, format!("its worker {worker} (pid {pid}) died"));
+            if self.actors.get(&actor).is_some_and(|a| a.unused) {
+                self.actors.remove(&actor);
+            }
         }
         let replace = slot.actor.is_none()
             && !shutting_down
@@ -1098,6 +1181,7 @@ mod tests {
             ToDriver::Done {
                 id: ObjectId(id),
                 result: Ok(vec![id as u8]),
+                refs: Vec::new(),
             },
         );
     }
@@ -1228,6 +1312,7 @@ mod tests {
                 task: format!("f{id}"),
                 message: "boom".into(),
             }),
+            refs: Vec::new(),
         };
         for attempt in 1..=2 {
             s.on_message(1, panic(1));
@@ -1323,6 +1408,86 @@ mod tests {
         assert!(
             !s.objects.contains_key(&ObjectId(7)),
             "released with worker 1"
+        );
+    }
+
+    #[test]
+    fn an_actor_whose_last_handle_is_dropped_stops_after_its_calls_and_leaves_nothing() {
+        let mut s = with_workers(1);
+        let actor = 50;
+        let w = actor_up(&mut s, actor, Default::default());
+        s.submit(call(51, actor, vec![]));
+        s.submit(call(52, actor, vec![]));
+        sent(&mut s);
+        // The last handle goes while two calls are in flight: they finish first.
+        s.release(ObjectId(actor));
+        assert!(s.actors.contains_key(&actor));
+        done(&mut s, w, 51);
+        assert!(sent(&mut s).is_empty());
+        assert!(
+            !s.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Send(_, ToWorker::Shutdown)))
+        );
+        done(&mut s, w, 52);
+        assert!(
+            s.effects
+                .iter()
+                .any(|e| matches!(e, Effect::Send(x, ToWorker::Shutdown) if *x == w)),
+            "its process is told to stop"
+        );
+        assert!(!s.actors.contains_key(&actor), "no trace of the actor");
+        s.worker_exited(w, 2000 + w);
+        assert!(!s.workers.contains_key(&w));
+        for id in [51, 52] {
+            s.release(ObjectId(id));
+        }
+        assert!(
+            s.objects.is_empty(),
+            "{:?}",
+            s.objects.keys().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_result_holding_references_keeps_them_until_it_is_freed() {
+        let mut s = with_workers(1);
+        s.submit(task(1, vec![], 0));
+        s.on_message(1, ToDriver::Submit(task(2, vec![], 0)));
+        sent(&mut s);
+        done(&mut s, 1, 2);
+        // Task 1 returns a value holding a reference to 2; worker 1 then drops its own.
+        s.on_message(
+            1,
+            ToDriver::Done {
+                id: ObjectId(1),
+                result: Ok(vec![]),
+                refs: vec![ObjectId(2)],
+            },
+        );
+        s.on_message(1, ToDriver::Release(vec![ObjectId(2)]));
+        assert!(s.objects.contains_key(&ObjectId(2)), "held by result 1");
+        // A task submitted with a value holding it keeps it too, until it is done.
+        s.submit(TaskSpec {
+            args: vec![Arg::Holding {
+                value: vec![],
+                refs: vec![ObjectId(2)],
+            }],
+            ..task(3, vec![], 0)
+        });
+        s.release(ObjectId(1));
+        assert!(!s.objects.contains_key(&ObjectId(1)));
+        assert!(
+            s.objects.contains_key(&ObjectId(2)),
+            "held by task 3's argument"
+        );
+        sent(&mut s);
+        done(&mut s, 1, 3);
+        s.release(ObjectId(3));
+        assert!(
+            s.objects.is_empty(),
+            "{:?}",
+            s.objects.keys().collect::<Vec<_>>()
         );
     }
 

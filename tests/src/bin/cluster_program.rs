@@ -196,6 +196,42 @@ impl Phoenix {
     }
 }
 
+/// Task 1 of 3: makes `n` results and returns the refs, not the values.
+#[filament::remote]
+fn make_refs(n: i64) -> Vec<filament::ObjectRef<i64>> {
+    (0..n).map(|i| add::remote(i, 100)).collect()
+}
+
+/// Refs inside a struct, across processes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Bundle {
+    label: String,
+    refs: Vec<filament::ObjectRef<i64>>,
+}
+
+/// Task 2 of 3: receives the refs and passes them on inside a struct, unread.
+#[filament::remote]
+fn bundle(refs: Vec<filament::ObjectRef<i64>>) -> Bundle {
+    Bundle {
+        label: format!("{} refs", refs.len()),
+        refs,
+    }
+}
+
+/// Task 3 of 3: gets every value the refs name.
+#[filament::remote]
+fn sum_bundle(bundle: Bundle) -> (String, i64) {
+    let values = filament::get_all(&bundle.refs).expect("the bundled values");
+    (bundle.label, values.iter().sum())
+}
+
+/// An actor's pid, for the lifetimes test.
+#[filament::remote]
+fn actor_pid_via(counter: CounterHandle) -> u32 {
+    counter.incr(1).get().expect("the call");
+    std::process::id()
+}
+
 fn kill_process(pid: u32) {
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -402,6 +438,58 @@ fn main() -> ExitCode {
                 Ok(v) => println!("unexpected={v}"),
                 Err(error) => println!("final_error={error}"),
             }
+        }
+        "nested-refs" => {
+            let refs = make_refs::remote(4);
+            let bundled = bundle::remote(&refs);
+            drop(refs);
+            let (label, sum) = sum_bundle::remote(&bundled).get().unwrap();
+            println!("label={label} sum={sum}");
+            // The driver reads the refs inside the bundle too.
+            let bundle = bundled.get().unwrap();
+            let values = filament::get_all(&bundle.refs).unwrap();
+            println!("driver_values={values:?}");
+        }
+        // Actors created, called and dropped: their processes end.
+        "actors-dropped" => {
+            let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50);
+            let pool: Vec<u32> = runtime.worker_pids().iter().map(|(_, pid)| *pid).collect();
+            let mut actor_pids = Vec::new();
+            for i in 0..n {
+                let counter = Counter::remote(0);
+                assert_eq!(counter.incr(1).get().unwrap(), 1);
+                if i % 10 == 0 {
+                    // A handle passed to a task counts too: the call through it still works
+                    // after the driver dropped its own.
+                    let via = actor_pid_via::remote(counter.clone());
+                    drop(counter);
+                    via.get().unwrap();
+                } else {
+                    drop(counter);
+                }
+                let now: Vec<u32> = runtime.worker_pids().iter().map(|(_, pid)| *pid).collect();
+                actor_pids.extend(now.into_iter().filter(|pid| !pool.contains(pid)));
+            }
+            actor_pids.sort_unstable();
+            actor_pids.dedup();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut left = usize::MAX;
+            while Instant::now() < deadline {
+                left = runtime.worker_pids().len();
+                if left == pool.len() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            println!("processes_left={left} pool={}", pool.len());
+            println!(
+                "actor_pids={}",
+                actor_pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
         }
         "no-retry" => {
             match dies_once_only::remote().get() {
