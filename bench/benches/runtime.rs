@@ -501,16 +501,6 @@ fn measure(
     cluster.finish(samples);
 }
 
-/// The driver's resident set, in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line in /proc/self/status")
-}
-
 /// Phase 6: many batches whose results are dropped; the driver's RSS after 10% and at the end.
 struct Memory {
     tracing: Tracing,
@@ -535,7 +525,7 @@ fn memory(plan: Plan, tracing: Tracing, samples: &mut Samples) -> Memory {
     for b in 1..=batches {
         cluster.batch(plan.memory_batch);
         if checkpoints.contains(&b) {
-            rss.push((b * plan.memory_batch, rss_kib()));
+            rss.push((b * plan.memory_batch, filament_bench::rss_kib()));
         }
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -10,6 +10,10 @@
 //!    of the longest task and half the total.
 //!
 //! The figure is makespan ÷ ideal (the issue's goal: ≤ 1.05), the median and range over rounds.
+//!
+//! 3. **actor lifetimes**: 10,000 actors, each created, called once and dropped: the driver's
+//!    `VmRSS` after the first 10% and at the end (flat: nothing of a dropped actor stays), and the
+//!    worker processes left once they are all gone (the pool's only).
 //! Sleeping tasks use no CPU, so the figure hardly depends on the machine's load. Run with
 //! `cargo bench -p filament-bench --bench scheduling`; without `--bench` (as under `cargo test
 //! --all-targets`) it runs a smoke pass at a tenth of the durations.
@@ -19,6 +23,23 @@ use filament_bench::median;
 use std::time::{Duration, Instant};
 
 const WORKERS: usize = 2;
+
+#[filament::actor]
+struct Counter {
+    n: u64,
+}
+
+#[filament::actor]
+impl Counter {
+    fn new(n: u64) -> Self {
+        Counter { n }
+    }
+
+    fn incr(&mut self) -> u64 {
+        self.n += 1;
+        self.n
+    }
+}
 
 #[filament::remote]
 fn sleep_ms(ms: u64) -> u64 {
@@ -93,5 +114,32 @@ fn main() {
             "<= 1.05"
         );
     }
+    let actors = if bench { 10_000 } else { 100 };
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    for i in 0..actors {
+        let counter = Counter::remote(i);
+        assert_eq!(counter.incr().get().expect("the call"), i + 1);
+        drop(counter);
+        if i + 1 == actors / 10 || i + 1 == actors {
+            rss.push(filament_bench::rss_kib());
+        }
+    }
+    let elapsed = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runtime.worker_pids().len() > WORKERS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "3. {actors} actors created, called and dropped in {:.1} s ({:.2} ms each): driver VmRSS {} KiB \
+         after {}, {} KiB at the end (end/10% = {:.3}; goal: flat); worker processes left: {} (the pool: {WORKERS})",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3 / actors as f64,
+        rss[0],
+        actors / 10,
+        rss[1],
+        rss[1] as f64 / rss[0] as f64,
+        runtime.worker_pids().len()
+    );
     drop(runtime);
 }

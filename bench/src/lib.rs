@@ -43,3 +43,13 @@ pub fn count_lines(path: &Path) -> (u64, u64) {
         lines += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
     }
 }
+
+/// The driver's resident set, in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line in /proc/self/status")
+}

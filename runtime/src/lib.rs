@@ -601,3 +601,18 @@ pub fn wait<T>(
         pending.into_iter().map(|(o, _)| o).collect(),
     ))
 }
+
+/// A random number for ids (clusters, jobs, tokens' words): the standard library's hasher keys,
+/// the time and the pid.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}

@@ -183,3 +183,13 @@ mod tests {
         assert!(HookState::try_from("loading".to_owned()).is_err());
     }
 }
+
+/// One process of a job, as its driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcessStatus {
+    /// `None` for the driver.
+    pub(crate) worker: Option<u32>,
+    pub(crate) pid: u32,
+    pub(crate) kind: ProcessKind,
+    pub(crate) tracing: ProcessTracing,
+}

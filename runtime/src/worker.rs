@@ -63,6 +63,9 @@ struct RunQueue {
     allowed: usize,
 }
 
+/// The environment variable that puts a process in worker mode: `<socket path>:<worker id>`.
+pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
+
 /// How long a worker of a standing cluster tries to reach its driver.
 const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -101,7 +104,7 @@ pub(crate) fn marker_for(address: &str) -> String {
 /// further up, through the worker: it runs as the ordinary program it is. (Removing the variable
 /// from the worker's environment would need `unsafe` in this crate, which forbids it.)
 pub(crate) fn marker() -> Option<String> {
-    let value = std::env::var(crate::driver::WORKER_ENV).ok()?;
+    let value = std::env::var(WORKER_ENV).ok()?;
     let Some((parent, address)) = value
         .split_once('@')
         .and_then(|(parent, address)| Some((parent.parse::<u32>().ok()?, address)))
@@ -134,7 +137,7 @@ fn serve(marker: &str) -> Result<(), String> {
     let (socket, worker) = marker
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
-        .ok_or_else(|| format!("{} is malformed: {marker:?}", crate::driver::WORKER_ENV))?;
+        .ok_or_else(|| format!("{} is malformed: {marker:?}", WORKER_ENV))?;
     // The first line of standard input is the token: a standing cluster's node gives it (and the
     // end of its pipe later means the job ended or the node is gone), and so does an embedded
     // cluster's driver (the socket's folder is not the only wall).

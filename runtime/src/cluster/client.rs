@@ -45,7 +45,7 @@ const OWN_VARIABLES: [&str; 9] = [
     super::tls::CA_ENV,
     super::tls::CERT_ENV,
     super::tls::KEY_ENV,
-    crate::driver::WORKER_ENV,
+    crate::worker::WORKER_ENV,
     session::ADDRESS_ENV,
     session::TOKEN_ENV,
     session::TEMP_DIR_ENV,

@@ -66,7 +66,7 @@ fn random_hex<const N: usize>() -> String {
     if getrandom::fill(&mut bytes).is_err() {
         // No system randomness (it does not happen on Linux): the hasher's per-process keys.
         for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-            let word = crate::driver::random_u64() ^ i as u64;
+            let word = crate::random_u64() ^ i as u64;
             chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
         }
     }

@@ -3,7 +3,7 @@
 //! takes its orders from the head over TCP.
 
 use super::proto::JobRequest;
-use crate::driver::WORKER_ENV;
+use crate::worker::WORKER_ENV;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 
 use super::error::ConnectError;
 use super::node::NodeEvent;
-use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::status::{HookState, ProcessKind};
 use crate::wire::{self, Conn, FrameReader};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -110,15 +110,7 @@ pub(crate) enum ToHead {
     Node(NodeEvent),
 }
 
-/// One process of a job, as its driver sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ProcessStatus {
-    /// `None` for the driver.
-    pub(crate) worker: Option<u32>,
-    pub(crate) pid: u32,
-    pub(crate) kind: ProcessKind,
-    pub(crate) tracing: ProcessTracing,
-}
+pub(crate) use crate::status::ProcessStatus;
 
 /// The whole cluster, for `filament status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -24,9 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The environment variable that puts a process in worker mode: `<socket path>:<worker id>`.
-pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
-
 /// How long a new worker has to connect, handshake and run the tracing hook, unless
 /// [`crate::Config::worker_start_timeout`] says otherwise.
 pub(crate) const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,19 +104,6 @@ pub(crate) struct Driver {
     start_timeout: Duration,
 }
 
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
-}
-
 impl Driver {
     /// Starts the job's cluster: the socket workers connect to, `workers` worker processes (started
     /// here, or by the standing cluster's nodes), each running the tracing hook. Returns once every
@@ -131,7 +115,7 @@ impl Driver {
         tracing: Option<crate::tracing::ReportHandle>,
         start_timeout: Duration,
     ) -> Result<Arc<Driver>, InitError> {
-        let cluster = random_u64();
+        let cluster = crate::random_u64();
         let (launcher, listener, head) = match mode {
             Mode::Embedded => {
                 crate::socket_dir::sweep();
@@ -354,7 +338,7 @@ impl Driver {
         let child = Command::new("/proc/self/exe")
             .args(std::env::args_os().skip(1))
             .env(
-                WORKER_ENV,
+                crate::worker::WORKER_ENV,
                 crate::worker::marker_for(&format!("{}:{id}", socket.display())),
             )
             .stdin(Stdio::piped())

@@ -6,10 +6,10 @@
 //! the clock, and carries the effects out. Nothing here blocks, reads the clock or touches a socket,
 //! so every line of it is tested in milliseconds (see the tests at the bottom).
 
+use crate::WorkerStartError;
 use crate::object::{Arg, ObjectId, TaskError};
-use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::status::{HookState, ProcessKind, ProcessStatus, ProcessTracing};
 use crate::wire::{self, ActorId, Execute, TaskKind, TaskSpec, ToDriver, ToWorker};
-use crate::{WorkerStartError, cluster::proto::ProcessStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
