@@ -677,18 +677,21 @@ impl Scheduler {
         let slot = self.workers.get_mut(&worker).expect("a live worker");
         // A pool worker's task may move to another worker or run again: the driver keeps it (and
         // its arguments) until it is done. So does an actor's call that may run again on its
-        // restarted actor; other actor tasks go for good.
+        // restarted actor, and an actor task whose arguments hold references (the worker borrows
+        // them as it deserializes them); other actor tasks go for good.
+        let holding = spec.args.iter().any(|arg| !arg.contained().is_empty());
         let keep = match slot.actor {
             None => {
                 slot.free -= 1;
                 true
             }
             Some(actor) => {
-                matches!(spec.kind, TaskKind::ActorCall { .. })
-                    && self
-                        .actors
-                        .get(&actor)
-                        .is_some_and(|a| a.max_task_retries > 0)
+                holding
+                    || matches!(spec.kind, TaskKind::ActorCall { .. })
+                        && self
+                            .actors
+                            .get(&actor)
+                            .is_some_and(|a| a.max_task_retries > 0)
             }
         };
         let slot = self.workers.get_mut(&worker).expect("a live worker");
@@ -985,7 +988,10 @@ impl Scheduler {
         let mut again = Vec::new();
         for (id, held) in held {
             if id.0 == actor {
-                // The constructor itself: it runs again below.
+                // The constructor itself: it runs again below (from the actor's own copy).
+                if let Some(spec) = &held.spec {
+                    self.release_args(spec);
+                }
                 continue;
             }
             match held.spec {
@@ -1491,6 +1497,39 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_actor_calls_argument_holding_a_reference_keeps_it_until_the_call_is_done() {
+        let mut s = with_workers(1);
+        let actor = 50;
+        let w = actor_up(&mut s, actor, Default::default());
+        s.submit(task(1, vec![], 0));
+        sent(&mut s);
+        done(&mut s, 1, 1);
+        s.submit(call(
+            51,
+            actor,
+            vec![Arg::Holding {
+                value: vec![],
+                refs: vec![ObjectId(1)],
+            }],
+        ));
+        // The submitter drops its handle; the call is on its way, not yet deserialized.
+        s.release(ObjectId(1));
+        assert_eq!(sent(&mut s), vec![(w, 51, 0)]);
+        assert!(
+            s.objects.contains_key(&ObjectId(1)),
+            "held by the call in flight"
+        );
+        s.on_message(w, ToDriver::Borrow(vec![ObjectId(1)]));
+        done(&mut s, w, 51);
+        assert!(
+            s.objects.contains_key(&ObjectId(1)),
+            "borrowed by the actor's process"
+        );
+        s.on_message(w, ToDriver::Release(vec![ObjectId(1)]));
+        assert!(!s.objects.contains_key(&ObjectId(1)));
+    }
+
     /// A worker as the property test plays it: what it received, in order; the first runs.
     #[derive(Default)]
     struct FakeWorker {
@@ -1505,7 +1544,7 @@ mod tests {
         /// while referenced, and once every task is done and every handle dropped, nothing is
         /// left.
         #[test]
-        fn references_count_to_zero_on_every_path(ops in proptest::collection::vec((0u8..6, 0usize..64), 1..200)) {
+        fn references_count_to_zero_on_every_path(ops in proptest::collection::vec((0u8..7, 0usize..64), 1..200)) {
             let mut s = with_workers(2);
             let mut fakes: BTreeMap<u32, FakeWorker> = BTreeMap::new();
             fakes.insert(1, FakeWorker::default());
@@ -1514,6 +1553,9 @@ mod tests {
             let mut runs: HashSet<(u64, u32)> = HashSet::new();
             let mut next = 1u64;
             let mut deaths = 0;
+            // The references inside each task's arguments: the worker running it borrows them
+            // (as deserializing them would) and releases them when done.
+            let mut inside: HashMap<u64, Vec<ObjectId>> = HashMap::new();
             let apply = |s: &mut Scheduler, fakes: &mut BTreeMap<u32, FakeWorker>| {
                 // Carry out the effects the way the shell and the workers would.
                 while !s.effects.is_empty() {
@@ -1550,13 +1592,27 @@ mod tests {
                         handles.push(next);
                         next += 1;
                     }
+                    6 => {
+                        // A value holding references to earlier results.
+                        let refs: Vec<ObjectId> = handles.iter().rev().take(1 + pick % 3).map(|id| ObjectId(*id)).collect();
+                        inside.insert(next, refs.clone());
+                        s.submit(task(next, vec![Arg::Holding { value: vec![], refs }], (pick % 2) as u32));
+                        handles.push(next);
+                        next += 1;
+                    }
                     2 | 3 => {
-                        // A worker finishes the task it runs.
+                        // A worker runs the task at the head of its queue and finishes it.
                         let ids: Vec<u32> = fakes.keys().copied().collect();
                         let w = ids[pick % ids.len()];
                         if let Some((id, attempt)) = fakes.get_mut(&w).expect("listed").queue.pop_front() {
                             proptest::prop_assert!(runs.insert((id, attempt)), "task {id} attempt {attempt} ran twice");
+                            let borrowed = inside.get(&id).cloned().unwrap_or_default();
+                            for dep in &borrowed {
+                                proptest::prop_assert!(s.objects.contains_key(dep), "task {id}'s argument holds {dep}, freed");
+                            }
+                            s.on_message(w, ToDriver::Borrow(borrowed.clone()));
                             done(&mut s, w, id);
+                            s.on_message(w, ToDriver::Release(borrowed));
                         }
                     }
                     4 if deaths < 5 => {
@@ -1586,7 +1642,10 @@ mod tests {
             while let Some((&w, _)) = fakes.iter().find(|(_, f)| !f.queue.is_empty()) {
                 let (id, attempt) = fakes.get_mut(&w).expect("found").queue.pop_front().expect("not empty");
                 proptest::prop_assert!(runs.insert((id, attempt)), "task {id} attempt {attempt} ran twice");
+                let borrowed = inside.get(&id).cloned().unwrap_or_default();
+                s.on_message(w, ToDriver::Borrow(borrowed.clone()));
                 done(&mut s, w, id);
+                s.on_message(w, ToDriver::Release(borrowed));
                 apply(&mut s, &mut fakes);
             }
             for id in handles.drain(..) {
