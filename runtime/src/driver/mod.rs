@@ -4,22 +4,24 @@
 //! the nodes of a standing cluster), the head link and the clock, feeds the scheduler events and
 //! carries out the effects it returns.
 
+mod conn;
+mod head_link;
+mod processes;
 mod scheduler;
 
-use crate::cluster::client::{self, Attached};
-use crate::cluster::proto::{ProcessStatus, ToHead};
+use crate::cluster::client::Attached;
+use crate::cluster::proto::ToHead;
 use crate::object::{GetError, ObjectId};
-use crate::registry::registry;
-use crate::status::{HookState, ProcessKind, ProcessTracing};
-use crate::wire::{self, Conn, FrameReader, Outbox, TaskSpec, ToDriver, ToWorker};
+use crate::wire::{self, Outbox, TaskSpec, ToWorker};
 use crate::{InitError, WorkerStartError};
+use conn::Listener;
+use processes::Launcher;
 pub(crate) use scheduler::LostAttempt;
 use scheduler::{Effect, Scheduler};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,9 +32,6 @@ pub(crate) const WORKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long `get` spins, yielding, before it sleeps until a task completes.
 const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
-
-/// How often an attached driver tells the head how its processes' tracing is doing (when it changed).
-const STATS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The scheduler and what only the shell knows, under one lock.
 #[derive(Default)]
@@ -47,43 +46,10 @@ struct State {
     output: Vec<(bool, String)>,
 }
 
-/// Where workers come from and connect.
-enum Launcher {
-    /// An embedded cluster: this process starts them; they connect to a Unix socket.
-    Local {
-        socket_dir: PathBuf,
-        socket: PathBuf,
-        /// The token workers present, given to each on its standard input.
-        token: String,
-    },
-    /// A standing cluster: the head has nodes start them; they connect over TCP with the token.
-    Cluster {
-        head: Outbox<ToHead>,
-        token: String,
-        listening: SocketAddr,
-        /// The cluster's TLS: workers connect with it, and plain ones are refused.
-        tls: Option<Arc<crate::cluster::tls::Tls>>,
-    },
-}
-
 /// How a driver's cluster is made.
 pub(crate) enum Mode {
     Embedded,
     Attached(Box<Attached>),
-}
-
-enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-impl Listener {
-    fn accept(&self) -> std::io::Result<Conn> {
-        match self {
-            Listener::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
-            Listener::Tcp(l) => l.accept().map(|(s, _)| Conn::tcp(s)),
-        }
-    }
 }
 
 /// The cluster, seen from the driver.
@@ -308,295 +274,6 @@ impl Driver {
         ObjectId(self.next_id.fetch_add(1, Ordering::Relaxed) & 0x0000_ffff_ffff_ffff)
     }
 
-    /// Starts a worker process: this executable, re-executed with the worker marker.
-    fn spawn_worker(&self) -> Result<u32, WorkerStartError> {
-        let id = {
-            let mut state = self.lock();
-            let id = state.sched.reserve_worker(None)?;
-            state.starting_since.insert(id, Instant::now());
-            id
-        };
-        self.launch_worker(id, false)?;
-        Ok(id)
-    }
-
-    /// Starts the process of a reserved worker, or asks the head to have a node start it.
-    fn launch_worker(&self, id: u32, actor: bool) -> Result<(), WorkerStartError> {
-        let (socket, token) = match &self.launcher {
-            Launcher::Local { socket, token, .. } => (socket, token),
-            Launcher::Cluster { head, .. } => {
-                return if head.send(ToHead::StartWorker { worker: id, actor }) {
-                    Ok(())
-                } else {
-                    Err(WorkerStartError::ClusterLost {
-                        cause: format!("worker {id} cannot be started: the cluster's head is gone"),
-                    })
-                };
-            }
-        };
-        // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
-        let child = Command::new("/proc/self/exe")
-            .args(std::env::args_os().skip(1))
-            .env(
-                crate::worker::WORKER_ENV,
-                crate::worker::marker_for(&format!("{}:{id}", socket.display())),
-            )
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|source| WorkerStartError::Spawn {
-                worker: id,
-                source: Arc::new(source),
-            })?;
-        // One line, far below a pipe's buffer: the write never waits for the worker. The pipe
-        // closes right after: the worker's standard input ends there, as a null one would.
-        let mut child = child;
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            let _ = writeln!(stdin, "{token}");
-        }
-        // Started after shutdown took the children, it finds no driver and exits by itself.
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((id, child));
-        Ok(())
-    }
-
-    fn accept_loop(self: Arc<Self>, listener: Listener) {
-        loop {
-            let stream = match listener.accept() {
-                Ok(stream) => stream,
-                Err(e) => {
-                    // Out of file descriptors, say: not a reason to spin.
-                    eprintln!("filament: accepting a worker's connection failed: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
-            if self.lock().sched.shutting_down {
-                return;
-            }
-            let driver = Arc::clone(&self);
-            if let Err(e) = std::thread::Builder::new()
-                .name("filament-worker-conn".into())
-                .spawn(move || driver.serve_worker(stream))
-            {
-                eprintln!("filament: no thread for a worker's connection: {e}");
-            }
-        }
-    }
-
-    /// Handshake, then the worker's messages until it goes away.
-    fn serve_worker(self: Arc<Self>, stream: Conn) {
-        let _ = stream.set_read_timeout(Some(self.start_timeout));
-        let stream = match (&self.launcher, stream) {
-            (Launcher::Cluster { tls: Some(tls), .. }, Conn::Tcp(raw)) => {
-                use crate::cluster::tls::{Accepted, refuse_plain};
-                let peer = raw
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| "an unknown peer".to_owned());
-                match tls.accept(raw) {
-                    Accepted::Tls(stream) => Conn::tls(*stream),
-                    Accepted::Plain(raw) => {
-                        let why = "this job's cluster requires TLS: a plain-TCP worker is refused";
-                        eprintln!("filament: refused a connection from {peer}: {why}");
-                        refuse_plain(raw, &ToWorker::Refused(why.into()));
-                        return;
-                    }
-                    Accepted::Failed(e) => {
-                        eprintln!(
-                            "filament: refused a connection from {peer}: TLS handshake failed: {e}"
-                        );
-                        return;
-                    }
-                }
-            }
-            (_, stream) => stream,
-        };
-        let Ok(write_half) = stream.try_clone() else {
-            return;
-        };
-        let mut reader = FrameReader::new(stream);
-        let (worker, pid) = match reader.read::<ToDriver>() {
-            Ok(Some(ToDriver::Hello {
-                magic,
-                protocol,
-                fingerprint,
-                token,
-                worker,
-                pid,
-            })) => {
-                let (Launcher::Cluster { token: ours, .. } | Launcher::Local { token: ours, .. }) =
-                    &self.launcher;
-                let wrong_token = !crate::cluster::same_token(&token, ours);
-                let refusal = if magic != wire::MAGIC {
-                    Some("not a Filament worker".to_owned())
-                } else if protocol != wire::PROTOCOL_VERSION {
-                    Some(format!(
-                        "protocol version {protocol}, the driver speaks {}",
-                        wire::PROTOCOL_VERSION
-                    ))
-                } else if wrong_token {
-                    eprintln!(
-                        "filament: refused a connection from {}: wrong or missing cluster token",
-                        write_half.peer()
-                    );
-                    Some("wrong or missing cluster token".to_owned())
-                } else if fingerprint != registry().fingerprint {
-                    Some("its remote functions and actors differ from the driver's: a different binary".to_owned())
-                } else {
-                    None
-                };
-                if let Some(reason) = refusal {
-                    let _ = wire::write_message(&write_half, &ToWorker::Refused(reason.clone()));
-                    if wrong_token {
-                        // Not one of this job's workers: nothing waits for it.
-                        return;
-                    }
-                    self.worker_start_failed(
-                        worker,
-                        WorkerStartError::Refused {
-                            worker,
-                            pid,
-                            reason,
-                        },
-                    );
-                    return;
-                }
-                (worker, pid)
-            }
-            Ok(None) => return,
-            other => {
-                if matches!(write_half, Conn::Tcp(_)) {
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        _ => "its first message was not a hello".to_owned(),
-                    };
-                    eprintln!(
-                        "filament: refused a connection from {}: no Filament hello ({why})",
-                        write_half.peer()
-                    );
-                }
-                return;
-            }
-        };
-        reader.trust();
-        let outbox = Outbox::new(write_half);
-        outbox.send(ToWorker::Welcome {
-            job: self.welcome.clone(),
-            cluster: self.cluster,
-        });
-        // What the worker prints while its hook runs comes before the hook's status.
-        let status = loop {
-            match reader.read::<ToDriver>() {
-                Ok(Some(ToDriver::Output { stderr, line })) => {
-                    let mut state = self.lock();
-                    state.output.push((stderr, line));
-                    self.unlock(state);
-                }
-                other => break other,
-            }
-        };
-        match status {
-            Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
-            Ok(Some(ToDriver::HookStatus(Err(message)))) => {
-                // Kept for the head's `status`: the job's record shows which process failed, and why.
-                self.lock().sched.departed.push(ProcessStatus {
-                    worker: Some(worker),
-                    pid,
-                    kind: ProcessKind::Worker,
-                    tracing: ProcessTracing::without_spans(HookState::Failed(message.clone())),
-                });
-                self.worker_start_failed(
-                    worker,
-                    WorkerStartError::Hook {
-                        worker,
-                        pid,
-                        message,
-                    },
-                );
-                return;
-            }
-            other => {
-                let why = match other {
-                    Err(e) => e.to_string(),
-                    _ => "it closed the connection".to_owned(),
-                };
-                self.worker_start_failed(
-                    worker,
-                    WorkerStartError::Disconnected {
-                        worker,
-                        pid,
-                        cause: why,
-                    },
-                );
-                return;
-            }
-        }
-        let _ = reader.stream().set_read_timeout(None);
-        {
-            let mut state = self.lock();
-            state.conns.insert(worker, outbox.clone());
-            state.starting_since.remove(&worker);
-            if state
-                .sched
-                .worker_ready(worker, pid, self.welcome.hook.is_some())
-                .is_none()
-            {
-                // Given up on (it came too late), or never asked for: what waited for it has
-                // failed already.
-                state.conns.remove(&worker);
-                drop(state);
-                eprintln!("filament: worker {worker} (pid {pid}) came too late; it is sent away");
-                outbox.send(ToWorker::Shutdown);
-                return;
-            }
-            self.unlock(state);
-        }
-
-        // Messages that arrived together are handled under one lock, and what they cause is sent
-        // in one write per worker.
-        // The reader spins a moment before sleeping in `read` (see `spin`): in a sequential
-        // conversation the worker's next message finds it awake.
-        let activity = crate::spin::Activity::new();
-        'connection: while let Ok(Some(message)) = activity.read::<ToDriver>(&mut reader) {
-            let mut state = self.lock();
-            Self::on_message(&mut state, worker, message);
-            while reader.has_buffered() {
-                match reader.read::<ToDriver>() {
-                    Ok(Some(message)) => Self::on_message(&mut state, worker, message),
-                    Ok(None) | Err(_) => {
-                        self.unlock(state);
-                        break 'connection;
-                    }
-                }
-            }
-            self.unlock(state);
-        }
-        self.on_worker_exit(worker, pid);
-    }
-
-    fn worker_start_failed(&self, worker: u32, error: WorkerStartError) {
-        let mut state = self.lock();
-        state.starting_since.remove(&worker);
-        state.sched.worker_start_failed(worker, error);
-        self.unlock(state);
-    }
-
-    /// A worker's message, to the scheduler (its output, printed by the shell).
-    fn on_message(state: &mut State, worker: u32, message: ToDriver) {
-        match message {
-            ToDriver::Output { stderr, line } => state.output.push((stderr, line)),
-            message => {
-                if crate::spans::enabled() {
-                    state.sched.clock = Some(std::time::SystemTime::now());
-                }
-                state.sched.on_message(worker, message);
-            }
-        }
-    }
-
     /// Submits a task from this process; the caller holds one reference to the result.
     pub(crate) fn submit(&self, spec: TaskSpec) {
         let mut state = self.lock();
@@ -737,79 +414,6 @@ impl Driver {
         }
     }
 
-    /// A worker went away: the scheduler retries or fails its tasks, and replaces it.
-    fn on_worker_exit(&self, worker: u32, pid: u32) {
-        let mut state = self.lock();
-        state.conns.remove(&worker);
-        if crate::spans::enabled() {
-            state.sched.clock = Some(std::time::SystemTime::now());
-        }
-        state.sched.worker_exited(worker, pid);
-        self.unlock(state);
-    }
-
-    /// Reaps worker processes that ended, every few milliseconds until shutdown. One that ended
-    /// before it connected fails what waited for it (an actor's calls, `init`), rather than
-    /// leaving them waiting.
-    fn watch_children(self: Arc<Self>) {
-        while !self.lock().sched.shutting_down {
-            let mut ended = Vec::new();
-            self.children
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain_mut(|(worker, child)| match child.try_wait() {
-                    Ok(Some(status)) => {
-                        ended.push((*worker, child.id(), status));
-                        false
-                    }
-                    _ => true,
-                });
-            for (worker, pid, status) in ended {
-                if self.lock().sched.starting.contains_key(&worker) {
-                    self.worker_start_failed(
-                        worker,
-                        WorkerStartError::Exited {
-                            worker,
-                            pid,
-                            status,
-                        },
-                    );
-                }
-            }
-            // A worker that neither connects nor ends (a node that never started it, a process
-            // stuck before `init`) must not keep an actor's calls or `init` waiting forever.
-            let late: Vec<u32> = {
-                let mut state = self.lock();
-                let State {
-                    sched,
-                    starting_since,
-                    ..
-                } = &mut *state;
-                starting_since.retain(|worker, _| sched.starting.contains_key(worker));
-                starting_since
-                    .iter()
-                    .filter(|(_, since)| since.elapsed() > self.start_timeout)
-                    .map(|(worker, _)| *worker)
-                    .collect()
-            };
-            for worker in late {
-                self.lock().starting_since.remove(&worker);
-                self.worker_start_failed(
-                    worker,
-                    WorkerStartError::Timeout {
-                        worker: Some(worker),
-                        timeout: self.start_timeout,
-                    },
-                );
-                let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((_, child)) = children.iter_mut().find(|(id, _)| *id == worker) {
-                    let _ = child.kill();
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     /// Stops every worker: asks them to exit, then kills what is left after `grace`.
     pub(crate) fn shutdown(&self, grace: Duration) {
         {
@@ -853,90 +457,6 @@ impl Driver {
                 }
                 head.send(ToHead::JobStats(self.job_processes()));
                 head.close();
-            }
-        }
-    }
-
-    /// Follows what the head says about this job's workers until it goes away; then the job
-    /// cannot go on, and every task waiting or to come fails, saying why.
-    fn follow_head(self: Arc<Self>, mut reader: FrameReader, address: String) {
-        let cause = loop {
-            match client::next_worker_failure(&mut reader, &address) {
-                Ok((worker, message)) => {
-                    if self.lock().sched.starting.contains_key(&worker) {
-                        self.worker_start_failed(
-                            worker,
-                            WorkerStartError::Node { worker, message },
-                        );
-                    }
-                }
-                Err(cause) => break cause,
-            }
-        };
-        let mut state = self.lock();
-        if state.sched.shutting_down {
-            return;
-        }
-        eprintln!("filament: {cause}; the job's tasks fail from now on");
-        state.sched.cluster_lost = Some(cause.clone());
-        let starting: Vec<u32> = state.sched.starting.keys().copied().collect();
-        let outboxes: Vec<Outbox<ToWorker>> = state.conns.values().cloned().collect();
-        state.sched.fail_if_no_workers_because(&cause, true);
-        state.sched.wake = true;
-        self.unlock(state);
-        for worker in starting {
-            self.worker_start_failed(
-                worker,
-                WorkerStartError::ClusterLost {
-                    cause: cause.clone(),
-                },
-            );
-        }
-        // Their tasks fail as their connections end (see `on_worker_exit`).
-        for outbox in outboxes {
-            outbox.close();
-        }
-    }
-
-    /// The driver and its live workers, with their tracing.
-    fn job_processes(&self) -> Vec<ProcessStatus> {
-        let mut processes = vec![ProcessStatus {
-            worker: None,
-            pid: std::process::id(),
-            kind: ProcessKind::Driver,
-            tracing: ProcessTracing::of(self.tracing.as_ref()),
-        }];
-        let state = self.lock();
-        processes.extend(state.sched.departed.iter().cloned());
-        let mut workers: Vec<_> = state.sched.workers.iter().collect();
-        workers.sort_by_key(|(id, _)| **id);
-        for (id, slot) in workers {
-            processes.push(state.sched.process_status(*id, slot));
-        }
-        processes
-    }
-
-    /// Tells the head, every [`STATS_INTERVAL`] while the driver lives, how the tracing of the
-    /// job's processes is doing, when that changed.
-    fn report_stats(driver: std::sync::Weak<Driver>) {
-        let mut last = Vec::new();
-        loop {
-            std::thread::sleep(STATS_INTERVAL);
-            let Some(driver) = driver.upgrade() else {
-                return;
-            };
-            let Launcher::Cluster { head, .. } = &driver.launcher else {
-                return;
-            };
-            if driver.lock().sched.shutting_down {
-                return;
-            }
-            let processes = driver.job_processes();
-            if processes != last {
-                if !head.send(ToHead::JobStats(processes.clone())) {
-                    return;
-                }
-                last = processes;
             }
         }
     }

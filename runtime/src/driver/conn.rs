@@ -1,0 +1,268 @@
+//! The driver's side of its workers' connections: accepting them, the handshake (token, protocol,
+//! registry fingerprint, TLS), and each worker's messages, fed to the scheduler, until it goes away.
+
+use super::{Driver, Launcher, State};
+use crate::WorkerStartError;
+use crate::cluster::proto::ProcessStatus;
+use crate::registry::registry;
+use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::wire::{self, Conn, FrameReader, Outbox, ToDriver, ToWorker};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    pub(super) fn accept(&self) -> std::io::Result<Conn> {
+        match self {
+            Listener::Unix(l) => l.accept().map(|(s, _)| Conn::Unix(s)),
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Conn::tcp(s)),
+        }
+    }
+}
+
+impl Driver {
+    pub(super) fn accept_loop(self: Arc<Self>, listener: Listener) {
+        loop {
+            let stream = match listener.accept() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: not a reason to spin.
+                    eprintln!("filament: accepting a worker's connection failed: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if self.lock().sched.shutting_down {
+                return;
+            }
+            let driver = Arc::clone(&self);
+            if let Err(e) = std::thread::Builder::new()
+                .name("filament-worker-conn".into())
+                .spawn(move || driver.serve_worker(stream))
+            {
+                eprintln!("filament: no thread for a worker's connection: {e}");
+            }
+        }
+    }
+
+    /// Handshake, then the worker's messages until it goes away.
+    pub(super) fn serve_worker(self: Arc<Self>, stream: Conn) {
+        let _ = stream.set_read_timeout(Some(self.start_timeout));
+        let stream = match (&self.launcher, stream) {
+            (Launcher::Cluster { tls: Some(tls), .. }, Conn::Tcp(raw)) => {
+                use crate::cluster::tls::{Accepted, refuse_plain};
+                let peer = raw
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|_| "an unknown peer".to_owned());
+                match tls.accept(raw) {
+                    Accepted::Tls(stream) => Conn::tls(*stream),
+                    Accepted::Plain(raw) => {
+                        let why = "this job's cluster requires TLS: a plain-TCP worker is refused";
+                        eprintln!("filament: refused a connection from {peer}: {why}");
+                        refuse_plain(raw, &ToWorker::Refused(why.into()));
+                        return;
+                    }
+                    Accepted::Failed(e) => {
+                        eprintln!(
+                            "filament: refused a connection from {peer}: TLS handshake failed: {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+            (_, stream) => stream,
+        };
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = FrameReader::new(stream);
+        let (worker, pid) = match reader.read::<ToDriver>() {
+            Ok(Some(ToDriver::Hello {
+                magic,
+                protocol,
+                fingerprint,
+                token,
+                worker,
+                pid,
+            })) => {
+                let (Launcher::Cluster { token: ours, .. } | Launcher::Local { token: ours, .. }) =
+                    &self.launcher;
+                let wrong_token = !crate::cluster::same_token(&token, ours);
+                let refusal = if magic != wire::MAGIC {
+                    Some("not a Filament worker".to_owned())
+                } else if protocol != wire::PROTOCOL_VERSION {
+                    Some(format!(
+                        "protocol version {protocol}, the driver speaks {}",
+                        wire::PROTOCOL_VERSION
+                    ))
+                } else if wrong_token {
+                    eprintln!(
+                        "filament: refused a connection from {}: wrong or missing cluster token",
+                        write_half.peer()
+                    );
+                    Some("wrong or missing cluster token".to_owned())
+                } else if fingerprint != registry().fingerprint {
+                    Some("its remote functions and actors differ from the driver's: a different binary".to_owned())
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    let _ = wire::write_message(&write_half, &ToWorker::Refused(reason.clone()));
+                    if wrong_token {
+                        // Not one of this job's workers: nothing waits for it.
+                        return;
+                    }
+                    self.worker_start_failed(
+                        worker,
+                        WorkerStartError::Refused {
+                            worker,
+                            pid,
+                            reason,
+                        },
+                    );
+                    return;
+                }
+                (worker, pid)
+            }
+            Ok(None) => return,
+            other => {
+                if matches!(write_half, Conn::Tcp(_)) {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        _ => "its first message was not a hello".to_owned(),
+                    };
+                    eprintln!(
+                        "filament: refused a connection from {}: no Filament hello ({why})",
+                        write_half.peer()
+                    );
+                }
+                return;
+            }
+        };
+        reader.trust();
+        let outbox = Outbox::new(write_half);
+        outbox.send(ToWorker::Welcome {
+            job: self.welcome.clone(),
+            cluster: self.cluster,
+        });
+        // What the worker prints while its hook runs comes before the hook's status.
+        let status = loop {
+            match reader.read::<ToDriver>() {
+                Ok(Some(ToDriver::Output { stderr, line })) => {
+                    let mut state = self.lock();
+                    state.output.push((stderr, line));
+                    self.unlock(state);
+                }
+                other => break other,
+            }
+        };
+        match status {
+            Ok(Some(ToDriver::HookStatus(Ok(())))) => {}
+            Ok(Some(ToDriver::HookStatus(Err(message)))) => {
+                // Kept for the head's `status`: the job's record shows which process failed, and why.
+                self.lock().sched.departed.push(ProcessStatus {
+                    worker: Some(worker),
+                    pid,
+                    kind: ProcessKind::Worker,
+                    tracing: ProcessTracing::without_spans(HookState::Failed(message.clone())),
+                });
+                self.worker_start_failed(
+                    worker,
+                    WorkerStartError::Hook {
+                        worker,
+                        pid,
+                        message,
+                    },
+                );
+                return;
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    _ => "it closed the connection".to_owned(),
+                };
+                self.worker_start_failed(
+                    worker,
+                    WorkerStartError::Disconnected {
+                        worker,
+                        pid,
+                        cause: why,
+                    },
+                );
+                return;
+            }
+        }
+        let _ = reader.stream().set_read_timeout(None);
+        {
+            let mut state = self.lock();
+            state.conns.insert(worker, outbox.clone());
+            state.starting_since.remove(&worker);
+            if state
+                .sched
+                .worker_ready(worker, pid, self.welcome.hook.is_some())
+                .is_none()
+            {
+                // Given up on (it came too late), or never asked for: what waited for it has
+                // failed already.
+                state.conns.remove(&worker);
+                drop(state);
+                eprintln!("filament: worker {worker} (pid {pid}) came too late; it is sent away");
+                outbox.send(ToWorker::Shutdown);
+                return;
+            }
+            self.unlock(state);
+        }
+
+        // Messages that arrived together are handled under one lock, and what they cause is sent
+        // in one write per worker.
+        // The reader spins a moment before sleeping in `read` (see `spin`): in a sequential
+        // conversation the worker's next message finds it awake.
+        let activity = crate::spin::Activity::new();
+        'connection: while let Ok(Some(message)) = activity.read::<ToDriver>(&mut reader) {
+            let mut state = self.lock();
+            Self::on_message(&mut state, worker, message);
+            while reader.has_buffered() {
+                match reader.read::<ToDriver>() {
+                    Ok(Some(message)) => Self::on_message(&mut state, worker, message),
+                    Ok(None) | Err(_) => {
+                        self.unlock(state);
+                        break 'connection;
+                    }
+                }
+            }
+            self.unlock(state);
+        }
+        self.on_worker_exit(worker, pid);
+    }
+
+    /// A worker's message, to the scheduler (its output, printed by the shell).
+    pub(super) fn on_message(state: &mut State, worker: u32, message: ToDriver) {
+        match message {
+            ToDriver::Output { stderr, line } => state.output.push((stderr, line)),
+            message => {
+                if crate::spans::enabled() {
+                    state.sched.clock = Some(std::time::SystemTime::now());
+                }
+                state.sched.on_message(worker, message);
+            }
+        }
+    }
+
+    /// A worker went away: the scheduler retries or fails its tasks, and replaces it.
+    pub(super) fn on_worker_exit(&self, worker: u32, pid: u32) {
+        let mut state = self.lock();
+        state.conns.remove(&worker);
+        if crate::spans::enabled() {
+            state.sched.clock = Some(std::time::SystemTime::now());
+        }
+        state.sched.worker_exited(worker, pid);
+        self.unlock(state);
+    }
+}
