@@ -305,7 +305,11 @@ impl<'a> TracingSetup<'a> {
     /// An unknown name, options an instrumentation does not take, or a host older than 1.2 are
     /// [`ConfigureError::Invalid`], naming the input.
     #[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
-    pub fn enable_instrumentation(&mut self, name: &str, options: &str) -> Result<(), ConfigureError> {
+    pub fn enable_instrumentation(
+        &mut self,
+        name: &str,
+        options: &str,
+    ) -> Result<(), ConfigureError> {
         self.raw
             .enable_instrumentation(name.into(), options.into())
             .into()

@@ -37,8 +37,8 @@ use filament_plugin_api::{
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{SpanBuilder, TraceContextExt as _, Tracer, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt as _};
@@ -150,8 +150,7 @@ impl Requested {
             } else {
                 options
             };
-            parse_filter(directive)
-                .map_err(|why| format!("instrumentation \"{name}\": {why}"))?;
+            parse_filter(directive).map_err(|why| format!("instrumentation \"{name}\": {why}"))?;
             match &self.filter {
                 Some((first, by)) if first != directive => {
                     return Err(format!(
@@ -277,8 +276,16 @@ struct HostTracer;
 impl Tracer for HostTracer {
     type Span = BoxedSpan;
 
-    fn build_with_context(&self, builder: SpanBuilder, parent: &opentelemetry::Context) -> BoxedSpan {
-        match BRIDGE_TRACER.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    fn build_with_context(
+        &self,
+        builder: SpanBuilder,
+        parent: &opentelemetry::Context,
+    ) -> BoxedSpan {
+        match BRIDGE_TRACER
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             Some(tracer) => tracer.build_with_context(builder, parent),
             None => opentelemetry::global::tracer("filament.instrument")
                 .build_with_context(builder, parent),
@@ -577,7 +584,10 @@ mod tests {
     #[test]
     fn internals_take_no_options() {
         let error = Requested::default().enable("h", "get", "x").unwrap_err();
-        assert_eq!(error, "instrumentation \"get\" takes no options (given \"x\")");
+        assert_eq!(
+            error,
+            "instrumentation \"get\" takes no options (given \"x\")"
+        );
     }
 
     #[test]
