@@ -225,7 +225,11 @@ fn main() {
     };
     for (label, a, b) in [
         ("all off − exporter", Variant::AllOff, Variant::Exporter),
-        ("interceptor − exporter", Variant::Interceptor, Variant::Exporter),
+        (
+            "interceptor − exporter",
+            Variant::Interceptor,
+            Variant::Exporter,
+        ),
         (
             "bridge − no bridge (10 spans)",
             Variant::BridgeTenSpans,
@@ -241,7 +245,9 @@ fn main() {
     let off = ns_per(n, |_| {
         black_box(instrument::enabled(black_box(Instrumentation::QueueWait)));
         black_box(instrument::intercepting());
-        black_box(instrument::enabled(black_box(Instrumentation::Serialization)));
+        black_box(instrument::enabled(black_box(
+            Instrumentation::Serialization,
+        )));
     });
     let guard = filament::tracing::Tracing::new(BOTH)
         .config("FILAMENT_SPANS_DIR", spans.to_str().expect("UTF-8"))

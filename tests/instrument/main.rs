@@ -491,6 +491,35 @@ fn a_panicking_interceptor_is_contained_and_reported_once() {
 }
 
 #[test]
+fn a_slow_interceptor_is_reported_once_per_process_and_tasks_complete() {
+    let run = run_with(
+        "tasks",
+        "filament_test_hooks:slow_interceptor,filament_local_file:setup_tracing",
+        &[("TEST_WORKERS", "1")],
+    )
+    .ok();
+    assert_eq!(run.value("sum"), "3");
+    assert_eq!(run.value("calls"), "[2, 3]");
+    let error = stderr(&run);
+    let reporters: Vec<&str> = error
+        .lines()
+        .filter(|line| line.contains("its task interceptor took"))
+        .map(|line| line.split_once(") ").map_or(line, |(prefix, _)| prefix))
+        .collect();
+    let distinct: BTreeSet<&str> = reporters.iter().copied().collect();
+    assert!(!reporters.is_empty(), "reported:\n{error}");
+    assert_eq!(
+        reporters.len(),
+        distinct.len(),
+        "once per process:\n{error}"
+    );
+    assert!(
+        error.contains("ms in on_end of task instrumented_program::"),
+        "names the call and the task: {error}"
+    );
+}
+
+#[test]
 fn a_program_with_its_own_subscriber_keeps_it_and_is_told_once() {
     let run = run("tracing", &[("TEST_OWN_SUBSCRIBER", "1")]);
     assert_eq!(run.value("result"), "22");

@@ -28,7 +28,8 @@
 #![forbid(unsafe_code)]
 
 use filament_plugin_api::{
-    TaskInfo, TaskInterceptor, TaskOutcome, TaskSpan, TracingSetup, Value, export_hook,
+    ConfigureError, TaskInfo, TaskInterceptor, TaskOutcome, TaskSpan, TracingSetup, Value,
+    export_hook,
 };
 use nix::sys::resource::{UsageWho, getrusage};
 use std::cell::RefCell;
@@ -85,8 +86,11 @@ fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
             ""
         };
         setup.enable_instrumentation(name, options).map_err(|e| {
-            let why = e.to_string();
-            let why = why.strip_prefix("invalid provider configuration: ").unwrap_or(&why);
+            // The host says why in its own words (`Invalid`); its `Display` speaks of providers.
+            let why = match e {
+                ConfigureError::Invalid(why) => why.into_string(),
+                other => other.to_string(),
+            };
             if why.contains("filter directive") {
                 format!("{FILTER_KEY}={filter:?}: {why}")
             } else {

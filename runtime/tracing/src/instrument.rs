@@ -180,6 +180,7 @@ impl Requested {
             hook: hook.to_owned(),
             raw,
             reported: AtomicBool::new(false),
+            reported_slow: AtomicBool::new(false),
         });
     }
 }
@@ -479,7 +480,13 @@ struct Interceptor {
     raw: RawTaskInterceptor_TO<'static, RBox<()>>,
     /// Whether its first failure was reported (later ones are not).
     reported: AtomicBool,
+    /// Whether its first slow call was reported (later ones are not).
+    reported_slow: AtomicBool,
 }
+
+/// An interceptor call that takes longer than this is reported, once per interceptor: it runs on
+/// the task's path, where a few microseconds are the norm.
+pub const SLOW_INTERCEPTOR: std::time::Duration = std::time::Duration::from_millis(10);
 
 static INTERCEPTING: AtomicBool = AtomicBool::new(false);
 static INTERCEPTORS: RwLock<Vec<Interceptor>> = RwLock::new(Vec::new());
@@ -538,7 +545,21 @@ fn for_each_interceptor(
 ) {
     let interceptors = INTERCEPTORS.read().unwrap_or_else(|p| p.into_inner());
     for interceptor in interceptors.iter() {
-        if let RResult::RErr(message) = call(&interceptor.raw, task)
+        let started = std::time::Instant::now();
+        let returned = call(&interceptor.raw, task);
+        let took = started.elapsed();
+        if took > SLOW_INTERCEPTOR && !interceptor.reported_slow.swap(true, Ordering::Relaxed) {
+            host_log::emit(
+                HookLog::Hook(&interceptor.hook),
+                LogLevel::Warn,
+                &format!(
+                    "its task interceptor took {:.1} ms in {method} of task {}: interceptors run on the task's path and should take microseconds (reported once)",
+                    took.as_secs_f64() * 1000.0,
+                    task.name
+                ),
+            );
+        }
+        if let RResult::RErr(message) = returned
             && !interceptor.reported.swap(true, Ordering::Relaxed)
         {
             host_log::emit(
