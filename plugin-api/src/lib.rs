@@ -74,7 +74,7 @@
 //!   with a one-line cause.
 
 #![warn(missing_docs)]
-// `deny`, not `forbid`: the modules of the two `#[sabi_trait]` traits are allowed the unsafe
+// `deny`, not `forbid`: the modules of the `#[sabi_trait]` traits are allowed the unsafe
 // vtable glue abi_stable generates for them (the boundary itself, checked by its layout checks);
 // nothing in this crate writes `unsafe` by hand.
 #![deny(unsafe_code)]
