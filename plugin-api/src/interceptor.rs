@@ -143,3 +143,71 @@ impl<I: TaskInterceptor> RawTaskInterceptor for GuardedInterceptor<I> {
         guard(|| self.0.on_end(task, outcome, &mut TaskSpan::from_raw(span)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_trait::TD_Opaque;
+
+    /// The host's side, as a test sees it: the attributes set, as text.
+    struct Attributes(Vec<String>);
+
+    impl RawTaskSpan for Attributes {
+        fn set_attribute(&mut self, attribute: KeyValue<'_>) {
+            self.0
+                .push(format!("{}={:?}", attribute.key, attribute.value));
+        }
+    }
+
+    struct Flaky;
+
+    impl TaskInterceptor for Flaky {
+        fn on_start(&self, task: &TaskInfo<'_>, _span: &mut TaskSpan<'_>) {
+            panic!("no start for {}", task.name);
+        }
+
+        fn on_end(&self, task: &TaskInfo<'_>, outcome: TaskOutcome, span: &mut TaskSpan<'_>) {
+            span.set_attribute("ended", Value::Str(task.name));
+            span.set_attribute("ok", Value::Bool(outcome == TaskOutcome::Ok));
+        }
+    }
+
+    fn task() -> TaskInfo<'static> {
+        TaskInfo {
+            id: 7,
+            name: "my_crate::work".into(),
+            kind: TaskKind::Function,
+        }
+    }
+
+    #[test]
+    fn a_panic_in_an_interceptor_comes_back_as_its_message() {
+        let raw = RawTaskInterceptor_TO::from_value(GuardedInterceptor(Flaky), TD_Opaque);
+        let mut attributes = Attributes(Vec::new());
+        let returned = raw.on_start(
+            &task(),
+            RawTaskSpan_TO::from_ptr(&mut attributes, TD_Opaque),
+        );
+        assert_eq!(
+            returned,
+            RResult::RErr(RString::from("no start for my_crate::work"))
+        );
+        assert!(attributes.0.is_empty());
+    }
+
+    #[test]
+    fn attributes_an_interceptor_sets_reach_the_host() {
+        let raw = RawTaskInterceptor_TO::from_value(GuardedInterceptor(Flaky), TD_Opaque);
+        let mut attributes = Attributes(Vec::new());
+        let returned = raw.on_end(
+            &task(),
+            TaskOutcome::Ok,
+            RawTaskSpan_TO::from_ptr(&mut attributes, TD_Opaque),
+        );
+        assert_eq!(returned, RResult::ROk(()));
+        assert_eq!(
+            attributes.0,
+            ["ended=Str(\"my_crate::work\")", "ok=Bool(true)"]
+        );
+    }
+}
