@@ -157,6 +157,34 @@ fn log_records_are_events_on_the_current_span() {
 }
 
 #[test]
+fn with_only_the_log_bridge_records_go_on_the_task_span_and_tracing_stays_out() {
+    let run = run("tracing", &[("FILAMENT_INSTRUMENT", "log")]);
+    assert_eq!(run.value("result"), "22");
+    let names = run.names();
+    assert!(
+        !names.iter().any(|n| n == "step" || n == "checksum"),
+        "no tracing span: {names:?}"
+    );
+    let (_, consumer) = run.span(TRACED);
+    for record in [
+        "a log record in the task itself",
+        "a log record inside step 8",
+        "checksum of 3 items computed",
+    ] {
+        event(consumer, record);
+    }
+    assert!(
+        !consumer
+            .span
+            .events
+            .iter()
+            .any(|e| e.name == "a tracing event outside any tracing span" || e.name == "stepping"),
+        "tracing events are the tracing bridge's: {:?}",
+        consumer.span.events
+    );
+}
+
+#[test]
 fn spans_of_a_library_instrumented_with_tracing_appear_without_touching_it() {
     let run = run("tracing", &[]);
     let (_, step) = run.span("step");
