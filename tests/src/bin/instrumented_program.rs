@@ -35,15 +35,26 @@ fn gets_inside(x: u64) -> u64 {
     filament::get(&inner).expect("the inner task") * 10
 }
 
-/// Keeps its thread busy for `millis`.
+/// Keeps its thread busy until it has had `millis` of CPU time, by the scheduler's own count
+/// (`/proc/thread-self/schedstat`, not `getrusage`, which the interceptor under test uses); at
+/// most 10 s of wall time. Returns the CPU milliseconds the scheduler counted.
 #[filament::remote]
 fn spins(millis: u64) -> u64 {
-    let until = Instant::now() + Duration::from_millis(millis);
-    let mut turns = 0u64;
-    while Instant::now() < until {
-        turns = std::hint::black_box(turns.wrapping_add(1));
+    fn cpu_nanos() -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .expect("/proc/thread-self/schedstat")
     }
-    turns
+    let start = cpu_nanos();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut turns = 0u64;
+    while cpu_nanos() - start < millis * 1_000_000 && Instant::now() < deadline {
+        for _ in 0..10_000 {
+            turns = std::hint::black_box(turns.wrapping_add(1));
+        }
+    }
+    (cpu_nanos() - start) / 1_000_000
 }
 
 #[filament::actor]
@@ -115,7 +126,7 @@ fn main() -> ExitCode {
             println!("result={}", inside.get().unwrap());
         }
         "tasks" => {
-            println!("spun={}", spins::remote(50).get().unwrap() > 0);
+            println!("spun_ms={}", spins::remote(50).get().unwrap());
             println!("sum={}", add::remote(1, 2).get().unwrap());
             let counter = Counter::remote(1);
             let calls: Vec<_> = (0..2).map(|_| counter.incr(1)).collect();
