@@ -37,7 +37,13 @@ pub const ABI_MAJOR: u32 = 1;
 ///
 /// - 1.1: `RawSpanProcessor::failed` (spans an exporter failed to deliver), appended. Hooks built
 ///   against 1.0 keep loading (their processors report 0), and 1.0 hosts load 1.1 hooks.
-#[cfg(not(filament_abi_1_0_test))]
+/// - 1.2: `RawTracingSetup::enable_instrumentation` and `add_task_interceptor`, appended, with the
+///   interceptor types. Hooks built against 1.1 keep loading; a 1.2 hook in a 1.1 host is told
+///   that the host has no instrumentations.
+#[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
+pub const ABI_MINOR: u32 = 2;
+/// The minor version of a build that stands for ABI 1.1, for the compatibility test.
+#[cfg(all(filament_abi_1_1_test, not(filament_abi_1_0_test)))]
 pub const ABI_MINOR: u32 = 1;
 /// The minor version of a build that stands for ABI 1.0, for the compatibility test.
 #[cfg(filament_abi_1_0_test)]

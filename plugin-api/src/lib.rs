@@ -18,6 +18,9 @@
 //! - [`SpanProcessor`], what a plugin implements to receive finished spans;
 //! - [`SpanRecord`], a finished span as borrowed views (ids, name, kind, times, typed attributes,
 //!   events, links, status, scope, resource), valid for the duration of one call;
+//! - [`TaskInterceptor`], what a plugin implements to be called around every task a worker runs
+//!   (ABI 1.2), and the host's instrumentations it switches on by name
+//!   ([`TracingSetup::enable_instrumentation`]);
 //! - [`export_hook!`], which exports a hook function under the symbol of your choice, with the
 //!   header the host checks before calling anything, and panic guards at every entry.
 //!
@@ -71,12 +74,14 @@
 //!   with a one-line cause.
 
 #![warn(missing_docs)]
-// `deny`, not `forbid`: the modules of the two `#[sabi_trait]` traits are allowed the unsafe
+// `deny`, not `forbid`: the modules of the `#[sabi_trait]` traits are allowed the unsafe
 // vtable glue abi_stable generates for them (the boundary itself, checked by its layout checks);
 // nothing in this crate writes `unsafe` by hand.
 #![deny(unsafe_code)]
 
 pub mod hook;
+#[allow(unsafe_code)] // `#[sabi_trait] RawTaskInterceptor` and `RawTaskSpan`
+pub mod interceptor;
 #[allow(unsafe_code)] // `#[sabi_trait] RawSpanProcessor`
 pub mod processor;
 pub mod record;
@@ -85,6 +90,10 @@ pub mod setup;
 
 pub use abi_stable;
 pub use hook::{ABI_MAJOR, ABI_MINOR, AbiMismatch, HookEntry, HookHeader};
+pub use interceptor::{
+    GuardedInterceptor, RawTaskInterceptor, RawTaskInterceptor_TO, RawTaskSpan, RawTaskSpan_TO,
+    RawTaskSpanMut, TaskInfo, TaskInterceptor, TaskKind, TaskOutcome, TaskSpan,
+};
 pub use processor::{
     Guarded, ProcessorError, ProcessorStats, RawSpanProcessor, RawSpanProcessor_TO, SpanProcessor,
 };

@@ -202,7 +202,7 @@ static PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// Runs `call` with the panic hook printing only the first panic of any guarded call of this
 /// library: a processor that panics on every span must not print once per span (the host reports
 /// the failure once and counts the rest). Panics anywhere else print as before.
-fn quietly_after_the_first_panic<R>(call: impl FnOnce() -> R) -> R {
+pub(crate) fn quietly_after_the_first_panic<R>(call: impl FnOnce() -> R) -> R {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();

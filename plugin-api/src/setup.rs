@@ -4,13 +4,15 @@
 //! `opentelemetry::global` or `tracing` dispatcher. Everything it wants from the host goes through
 //! this handle, which wraps the host's [`RawTracingSetup`] trait object.
 
+#[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
+use crate::interceptor::{GuardedInterceptor, RawTaskInterceptor_TO, TaskInterceptor};
 use crate::processor::{Guarded, RawSpanProcessor_TO, SpanProcessor};
 use crate::record::KeyValue;
 use abi_stable::{
     StableAbi, sabi_trait,
     sabi_trait::TD_Opaque,
     sabi_types::RMut,
-    std_types::{RBox, ROption, RResult, RSlice, RStr, RString},
+    std_types::{RBox, RErr, ROption, RResult, RSlice, RStr, RString},
 };
 use std::fmt;
 
@@ -155,6 +157,7 @@ pub enum LogLevel {
 ///
 /// New methods are appended after the last one, with a default body, so that a plugin built against
 /// this version keeps loading in newer hosts and the reverse.
+#[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
 #[sabi_trait]
 pub trait RawTracingSetup {
     /// Configures the tracer provider; allowed once per process.
@@ -170,6 +173,46 @@ pub trait RawTracingSetup {
     fn config(&self, key: RStr<'_>) -> ROption<RString>;
 
     /// Logs a message through the host.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+
+    /// Switches on one of the host's instrumentations by name, with its options (ABI 1.2). A host
+    /// older than 1.2 has no instrumentations: the call says so.
+    fn enable_instrumentation(
+        &mut self,
+        name: RStr<'_>,
+        options: RStr<'_>,
+    ) -> RResult<(), ConfigureError> {
+        let _ = options;
+        RErr(ConfigureError::Invalid(
+            format!("this host predates instrumentations (ABI 1.2): cannot switch on \"{name}\"")
+                .into(),
+        ))
+    }
+
+    /// Adds a task interceptor (ABI 1.2). A host older than 1.2 refuses it.
+    fn add_task_interceptor(
+        &mut self,
+        interceptor: RawTaskInterceptor_TO<'static, RBox<()>>,
+    ) -> RResult<(), ConfigureError> {
+        drop(interceptor);
+        RErr(ConfigureError::Invalid(
+            "this host predates task interceptors (ABI 1.2)".into(),
+        ))
+    }
+}
+
+// The trait as ABI 1.1 (and 1.0) had it, for the test that proves hooks built against it keep
+// loading (`--cfg filament_abi_1_1_test`, in a target directory of its own). `#[sabi_trait]` does
+// not see `#[cfg]` on a method, hence the whole trait.
+#[cfg(any(filament_abi_1_0_test, filament_abi_1_1_test))]
+#[allow(missing_docs)]
+#[sabi_trait]
+pub trait RawTracingSetup {
+    fn configure_provider(&mut self, config: &ProviderConfig<'_>) -> RResult<(), ConfigureError>;
+    fn add_span_processor(&mut self, processor: RawSpanProcessor_TO<'static, RBox<()>>);
+    fn process_info(&self) -> ProcessInfo;
+    fn config(&self, key: RStr<'_>) -> ROption<RString>;
     #[sabi(last_prefix_field)]
     fn log(&self, level: LogLevel, message: RStr<'_>);
 }
@@ -253,5 +296,34 @@ impl<'a> TracingSetup<'a> {
     /// Logs a message through the host (its `tracing` subscriber, or standard error).
     pub fn log(&self, level: LogLevel, message: &str) {
         self.raw.log(level, message.into());
+    }
+
+    /// Switches on one of the host's instrumentations by name (ABI 1.2). `options` is what the
+    /// instrumentation takes: a filter directive in `RUST_LOG` syntax for `tracing` and `log`
+    /// (empty: `info`), nothing for the others. The host's README lists the names.
+    ///
+    /// An unknown name, options an instrumentation does not take, or a host older than 1.2 are
+    /// [`ConfigureError::Invalid`], naming the input.
+    #[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
+    pub fn enable_instrumentation(
+        &mut self,
+        name: &str,
+        options: &str,
+    ) -> Result<(), ConfigureError> {
+        self.raw
+            .enable_instrumentation(name.into(), options.into())
+            .into()
+    }
+
+    /// Adds a task interceptor (ABI 1.2): in worker processes, the host calls it at the start and
+    /// the end of every task and actor call. Its methods are guarded: a panic is caught in the
+    /// plugin, the host reports it once and the task goes on unaffected.
+    #[cfg(not(any(filament_abi_1_0_test, filament_abi_1_1_test)))]
+    pub fn add_task_interceptor<I: TaskInterceptor>(
+        &mut self,
+        interceptor: I,
+    ) -> Result<(), ConfigureError> {
+        let boxed = RawTaskInterceptor_TO::from_value(GuardedInterceptor(interceptor), TD_Opaque);
+        self.raw.add_task_interceptor(boxed).into()
     }
 }

@@ -36,6 +36,7 @@ struct ReadmeDoctests;
 pub mod cli;
 pub mod cluster;
 mod driver;
+mod instrument;
 mod local;
 mod object;
 mod output;
@@ -551,7 +552,10 @@ fn decode<T: DeserializeOwned>(
     result: Result<std::sync::Arc<Vec<u8>>, TaskError>,
 ) -> Result<T, GetError> {
     let bytes = result?;
-    postcard::from_bytes(&bytes).map_err(|e| GetError::Deserialize {
+    instrument::deserialize(instrument::ValueRole::Result, &bytes, |bytes| {
+        postcard::from_bytes(bytes)
+    })
+    .map_err(|e| GetError::Deserialize {
         task: name,
         id,
         type_name: std::any::type_name::<T>(),

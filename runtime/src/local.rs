@@ -259,10 +259,13 @@ pub(crate) fn get_raw(
     if context.cluster() != cluster {
         return Err(GetError::OtherCluster { id: ids[0] });
     }
-    match context {
+    let span = crate::instrument::get(ids);
+    let fetched = match context {
         LocalRuntime::Driver(d) => d.get(ids),
         LocalRuntime::Worker(w) => w.get(ids),
-    }
+    };
+    crate::instrument::got(&span, &fetched);
+    fetched
 }
 
 /// Which of `ids` are done, waiting until `num_returns` are or the timeout passes.
@@ -276,8 +279,11 @@ pub(crate) fn wait_raw(
     if context.cluster() != cluster {
         return Err(GetError::OtherCluster { id: ids[0] });
     }
-    match context {
+    let span = crate::instrument::wait(ids, num_returns, timeout);
+    let done = match context {
         LocalRuntime::Driver(d) => Ok(d.wait(ids, num_returns, timeout)),
         LocalRuntime::Worker(w) => w.wait(ids, num_returns, timeout),
-    }
+    };
+    crate::instrument::waited(&span, &done);
+    done
 }

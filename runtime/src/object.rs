@@ -184,7 +184,12 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
-        match collecting(|| postcard::to_stdvec(&self)) {
+        let (encoded, refs) = collecting(|| {
+            crate::instrument::serialize::<T>(crate::instrument::ValueRole::Argument, || {
+                postcard::to_stdvec(&self).map_err(|e| e.to_string())
+            })
+        });
+        match (encoded, refs) {
             (Ok(bytes), refs) if refs.is_empty() => Arg::Value(bytes),
             (Ok(value), refs) => Arg::Holding { value, refs },
             (Err(error), _) => panic!(
@@ -320,10 +325,12 @@ pub(crate) type Fetched = (String, Result<std::sync::Arc<Vec<u8>>, TaskError>);
 
 /// Serializes a task's result. Used by the generated code.
 pub(crate) fn encode<R: Serialize>(value: &R) -> Result<Vec<u8>, String> {
-    postcard::to_stdvec(value).map_err(|e| {
-        format!(
-            "cannot serialize its result of type {}: {e}",
-            std::any::type_name::<R>()
-        )
+    crate::instrument::serialize::<R>(crate::instrument::ValueRole::Result, || {
+        postcard::to_stdvec(value).map_err(|e| {
+            format!(
+                "cannot serialize its result of type {}: {e}",
+                std::any::type_name::<R>()
+            )
+        })
     })
 }

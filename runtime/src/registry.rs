@@ -35,7 +35,10 @@ impl<'a> Args<'a> {
             task: self.task.to_owned(),
             message: format!("argument {index} is missing"),
         })?;
-        postcard::from_bytes(bytes).map_err(|e| TaskError::Invalid {
+        crate::instrument::deserialize(crate::instrument::ValueRole::Argument, bytes, |bytes| {
+            postcard::from_bytes(bytes)
+        })
+        .map_err(|e| TaskError::Invalid {
             task: self.task.to_owned(),
             message: format!(
                 "argument {index} does not deserialize as {}: {e}",

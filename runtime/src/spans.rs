@@ -87,11 +87,16 @@ impl Extractor for Reader<'_> {
 /// rather than looked up for every span.
 static TRACER: RwLock<Option<Arc<opentelemetry::global::BoxedTracer>>> = RwLock::new(None);
 
-fn tracer() -> Arc<opentelemetry::global::BoxedTracer> {
+pub(crate) fn tracer() -> Arc<opentelemetry::global::BoxedTracer> {
     if let Some(tracer) = TRACER.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
         return Arc::clone(tracer);
     }
     Arc::new(opentelemetry::global::tracer("filament"))
+}
+
+/// The attributes every span of this process carries (pid, job, node, worker).
+pub(crate) fn process_attributes() -> Vec<KeyValue> {
+    PROCESS_ATTRIBUTES.get().cloned().unwrap_or_default()
 }
 
 fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
@@ -148,6 +153,7 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&cx, &mut Carrier(&mut spec.trace_context));
     });
+    crate::instrument::on_submit(&mut spec.trace_context);
     ProducerSpan(Some(cx))
 }
 
@@ -235,6 +241,15 @@ pub(crate) fn on_execute(
 }
 
 impl ConsumerSpan {
+    /// Adds attributes to the span (those of the instrumentations and interceptors).
+    pub(crate) fn set_attributes(&self, attributes: Vec<KeyValue>) {
+        if let Some((cx, _)) = &self.span
+            && !attributes.is_empty()
+        {
+            cx.span().set_attributes(attributes);
+        }
+    }
+
     /// Records how the task ended (a panicked task's span gets status ERROR and an `exception`
     /// event) and leaves the task's context; the span ends when the returned value is dropped.
     pub(crate) fn finish(self, panic_message: Option<&str>) -> FinishedConsumerSpan {

@@ -11,6 +11,7 @@ use crate::wire::{
     self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
 };
 use crossbeam_channel::Sender;
+use filament_plugin_api::TaskOutcome;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
@@ -134,6 +135,10 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 fn serve(marker: &str) -> Result<(), String> {
+    let mut startup = crate::instrument::WorkerStartup {
+        started: std::time::SystemTime::now(),
+        hooks: None,
+    };
     let (socket, worker) = marker
         .rsplit_once(':')
         .and_then(|(socket, id)| Some((socket, id.parse::<u32>().ok()?)))
@@ -235,7 +240,10 @@ fn serve(marker: &str) -> Result<(), String> {
         for (key, value) in config {
             tracing = tracing.config(key, value);
         }
-        match tracing.install() {
+        let hooks_started = std::time::SystemTime::now();
+        let installed = tracing.install();
+        startup.hooks = Some((hooks_started, std::time::SystemTime::now()));
+        match installed {
             Ok(guard) => tracing_guard = Some(guard),
             Err(error) => {
                 outbox.send(ToDriver::HookStatus(Err(error.to_string())));
@@ -290,6 +298,9 @@ fn serve(marker: &str) -> Result<(), String> {
     // Two threads: one runs a task while the other reads the next message.
     core.start_thread();
     core.start_thread();
+    if let Some(hook) = &hook {
+        crate::instrument::worker_ready(startup, hook);
+    }
     // Only a standing cluster's `filament status` reads these: an embedded driver is not asked.
     let attached = socket.starts_with("tcp:");
     let reporter = tracing_guard
@@ -511,6 +522,13 @@ impl WorkerCore {
             task.attempt,
         );
         let name = task.name.as_str();
+        let started = crate::instrument::task_started(
+            task.id,
+            name,
+            &task.kind,
+            &task.trace_context,
+            &execution,
+        );
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let args = Args::new(name, &task.args);
             match &task.kind {
@@ -565,6 +583,18 @@ impl WorkerCore {
                 },
             }
         }));
+        crate::instrument::task_ended(
+            started,
+            task.id,
+            name,
+            &task.kind,
+            match &outcome {
+                Ok(Ok(_)) => TaskOutcome::Ok,
+                Ok(Err(_)) => TaskOutcome::Failed,
+                Err(_) => TaskOutcome::Panicked,
+            },
+            &execution,
+        );
         match outcome {
             Ok(Ok(value)) if let Err(message) = wire::check_value_size(value.len(), "result") => {
                 let error = TaskError::Invalid {

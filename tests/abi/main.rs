@@ -135,3 +135,27 @@ fn a_hook_built_against_an_older_minor_version_is_accepted_and_runs() {
     );
     guard.shutdown().unwrap();
 }
+
+/// A hook built against ABI 1.1 (before `enable_instrumentation` and `add_task_interceptor` were
+/// appended to the setup handle in 1.2) keeps loading in this host, next to a 1.2 hook that uses
+/// them, and its processor is called.
+#[test]
+fn a_hook_built_before_instrumentations_were_appended_is_accepted_and_runs() {
+    let library = build_test_hooks_with_cfg("filament_abi_1_1_test", "abi-1-1");
+    let old = format!("{}:on_end_panics", library.display());
+    let info = filament::tracing::inspect(&old).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!(info[0].abi, (filament_plugin_api::ABI_MAJOR, 1));
+    let hooks = format!("filament_test_hooks:panicking_interceptor,{old}");
+    let guard = Tracing::new(&hooks)
+        .build()
+        .unwrap_or_else(|e| panic!("an ABI 1.1 hook was refused: {e}"));
+    let tracer = opentelemetry::trace::TracerProvider::tracer(guard.provider().unwrap(), "abi");
+    opentelemetry::trace::Tracer::in_span(&tracer, "one", |_| {});
+    let reports = guard.processors();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].failures, 1,
+        "the host called the old plugin's on_end, which panicked: {reports:?}"
+    );
+    guard.shutdown().unwrap();
+}

@@ -39,6 +39,7 @@
 
 mod bridge;
 mod error;
+pub mod instrument;
 mod loader;
 mod log;
 mod provider;
@@ -278,6 +279,7 @@ impl Tracing {
                 environment: self.environment.clone(),
                 provider: None,
                 processors: Vec::new(),
+                instrumentations: instrument::Requested::default(),
             },
             setup_timeout,
             self.shutdown_timeout,
@@ -293,6 +295,7 @@ impl Tracing {
             );
         }
         let requested = host.provider.take();
+        let instrumentations = std::mem::take(&mut host.instrumentations);
         let (bridge, sinks) = if host.processors.is_empty() {
             (None, None)
         } else {
@@ -305,6 +308,9 @@ impl Tracing {
             opentelemetry::global::set_text_map_propagator(
                 opentelemetry_sdk::propagation::TraceContextPropagator::new(),
             );
+            // Process-wide, as the global provider is: only an installed tracing switches
+            // instrumentations on.
+            instrument::activate(instrumentations, &provider);
         }
         Ok(TracingGuard {
             hooks: specs,
@@ -464,6 +470,7 @@ impl TracingGuard {
             return Ok(());
         };
         if self.global {
+            instrument::deactivate();
             opentelemetry::global::set_tracer_provider(
                 opentelemetry::trace::noop::NoopTracerProvider::new(),
             );

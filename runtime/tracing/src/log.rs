@@ -17,7 +17,8 @@ pub(crate) fn emit(source: HookLog<'_>, level: LogLevel, message: &str) {
         HookLog::Hook(hook) => format!("hook \"{hook}\""),
         HookLog::Host => "tracing".to_owned(),
     };
-    if ::tracing::dispatcher::has_been_set() {
+    // The bridges' own subscriber would turn these into span events: they go to standard error.
+    if ::tracing::dispatcher::has_been_set() && !super::instrument::own_subscriber() {
         match level {
             LogLevel::Error => {
                 ::tracing::error!(target: "filament::tracing", "{speaker}: {message}")

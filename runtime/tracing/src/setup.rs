@@ -1,9 +1,10 @@
 //! The host's side of the handle a hook receives: it records what the hooks ask for.
 
+use super::instrument;
 use super::log::{self, HookLog};
 use filament_plugin_api::{
-    ConfigureError, LogLevel, ProcessInfo, ProviderConfig, RawSpanProcessor_TO, RawTracingSetup,
-    Sampler, SpanLimits, Value,
+    ConfigureError, LogLevel, ProcessInfo, ProviderConfig, RawSpanProcessor_TO,
+    RawTaskInterceptor_TO, RawTracingSetup, Sampler, SpanLimits, Value,
     abi_stable::std_types::{RBox, RErr, ROk, ROption, RResult, RStr, RString},
 };
 use std::collections::BTreeMap;
@@ -34,6 +35,8 @@ pub(crate) struct HostSetup {
     pub(crate) environment: Option<BTreeMap<String, String>>,
     pub(crate) provider: Option<RequestedProvider>,
     pub(crate) processors: Vec<AddedProcessor>,
+    /// The instrumentations and task interceptors the hooks asked for.
+    pub(crate) instrumentations: instrument::Requested,
 }
 
 impl RawTracingSetup for HostSetup {
@@ -93,6 +96,29 @@ impl RawTracingSetup for HostSetup {
 
     fn log(&self, level: LogLevel, message: RStr<'_>) {
         log::emit(HookLog::Hook(&self.current_hook), level, message.as_str());
+    }
+
+    fn enable_instrumentation(
+        &mut self,
+        name: RStr<'_>,
+        options: RStr<'_>,
+    ) -> RResult<(), ConfigureError> {
+        match self
+            .instrumentations
+            .enable(&self.current_hook, name.as_str(), options.as_str())
+        {
+            Ok(()) => ROk(()),
+            Err(why) => RErr(ConfigureError::Invalid(why.into())),
+        }
+    }
+
+    fn add_task_interceptor(
+        &mut self,
+        interceptor: RawTaskInterceptor_TO<'static, RBox<()>>,
+    ) -> RResult<(), ConfigureError> {
+        self.instrumentations
+            .add_interceptor(&self.current_hook, interceptor);
+        ROk(())
     }
 }
 
