@@ -7,7 +7,7 @@
 #[path = "../jaeger/receiver.rs"]
 mod receiver;
 
-use filament_tests::{ReadSpan, Run, find, read_spans_dir};
+use filament_tests::{ReadSpan, Run, assert_child_of, find, read_spans_dir};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, SpanKind};
 use std::collections::BTreeSet;
@@ -53,23 +53,6 @@ fn string(s: &str) -> Value {
 
 fn stderr(run: &Run) -> String {
     String::from_utf8_lossy(&run.output.stderr).into_owned()
-}
-
-fn assert_child_of(child: &ReadSpan, parent: &ReadSpan) {
-    assert_eq!(
-        child.trace_id(),
-        parent.trace_id(),
-        "{} in the trace of {}",
-        child.name(),
-        parent.name()
-    );
-    assert_eq!(
-        child.parent_span_id(),
-        parent.span_id(),
-        "{} is a child of {}",
-        child.name(),
-        parent.name()
-    );
 }
 
 fn event<'a>(span: &'a ReadSpan, name: &str) -> &'a Event {
@@ -477,6 +460,25 @@ fn a_malformed_filter_is_an_error_at_init_naming_it() {
     );
 }
 
+/// Asserts that the lines of `error` containing `report` come from distinct processes (what
+/// workers print reaches the driver prefixed with `(worker … pid=…)`), at least one; returns how
+/// many.
+fn reported_once_per_process(error: &str, report: &str) -> usize {
+    let reporters: Vec<&str> = error
+        .lines()
+        .filter(|line| line.contains(report))
+        .map(|line| line.split_once(") ").map_or(line, |(prefix, _)| prefix))
+        .collect();
+    let distinct: BTreeSet<&str> = reporters.iter().copied().collect();
+    assert!(!reporters.is_empty(), "reported:\n{error}");
+    assert_eq!(
+        reporters.len(),
+        distinct.len(),
+        "once per process:\n{error}"
+    );
+    reporters.len()
+}
+
 #[test]
 fn a_panicking_interceptor_is_contained_and_reported_once() {
     let run = run_with(
@@ -488,21 +490,10 @@ fn a_panicking_interceptor_is_contained_and_reported_once() {
     assert_eq!(run.value("sum"), "3");
     assert_eq!(run.value("calls"), "[2, 3]");
     let error = stderr(&run);
-    // Each worker process (the pool's one, the actor's) reports its first panic and no other;
-    // what workers print reaches the driver prefixed with `(worker … pid=…)`.
-    let reporters: Vec<&str> = error
-        .lines()
-        .filter(|line| line.contains("its task interceptor panicked in on_start of task"))
-        .map(|line| line.split_once(") ").map_or(line, |(prefix, _)| prefix))
-        .collect();
-    let distinct: BTreeSet<&str> = reporters.iter().copied().collect();
-    assert!(!reporters.is_empty(), "reported:\n{error}");
-    assert_eq!(
-        reporters.len(),
-        distinct.len(),
-        "once per process:\n{error}"
-    );
-    assert!(reporters.len() <= 2, "{error}");
+    // Each worker process (the pool's one, the actor's) reports its first panic and no other.
+    let reporters =
+        reported_once_per_process(&error, "its task interceptor panicked in on_start of task");
+    assert!(reporters <= 2, "{error}");
     assert!(
         error.contains("the interceptor panicked on task"),
         "{error}"
@@ -532,18 +523,7 @@ fn a_slow_interceptor_is_reported_once_per_process_and_tasks_complete() {
     assert_eq!(run.value("sum"), "3");
     assert_eq!(run.value("calls"), "[2, 3]");
     let error = stderr(&run);
-    let reporters: Vec<&str> = error
-        .lines()
-        .filter(|line| line.contains("its task interceptor took"))
-        .map(|line| line.split_once(") ").map_or(line, |(prefix, _)| prefix))
-        .collect();
-    let distinct: BTreeSet<&str> = reporters.iter().copied().collect();
-    assert!(!reporters.is_empty(), "reported:\n{error}");
-    assert_eq!(
-        reporters.len(),
-        distinct.len(),
-        "once per process:\n{error}"
-    );
+    reported_once_per_process(&error, "its task interceptor took");
     assert!(
         error.contains("ms in on_end of task instrumented_program::"),
         "names the call and the task: {error}"

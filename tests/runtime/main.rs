@@ -1,7 +1,7 @@
 //! The task runtime, traced end to end: real driver and worker processes (`cluster-program`), the
 //! local-file hook in every process, spans read back from the files with the OTLP decoder.
 
-use filament_tests::{ReadSpan, Run, read_spans_dir};
+use filament_tests::{ReadSpan, Run, assert_child_of, read_spans_dir};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use std::collections::HashSet;
@@ -46,23 +46,6 @@ fn string(s: &str) -> Value {
 fn attr<'a>(span: &'a ReadSpan, key: &str) -> &'a Value {
     span.attribute(key)
         .unwrap_or_else(|| panic!("{} has no {key}: {:?}", span.name(), span.span.attributes))
-}
-
-fn assert_child_of(child: &ReadSpan, parent: &ReadSpan) {
-    assert_eq!(
-        child.trace_id(),
-        parent.trace_id(),
-        "{} and {}",
-        child.name(),
-        parent.name()
-    );
-    assert_eq!(
-        child.parent_span_id(),
-        parent.span_id(),
-        "{} is a child of {}",
-        child.name(),
-        parent.name()
-    );
 }
 
 #[test]

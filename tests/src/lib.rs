@@ -315,3 +315,21 @@ pub fn filament_bin() -> PathBuf {
         })
         .clone()
 }
+
+/// Asserts that `child` is a child of `parent`: the same trace, and `parent` as its parent span.
+pub fn assert_child_of(child: &ReadSpan, parent: &ReadSpan) {
+    assert_eq!(
+        child.trace_id(),
+        parent.trace_id(),
+        "{} in the trace of {}",
+        child.name(),
+        parent.name()
+    );
+    assert_eq!(
+        child.parent_span_id(),
+        parent.span_id(),
+        "{} is a child of {}",
+        child.name(),
+        parent.name()
+    );
+}
