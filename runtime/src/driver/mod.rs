@@ -144,39 +144,18 @@ impl Driver {
         });
         if let Some((reader, address)) = head {
             let listening = Arc::clone(&driver);
-            std::thread::Builder::new()
-                .name("filament-head-link".into())
-                .spawn(move || listening.follow_head(reader, address))
-                .map_err(|source| InitError::Io {
-                    what: "starting the head link thread".into(),
-                    source,
-                })?;
+            spawn("filament-head-link", move || {
+                listening.follow_head(reader, address)
+            })?;
             let reporting = Arc::downgrade(&driver);
-            std::thread::Builder::new()
-                .name("filament-job-stats".into())
-                .spawn(move || Driver::report_stats(reporting))
-                .map_err(|source| InitError::Io {
-                    what: "starting the stats thread".into(),
-                    source,
-                })?;
+            spawn("filament-job-stats", move || {
+                Driver::report_stats(reporting)
+            })?;
         }
         let accepting = Arc::clone(&driver);
-        std::thread::Builder::new()
-            .name("filament-accept".into())
-            .spawn(move || accepting.accept_loop(listener))
-            .map_err(|source| InitError::Io {
-                what: "starting the accept thread".into(),
-                source,
-            })?;
-
+        spawn("filament-accept", move || accepting.accept_loop(listener))?;
         let watching = Arc::clone(&driver);
-        std::thread::Builder::new()
-            .name("filament-reaper".into())
-            .spawn(move || watching.watch_children())
-            .map_err(|source| InitError::Io {
-                what: "starting the reaper thread".into(),
-                source,
-            })?;
+        spawn("filament-reaper", move || watching.watch_children())?;
         for _ in 0..workers {
             if let Err(error) = driver.spawn_worker() {
                 driver.shutdown(Duration::from_secs(2));
@@ -460,4 +439,16 @@ impl Driver {
             }
         }
     }
+}
+
+/// Starts a thread of the driver, named `name`; `init` fails naming it if it cannot.
+fn spawn(name: &str, run: impl FnOnce() + Send + 'static) -> Result<(), InitError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(run)
+        .map(drop)
+        .map_err(|source| InitError::Io {
+            what: format!("starting the {name} thread"),
+            source,
+        })
 }
