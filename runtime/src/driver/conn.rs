@@ -246,12 +246,7 @@ impl Driver {
     pub(super) fn on_message(state: &mut State, worker: u32, message: ToDriver) {
         match message {
             ToDriver::Output { stderr, line } => state.output.push((stderr, line)),
-            message => {
-                if crate::spans::enabled() {
-                    state.sched.clock = Some(std::time::SystemTime::now());
-                }
-                state.sched.on_message(worker, message);
-            }
+            message => state.sched.on_message(worker, message),
         }
     }
 
@@ -259,9 +254,6 @@ impl Driver {
     pub(super) fn on_worker_exit(&self, worker: u32, pid: u32) {
         let mut state = self.lock();
         state.conns.remove(&worker);
-        if crate::spans::enabled() {
-            state.sched.clock = Some(std::time::SystemTime::now());
-        }
         state.sched.worker_exited(worker, pid);
         self.unlock(state);
     }

@@ -194,8 +194,14 @@ impl Driver {
         Ok(driver)
     }
 
+    /// Takes the state's lock. With tracing on, the scheduler is told the time: what it handles
+    /// next happens now (a task sent now, if lost with its worker, has its span start here).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if crate::spans::enabled() {
+            state.sched.clock = Some(std::time::SystemTime::now());
+        }
+        state
     }
 
     /// Carries out what the scheduler decided, releases the lock, wakes whoever waits for a change,
@@ -256,9 +262,6 @@ impl Driver {
     /// Submits a task from this process; the caller holds one reference to the result.
     pub(crate) fn submit(&self, spec: TaskSpec) {
         let mut state = self.lock();
-        if crate::spans::enabled() {
-            state.sched.clock = Some(std::time::SystemTime::now());
-        }
         state.sched.submit(spec);
         self.unlock(state);
     }

@@ -94,7 +94,9 @@ impl Scheduler {
         let Some(actor_slot) = self.actors.get_mut(&actor) else {
             return false;
         };
-        if actor_slot.dead.is_some() || actor_slot.restarts_left == 0 || shutting_down || lost {
+        // An actor nobody holds a handle to is not brought back.
+        let wanted = actor_slot.dead.is_none() && !actor_slot.unused;
+        if !wanted || actor_slot.restarts_left == 0 || shutting_down || lost {
             return false;
         }
         let Some(kept) = &mut actor_slot.creation else {
