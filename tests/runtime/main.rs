@@ -372,7 +372,7 @@ fn refs_inside_a_vec_and_a_struct_travel_through_three_tasks_and_back() {
 
 #[test]
 fn actors_whose_handles_are_all_dropped_stop_and_their_processes_end() {
-    let run = run(&["actors-dropped", "40"]);
+    let run = run(&["actors-dropped", "1000"]);
     assert_eq!(run.value("processes_left"), "2 pool=2");
     let pids: Vec<u32> = run
         .value("actor_pids")
