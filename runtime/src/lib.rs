@@ -548,7 +548,7 @@ fn node_id() -> String {
 
 fn decode<T: DeserializeOwned>(
     id: ObjectId,
-    name: String,
+    name: std::sync::Arc<str>,
     result: Result<std::sync::Arc<Vec<u8>>, TaskError>,
 ) -> Result<T, GetError> {
     let bytes = result?;
@@ -556,7 +556,7 @@ fn decode<T: DeserializeOwned>(
         postcard::from_bytes(bytes)
     })
     .map_err(|e| GetError::Deserialize {
-        task: name,
+        task: name.to_string(),
         id,
         type_name: std::any::type_name::<T>(),
         cause: e.to_string(),

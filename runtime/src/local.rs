@@ -116,12 +116,13 @@ pub fn submit_function<T>(
 ) -> ObjectRef<T> {
     let context = current_or_panic();
     let id = context.next_id();
+    let function: Arc<str> = Arc::from(function);
     context.submit(TaskSpec {
         id,
         kind: TaskKind::Function {
-            function: function.to_owned(),
+            function: Arc::clone(&function),
         },
-        name: function.to_owned(),
+        name: function,
         args,
         trace_context: Vec::new(),
         retry: RetryPolicy {
@@ -200,7 +201,7 @@ impl ActorHandle {
                 actor: self.id,
                 method: method_id.to_owned(),
             },
-            name: format!("{}::{method}", self.class),
+            name: format!("{}::{method}", self.class).into(),
             args,
             trace_context: Vec::new(),
             retry: RetryPolicy::NEVER,
@@ -235,7 +236,7 @@ pub fn create_actor(
                 max_task_retries,
             },
         },
-        name: format!("{class_id}::new"),
+        name: format!("{class_id}::new").into(),
         args,
         trace_context: Vec::new(),
         retry: RetryPolicy::NEVER,

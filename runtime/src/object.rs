@@ -321,7 +321,10 @@ pub enum GetError {
 }
 
 /// An object's task name and result, as `get` collects them.
-pub(crate) type Fetched = (String, Result<std::sync::Arc<Vec<u8>>, TaskError>);
+pub(crate) type Fetched = (
+    std::sync::Arc<str>,
+    Result<std::sync::Arc<Vec<u8>>, TaskError>,
+);
 
 /// Serializes a task's result. Used by the generated code.
 pub(crate) fn encode<R: Serialize>(value: &R) -> Result<Vec<u8>, String> {

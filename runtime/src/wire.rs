@@ -201,7 +201,7 @@ pub(crate) type ActorId = u64;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum TaskKind {
     /// A remote function, by id.
-    Function { function: String },
+    Function { function: Arc<str> },
     /// Creating an actor of a class, by id.
     CreateActor {
         class: String,
@@ -218,8 +218,9 @@ pub(crate) struct TaskSpec {
     /// The task's id, which is also its result's.
     pub(crate) id: ObjectId,
     pub(crate) kind: TaskKind,
-    /// The Rust path that names it in spans and errors (`module::function`, `Type::method`).
-    pub(crate) name: String,
+    /// The Rust path that names it in spans and errors (`module::function`, `Type::method`),
+    /// shared by the copies the driver keeps.
+    pub(crate) name: Arc<str>,
     pub(crate) args: Vec<Arg>,
     /// The W3C trace context (`traceparent`, `tracestate`) of the submitting span: part of the
     /// envelope, never of the user's arguments. Empty when tracing is off.
@@ -261,7 +262,7 @@ pub(crate) struct ActorRestarts {
 pub(crate) struct Execute {
     pub(crate) id: ObjectId,
     pub(crate) kind: TaskKind,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     #[serde(with = "byte_strings")]
     pub(crate) args: Vec<Vec<u8>>,
     pub(crate) trace_context: Vec<(String, String)>,

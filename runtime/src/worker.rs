@@ -521,7 +521,7 @@ impl WorkerCore {
             &task.trace_context,
             task.attempt,
         );
-        let name = task.name.as_str();
+        let name: &str = &task.name;
         let started = crate::instrument::task_started(
             task.id,
             name,
@@ -533,7 +533,7 @@ impl WorkerCore {
             let args = Args::new(name, &task.args);
             match &task.kind {
                 TaskKind::Function { function } => {
-                    match registry().functions.get(function.as_str()) {
+                    match registry().functions.get(function.as_ref()) {
                         Some(f) => (f.invoke)(args),
                         None => Err(TaskError::Invalid {
                             task: name.to_owned(),
@@ -718,7 +718,7 @@ impl WorkerCore {
         match answer {
             Some(ToWorker::Got { results, .. }) => Ok(results
                 .into_iter()
-                .map(|(_, name, result)| (name, result.map(Arc::new)))
+                .map(|(_, name, result)| (name.into(), result.map(Arc::new)))
                 .collect()),
             _ => Err(GetError::ShutDown { id: ids[0] }),
         }

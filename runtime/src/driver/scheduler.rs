@@ -47,7 +47,7 @@ pub(crate) struct LostAttempt {
 
 pub(super) struct Object {
     /// The task's Rust path, for errors.
-    pub(super) name: String,
+    pub(super) name: Arc<str>,
     pub(super) value: Option<Result<Arc<Vec<u8>>, TaskError>>,
     /// References: the submitter's handles, tasks holding it as an argument, workers' handles.
     refs: u32,
@@ -356,7 +356,7 @@ impl Scheduler {
             .iter()
             .map(|id| {
                 let object = self.objects.get(id);
-                let name = object.map(|o| o.name.clone()).unwrap_or_default();
+                let name = object.map(|o| o.name.to_string()).unwrap_or_default();
                 let result = match object.and_then(|o| o.value.as_ref()) {
                     Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
                     Some(Err(error)) => Err(error.clone()),
@@ -412,7 +412,7 @@ impl Scheduler {
         }
         if let Some((index, dep)) = unknown {
             let error = TaskError::ArgumentFailed {
-                task: spec.name.clone(),
+                task: spec.name.to_string(),
                 index,
                 cause: Box::new(TaskError::Invalid {
                     task: format!("object {dep}"),
@@ -489,7 +489,7 @@ impl Scheduler {
                     ),
                 };
                 let error = TaskError::ActorDied {
-                    task: spec.name.clone(),
+                    task: spec.name.to_string(),
                     actor: dead.0,
                     cause: dead.1,
                 };
@@ -553,12 +553,12 @@ impl Scheduler {
                     match self.objects.get(dep).and_then(|o| o.value.as_ref()) {
                         Some(Ok(bytes)) => Ok(bytes.as_ref().clone()),
                         Some(Err(error)) => Err(TaskError::ArgumentFailed {
-                            task: spec.name.clone(),
+                            task: spec.name.to_string(),
                             index,
                             cause: Box::new(error.clone()),
                         }),
                         None => Err(TaskError::Invalid {
-                            task: spec.name.clone(),
+                            task: spec.name.to_string(),
                             message: format!("argument {index} ({dep}) is not ready"),
                         }),
                     }
@@ -567,7 +567,7 @@ impl Scheduler {
             .collect::<Result<Vec<_>, _>>()?;
         let bytes = args.iter().map(Vec::len).sum();
         wire::check_value_size(bytes, "arguments").map_err(|message| TaskError::Invalid {
-            task: spec.name.clone(),
+            task: spec.name.to_string(),
             message,
         })?;
         Ok(args)
@@ -813,7 +813,7 @@ impl Scheduler {
             let name = self
                 .objects
                 .get(&id)
-                .map(|o| o.name.clone())
+                .map(|o| o.name.to_string())
                 .unwrap_or_default();
             let error = match &dead_actor {
                 Some((actor, cause)) => TaskError::ActorDied {
@@ -841,7 +841,7 @@ impl Scheduler {
                 // Whether it ran or waited in the worker's queue is unknown: it counts as an
                 // attempt, and its span (which died with the worker) is recorded here.
                 self.effects.push(Effect::AttemptLost(LostAttempt {
-                    name: spec.name.clone(),
+                    name: spec.name.to_string(),
                     kind: spec.kind.clone(),
                     trace_context: spec.trace_context.clone(),
                     attempt: spec.attempt,
@@ -911,7 +911,7 @@ impl Scheduler {
         for spec in stranded {
             self.waiting.remove(&spec.id);
             let error = TaskError::NoWorkers {
-                task: spec.name.clone(),
+                task: spec.name.to_string(),
                 cause: cause.clone(),
             };
             self.release_args(&spec);

@@ -71,7 +71,7 @@ impl Scheduler {
         for spec in queued {
             self.waiting.remove(&spec.id);
             let error = TaskError::ActorDied {
-                task: spec.name.clone(),
+                task: spec.name.to_string(),
                 actor: format!("{class}({actor:016x})"),
                 cause: cause.clone(),
             };
@@ -137,7 +137,7 @@ impl Scheduler {
                         .map(|o| o.name.clone())
                         .unwrap_or_default();
                     let error = TaskError::ActorDied {
-                        task: name,
+                        task: name.to_string(),
                         actor: actor_name.clone(),
                         cause: format!(
                             "its worker {worker} (pid {pid}) died while the call ran; the actor restarts"

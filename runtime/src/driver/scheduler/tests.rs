@@ -10,7 +10,7 @@ fn task(id: u64, args: Vec<Arg>, max_retries: u32) -> TaskSpec {
         kind: TaskKind::Function {
             function: "f".into(),
         },
-        name: format!("f{id}"),
+        name: format!("f{id}").into(),
         args,
         trace_context: Vec::new(),
         retry: RetryPolicy {
@@ -28,7 +28,7 @@ fn call(id: u64, actor: ActorId, args: Vec<Arg>) -> TaskSpec {
             actor,
             method: "m".into(),
         },
-        name: format!("A::m{id}"),
+        name: format!("A::m{id}").into(),
         args,
         trace_context: Vec::new(),
         retry: RetryPolicy::NEVER,
