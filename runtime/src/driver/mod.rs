@@ -209,7 +209,7 @@ impl Driver {
     /// and no thread writes to a socket holding the lock.
     fn unlock(&self, mut state: MutexGuard<'_, State>) {
         let effects = std::mem::take(&mut state.sched.effects);
-        let mut flush: Vec<Outbox<ToWorker>> = Vec::new();
+        let mut flush: Vec<(u32, Outbox<ToWorker>)> = Vec::new();
         let mut launches = Vec::new();
         let mut lost = Vec::new();
         for effect in effects {
@@ -217,7 +217,10 @@ impl Driver {
                 Effect::Send(worker, message) => {
                     if let Some(outbox) = state.conns.get(&worker) {
                         outbox.queue(message);
-                        flush.push(outbox.clone());
+                        // One flush per connection (a batch's messages mostly go to a few).
+                        if !flush.iter().any(|(to, _)| *to == worker) {
+                            flush.push((worker, outbox.clone()));
+                        }
                     }
                 }
                 Effect::Launch(worker, actor) => {
@@ -235,7 +238,7 @@ impl Driver {
         if wake {
             self.changed.notify_all();
         }
-        for outbox in flush {
+        for (_, outbox) in flush {
             outbox.flush();
         }
         for (stderr, line) in output {
