@@ -444,9 +444,7 @@ impl Scheduler {
                 // Kept for restarts, holding its arguments once more (the queued one releases
                 // its own when sent).
                 let creation = (restarts.max_restarts > 0).then(|| {
-                    for dep in spec.args.iter().filter_map(Arg::object) {
-                        self.add_ref(dep);
-                    }
+                    self.hold_args(&spec);
                     spec.clone()
                 });
                 self.actors.insert(
@@ -496,6 +494,19 @@ impl Scheduler {
                 self.waiting.remove(&id);
                 self.release_args(&spec);
                 self.complete(id, Err(error));
+            }
+        }
+    }
+
+    /// Holds a copy's arguments (and the references inside them) once more: what
+    /// [`Scheduler::release_args`] drops.
+    fn hold_args(&mut self, spec: &TaskSpec) {
+        for arg in &spec.args {
+            if let Some(dep) = arg.object() {
+                self.add_ref(dep);
+            }
+            for contained in arg.contained() {
+                self.add_ref(*contained);
             }
         }
     }

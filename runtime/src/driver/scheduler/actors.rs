@@ -2,7 +2,7 @@
 //! actor (its constructor failed, its process died for good, or every handle to it was dropped).
 
 use super::{Held, Scheduler, WorkerSlot};
-use crate::object::{Arg, ObjectId, TaskError};
+use crate::object::{ObjectId, TaskError};
 use crate::wire::{ActorId, TaskKind, TaskSpec, ToWorker};
 
 impl Scheduler {
@@ -148,9 +148,7 @@ impl Scheduler {
             }
         }
         // The creation's own arguments are held by the kept copy: this run holds them again.
-        for dep in creation.args.iter().filter_map(Arg::object) {
-            self.add_ref(dep);
-        }
+        self.hold_args(&creation);
         let actor_slot = self.actors.get_mut(&actor).expect("looked up above");
         for spec in again.into_iter().rev() {
             actor_slot.queue.push_front(spec);

@@ -438,6 +438,57 @@ fn an_actor_calls_argument_holding_a_reference_keeps_it_until_the_call_is_done()
     assert!(!s.objects.contains_key(&ObjectId(1)));
 }
 
+#[test]
+fn an_actor_that_restarts_holds_the_references_inside_its_constructors_arguments_just_once() {
+    let mut s = with_workers(1);
+    s.submit(task(1, vec![], 0));
+    sent(&mut s);
+    done(&mut s, 1, 1);
+    let actor = 50;
+    // The constructor's argument holds a reference to 1: the submitter's serialization took one,
+    // which it drops once the submission is made.
+    s.add_ref(ObjectId(1));
+    s.submit(TaskSpec {
+        kind: TaskKind::CreateActor {
+            class: "A".into(),
+            actor,
+            restarts: wire::ActorRestarts {
+                max_restarts: 1,
+                max_task_retries: 0,
+            },
+        },
+        name: "A::new".into(),
+        args: vec![Arg::Holding {
+            value: vec![],
+            refs: vec![ObjectId(1)],
+        }],
+        ..task(actor, vec![], 0)
+    });
+    s.release(ObjectId(1));
+    let w = launched(&mut s)[0];
+    s.worker_ready(w, 2000, false).expect("ready");
+    sent(&mut s);
+    done(&mut s, w, actor);
+    assert!(s.worker_exited(w, 2000));
+    let again = launched(&mut s)[0];
+    s.worker_ready(again, 3000, false).expect("ready");
+    assert_eq!(sent(&mut s), vec![(again, actor, 1)]);
+    done(&mut s, again, actor);
+    // The last handle goes: the actor stops, and the kept constructor lets go of 1.
+    s.release(ObjectId(actor));
+    s.worker_exited(again, 3000);
+    assert!(
+        s.objects.contains_key(&ObjectId(1)),
+        "still the submitter's"
+    );
+    s.release(ObjectId(1));
+    assert!(
+        s.objects.is_empty(),
+        "{:?}",
+        s.objects.keys().collect::<Vec<_>>()
+    );
+}
+
 /// A worker as the property test plays it: what it received, in order; the first runs.
 #[derive(Default)]
 struct FakeWorker {
