@@ -4,9 +4,7 @@
 //! as JSON; processes are killed with SIGKILL. Every test has session and span folders of its own
 //! and stops what it started.
 
-use filament_tests::{
-    ReadSpan, Run, filament_bin, output_text, profile_dir, read_span_file, read_spans_dir,
-};
+use filament_tests::{ReadSpan, Run, filament_bin, output_text, read_span_file, read_spans_dir};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value as Json;
@@ -275,7 +273,7 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     assert_eq!(foo.parent_span_id(), consumer.span_id());
 
     // The quickstart, attached: the seed's trees.
-    let quickstart = profile_dir().join("examples").join("quickstart");
+    let quickstart = filament_tests::quickstart_bin();
     let output = cluster
         .command(&quickstart)
         .env("FILAMENT_ADDRESS", "auto")

@@ -7,13 +7,13 @@ mod receiver;
 mod thrift;
 
 use filament::tracing::Tracing;
-use filament_tests::{ReadSpan, Run, filament_bin, output_text, profile_dir, read_spans_dir};
+use filament_tests::{ReadSpan, Run, filament_bin, output_text, quickstart_bin, read_spans_dir};
 use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use receiver::{GrpcReceiver, HttpReceiver, Received, closed_port, silent_port};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use thrift::{AgentReceiver, CollectorReceiver};
@@ -307,39 +307,11 @@ fn otlp_http_json_bodies_arrive_too() {
     assert_eq!(names, ["span-0", "span-1", "span-2", "span-3", "span-4"]);
 }
 
-/// The quickstart example, built once for these tests.
-fn quickstart() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile = profile_dir();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "filament-examples",
-                    "--example",
-                    "quickstart",
-                ])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            assert!(cargo.status().expect("cargo runs").success());
-            let path = profile.join("examples").join("quickstart");
-            assert!(path.exists(), "{} was not built", path.display());
-            path
-        })
-        .clone()
-}
-
 #[test]
 fn the_quickstarts_trees_arrive_over_otlp_http() {
     let receiver = HttpReceiver::start();
     let spans = tempfile::tempdir().unwrap();
-    let mut command = Command::new(quickstart());
+    let mut command = Command::new(quickstart_bin());
     clear_otel(&mut command);
     let output = command
         .env("FILAMENT_TRACING_STARTUP_HOOK", JAEGER)
@@ -907,7 +879,7 @@ fn a_standing_cluster_started_with_the_jaeger_hook_delivers_the_quickstarts_span
     // The driver's OTEL_* variables go to its workers; pooled workers outlive the job, so their
     // batches leave on the schedule delay, made short here.
     let output = cluster
-        .command(&quickstart())
+        .command(&quickstart_bin())
         .env("FILAMENT_ADDRESS", "auto")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")

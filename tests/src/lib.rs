@@ -293,25 +293,44 @@ pub fn assert_worker_output_forwarded(run: &Run) {
     );
 }
 
-/// The `filament` binary, built fresh: `cargo test --workspace` builds it, but a test of this
-/// package alone would find an old one, or none.
+/// Builds `target` (`["--bin", "filament"]`, `["--example", "quickstart"]`) of `package` in this
+/// test's profile and returns `relative` under the profile's folder. `cargo test --workspace` builds
+/// them, but a test of one package alone would find an old one, or none.
+fn cargo_built(package: &str, target: [&str; 2], relative: &str) -> PathBuf {
+    let profile = profile_dir();
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--quiet", "-p", package])
+        .args(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("cargo runs");
+    assert!(status.success(), "building {package} {target:?} failed");
+    let path = profile.join(relative);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The `filament` binary, built fresh once per test process.
 pub fn filament_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
+        .get_or_init(|| cargo_built("filament", ["--bin", "filament"], "filament"))
+        .clone()
+}
+
+/// The quickstart example, built fresh once per test process.
+pub fn quickstart_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
         .get_or_init(|| {
-            let profile = profile_dir();
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo
-                .args(["build", "--quiet", "-p", "filament", "--bin", "filament"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile.file_name().is_some_and(|n| n == "release") {
-                cargo.arg("--release");
-            }
-            let status = cargo.status().expect("cargo runs");
-            assert!(status.success(), "building the filament binary failed");
-            let path = profile.join("filament");
-            assert!(path.exists(), "{} was not built", path.display());
-            path
+            cargo_built(
+                "filament-examples",
+                ["--example", "quickstart"],
+                "examples/quickstart",
+            )
         })
         .clone()
 }
