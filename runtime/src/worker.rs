@@ -5,7 +5,7 @@
 use crate::object::{GetError, ObjectId, TaskError};
 use crate::registry::{Args, registry};
 use crate::spans;
-use crate::spin::Activity;
+use crate::spin::{Activity, Turns};
 use crate::status::ProcessTracing;
 use crate::wire::{
     self, Conn, Execute, FrameReader, Outbox, TaskKind, TaskSpec, ToDriver, ToWorker,
@@ -36,7 +36,7 @@ pub(crate) struct WorkerCore {
     /// The connection's reading end. Threads take turns: the one holding it reads one message and,
     /// if it is a task it may run, runs it itself while another thread takes over reading (no
     /// hand-off between a reader and an executor on the way from the socket to the task).
-    reader: Mutex<FrameReader>,
+    turns: Turns,
     execution: Mutex<RunQueue>,
     /// Threads not running a task (reading, or waiting to read).
     idle: AtomicUsize,
@@ -267,7 +267,7 @@ fn serve(marker: &str) -> Result<(), String> {
         requests: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
         refs: Mutex::new(HashMap::new()),
-        reader: Mutex::new(reader),
+        turns: Turns::new(reader),
         execution: Mutex::new(RunQueue {
             allowed: 1,
             ..RunQueue::default()
@@ -374,7 +374,7 @@ impl WorkerCore {
             if self.retire_if_surplus() {
                 return;
             }
-            let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reader = self.turns.take(&self.activity);
             let message = self.activity.read::<ToWorker>(&mut reader);
             match message {
                 Ok(Some(ToWorker::Execute(task))) => {
@@ -696,6 +696,8 @@ impl WorkerCore {
         if queued || self.idle.load(Ordering::Acquire) == 0 {
             self.start_thread();
         }
+        // A thread waiting for its turn to read may be between two looks: the answer is read now.
+        self.turns.wake_all();
         let result = wait();
         if !actor {
             self.lock_run_queue().allowed -= 1;

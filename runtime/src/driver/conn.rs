@@ -5,12 +5,15 @@ use super::{Driver, Launcher, State};
 use crate::WorkerStartError;
 use crate::cluster::proto::ProcessStatus;
 use crate::registry::registry;
+use crate::spin::Activity;
 use crate::status::{HookState, ProcessKind, ProcessTracing};
 use crate::wire::{self, Conn, FrameReader, Outbox, ToDriver, ToWorker};
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 pub(super) enum Listener {
     Unix(UnixListener),
@@ -200,9 +203,18 @@ impl Driver {
             }
         }
         let _ = reader.stream().set_read_timeout(None);
+        let reading = Arc::new(Reading {
+            plain: !matches!(reader.stream(), Conn::Tls(_)),
+            reader: Mutex::new(reader),
+            activity: Activity::new(),
+            wanted: AtomicU32::new(0),
+            ended: AtomicBool::new(false),
+            thread: std::thread::current(),
+        });
         {
             let mut state = self.lock();
             state.conns.insert(worker, outbox.clone());
+            state.readers.insert(worker, Arc::clone(&reading));
             state.starting_since.remove(&worker);
             if state
                 .sched
@@ -212,6 +224,7 @@ impl Driver {
                 // Given up on (it came too late), or never asked for: what waited for it has
                 // failed already.
                 state.conns.remove(&worker);
+                state.readers.remove(&worker);
                 drop(state);
                 eprintln!("filament: worker {worker} (pid {pid}) came too late; it is sent away");
                 outbox.send(ToWorker::Shutdown);
@@ -220,26 +233,58 @@ impl Driver {
             self.unlock(state);
         }
 
-        // Messages that arrived together are handled under one lock, and what they cause is sent
-        // in one write per worker.
         // The reader spins a moment before sleeping in `read` (see `spin`): in a sequential
-        // conversation the worker's next message finds it awake.
-        let activity = crate::spin::Activity::new();
-        'connection: while let Ok(Some(message)) = activity.read::<ToDriver>(&mut reader) {
-            let mut state = self.lock();
-            Self::on_message(&mut state, worker, message);
-            while reader.has_buffered() {
-                match reader.read::<ToDriver>() {
-                    Ok(Some(message)) => Self::on_message(&mut state, worker, message),
-                    Ok(None) | Err(_) => {
-                        self.unlock(state);
-                        break 'connection;
-                    }
-                }
+        // conversation the worker's next message finds it awake. A thread waiting in `get` for a
+        // result from this worker takes over while it spins (see `Driver::read_while_waiting`).
+        loop {
+            let mut reader = reading.lock_reader();
+            if reading.ended.load(Ordering::Acquire) {
+                break;
             }
-            self.unlock(state);
+            if !reading
+                .activity
+                .until_readable(&reader, || reading.wanted.load(Ordering::Acquire) > 0)
+            {
+                drop(reader);
+                // Woken by the waiting thread if it leaves something to read; else it looks
+                // again within `GIVEN_WAY`.
+                while reading.wanted.load(Ordering::Acquire) > 0 {
+                    std::thread::park_timeout(GIVEN_WAY);
+                }
+                continue;
+            }
+            if !self.receive(worker, &reading.activity, &mut reader) {
+                break;
+            }
         }
         self.on_worker_exit(worker, pid);
+    }
+
+    /// Reads the worker's next message (blocking until it is whole) and those that came with it,
+    /// and hands them to the scheduler under one lock: what they cause is sent in one write per
+    /// worker. `false` once the connection ended.
+    pub(super) fn receive(
+        &self,
+        worker: u32,
+        activity: &Activity,
+        reader: &mut FrameReader,
+    ) -> bool {
+        let Ok(Some(message)) = activity.read_now::<ToDriver>(reader) else {
+            return false;
+        };
+        let mut state = self.lock();
+        Self::on_message(&mut state, worker, message);
+        while reader.has_buffered() {
+            match reader.read::<ToDriver>() {
+                Ok(Some(message)) => Self::on_message(&mut state, worker, message),
+                Ok(None) | Err(_) => {
+                    self.unlock(state);
+                    return false;
+                }
+            }
+        }
+        self.unlock(state);
+        true
     }
 
     /// A worker's message, to the scheduler (its output, printed by the shell).
@@ -254,7 +299,110 @@ impl Driver {
     pub(super) fn on_worker_exit(&self, worker: u32, pid: u32) {
         let mut state = self.lock();
         state.conns.remove(&worker);
+        state.readers.remove(&worker);
         state.sched.worker_exited(worker, pid);
         self.unlock(state);
+    }
+}
+
+/// How long a connection's thread that gave way to a thread waiting in `get` may leave the
+/// connection unread once that thread is done with it: what arrives then waits at most this long.
+const GIVEN_WAY: Duration = Duration::from_millis(1);
+
+/// A worker connection's reading end, read in turns: by the connection's own thread, and by a
+/// thread of the program waiting in `get` for a result this worker will send. That thread then
+/// reads the result itself instead of being handed it by the connection's thread: one thread
+/// fewer spinning on two cores, and no hand-off on the way from the socket to the caller.
+pub(super) struct Reading {
+    reader: Mutex<FrameReader>,
+    activity: Activity,
+    /// Not TLS: a TLS record may carry no message, and a thread in `get` must never block in a
+    /// read that might not end (its result may come from another worker).
+    plain: bool,
+    /// Threads in `get` that want to read: the connection's thread gives way to them.
+    wanted: AtomicU32,
+    /// A thread in `get` read the connection's end: the connection's thread winds it up.
+    ended: AtomicBool,
+    /// The connection's thread, woken when a thread in `get` is done with the connection.
+    thread: Thread,
+}
+
+impl Reading {
+    fn lock_reader(&self) -> MutexGuard<'_, FrameReader> {
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_lock_reader(&self) -> Option<MutexGuard<'_, FrameReader>> {
+        match self.reader.try_lock() {
+            Ok(reader) => Some(reader),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+impl Driver {
+    /// Reads `worker`'s connection from a thread waiting in `get` until a task completes (the
+    /// completion counter moves from `seen`) or `until`, whichever first, reading only what is
+    /// there (never blocking in a read). The connection's thread reads while this one cannot, and
+    /// takes over again within [`GIVEN_WAY`], or at once if this thread leaves something to read
+    /// or leaves without its result. (Waking it at every `get` would put a third thread spinning
+    /// on two cores between a result and the next task: a sequential round trip then takes
+    /// 30–45 µs instead of 17–20.)
+    pub(super) fn read_while_waiting(
+        &self,
+        worker: u32,
+        reading: &Reading,
+        seen: u64,
+        until: Instant,
+    ) {
+        if !reading.plain {
+            return;
+        }
+        let waiting = || self.completions.load(Ordering::Acquire) == seen;
+        reading.wanted.fetch_add(1, Ordering::AcqRel);
+        let mut hand_back = true;
+        while waiting() && Instant::now() < until {
+            // The connection's thread lets go of it at its next look, unless asleep in a read.
+            if let Some(mut reader) = reading.try_lock_reader() {
+                hand_back = self.read_until(worker, reading, &mut reader, waiting, until);
+                break;
+            }
+            std::thread::yield_now();
+        }
+        reading.wanted.fetch_sub(1, Ordering::AcqRel);
+        if hand_back {
+            reading.thread.unpark();
+        }
+    }
+
+    /// [`Driver::read_while_waiting`] holding the reader: reads what is there until nothing is
+    /// and `waiting` says the wait is over. Returns whether the connection's thread must take over
+    /// at once (the connection ended, or this thread stops without its result).
+    fn read_until(
+        &self,
+        worker: u32,
+        reading: &Reading,
+        reader: &mut FrameReader,
+        waiting: impl Fn() -> bool,
+        until: Instant,
+    ) -> bool {
+        loop {
+            if reading.ended.load(Ordering::Acquire) {
+                return true;
+            }
+            if reader.has_buffered() || crate::spin::readable(reader.stream()) {
+                if !self.receive(worker, &reading.activity, reader) {
+                    reading.ended.store(true, Ordering::Release);
+                    return true;
+                }
+            } else if !waiting() {
+                return false;
+            } else if Instant::now() >= until {
+                return true;
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }

@@ -37,8 +37,9 @@ const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(200);
 #[derive(Default)]
 struct State {
     sched: Scheduler,
-    /// Connected workers' connections.
+    /// Connected workers' connections: their sending ends, and their reading ends.
     conns: HashMap<u32, Outbox<ToWorker>>,
+    readers: HashMap<u32, Arc<conn::Reading>>,
     /// When each starting worker was launched: one that has not connected within
     /// [`Driver::start_timeout`] fails what waits for it.
     starting_since: HashMap<u32, Instant>,
@@ -322,10 +323,12 @@ impl Driver {
         }
     }
 
-    /// Waits until one of `ids` completes (or the runtime stops), for at most `timeout`. When
-    /// `spin`, it first spins (yielding) briefly: a result that arrives within microseconds then
-    /// costs no sleep and wake-up, the dominant cost of a short round trip. Only the wait for a
-    /// last result spins: a `get` of many would otherwise keep a core busy the whole batch long.
+    /// Waits until one of `ids` completes (or the runtime stops). When `spin`, it first spins
+    /// (yielding) briefly: a result that arrives within microseconds then costs no sleep and
+    /// wake-up, the dominant cost of a short round trip. If a single awaited task is on a worker,
+    /// it spins reading that worker's connection itself, as its thread would (see
+    /// [`Driver::read_while_waiting`]). Only the wait for a last result spins: a `get` of many
+    /// would otherwise keep a core busy the whole batch long.
     fn wait_for<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
@@ -335,8 +338,16 @@ impl Driver {
         state.sched.await_objects(ids);
         let seen = self.completions.load(Ordering::Acquire);
         if spin {
+            let holder = match ids {
+                [id] => state.sched.holder(*id),
+                _ => None,
+            };
+            let reading = holder.and_then(|w| Some((w, Arc::clone(state.readers.get(&w)?))));
             drop(state);
             let spin_until = Instant::now() + SPIN_BEFORE_SLEEP;
+            if let Some((worker, reading)) = reading {
+                self.read_while_waiting(worker, &reading, seen, spin_until);
+            }
             while Instant::now() < spin_until && self.completions.load(Ordering::Acquire) == seen {
                 std::thread::yield_now();
             }

@@ -20,6 +20,10 @@ use std::time::SystemTime;
 /// are not stuck there: a worker that falls idle takes them back (see [`Scheduler::steal`]).
 pub(super) const TASKS_IN_FLIGHT_PER_WORKER: i32 = 32;
 
+/// The most workers [`Scheduler::holder`] looks through (a look per worker; tasks are not indexed
+/// by worker, which would cost every task a map entry).
+const HOLDER_LOOKUP_LIMIT: usize = 64;
+
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
 
@@ -775,6 +779,18 @@ impl Scheduler {
         for id in ids {
             *self.awaited.entry(*id).or_insert(0) += 1;
         }
+    }
+
+    /// The worker that holds the task of `id` (running or queued there), if the cluster is small
+    /// enough to look: a hint for a thread about to wait for it.
+    pub(super) fn holder(&self, id: ObjectId) -> Option<u32> {
+        if self.workers.len() > HOLDER_LOOKUP_LIMIT {
+            return None;
+        }
+        self.workers
+            .iter()
+            .find(|(_, slot)| slot.held.contains_key(&id))
+            .map(|(worker, _)| *worker)
     }
 
     /// Undoes [`Scheduler::await_objects`].
