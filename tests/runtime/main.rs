@@ -898,6 +898,39 @@ fn workers_exit_when_the_driver_panics() {
     }
 }
 
+#[test]
+fn an_idle_cluster_burns_no_cpu_after_sequential_calls() {
+    // Readers spin briefly after a message, and threads waiting for their turn to read look every
+    // millisecond while the connection is busy: none of that may go on once the cluster is idle.
+    let run = run(&["idle-after-calls"]);
+    let stdout = String::from_utf8_lossy(&run.output.stdout);
+    let idle: Vec<(u32, u64, u64)> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("idle pid="))
+        .map(|l| {
+            let field = |name: &str| {
+                let at = l.find(name).unwrap() + name.len();
+                l[at..].split(' ').next().unwrap().parse::<u64>().unwrap()
+            };
+            (
+                l.split(' ').next().unwrap().parse().unwrap(),
+                field("cpu_ms="),
+                field("switches="),
+            )
+        })
+        .collect();
+    // The driver, two pool workers and the actor's process.
+    assert_eq!(idle.len(), 4, "{stdout}");
+    for (pid, cpu_ms, switches) in idle {
+        // A thread left spinning would use most of the second, one left polling would wake a
+        // thousand times; the driver's reaper looks for ended workers every 20 ms.
+        assert!(
+            cpu_ms < 100 && switches < 200,
+            "process {pid} used {cpu_ms} ms of CPU and was woken {switches} times in an idle second"
+        );
+    }
+}
+
 fn worker_pids(stdout: &str) -> Vec<u32> {
     stdout
         .lines()

@@ -583,6 +583,28 @@ fn main() -> ExitCode {
             let expected: i64 = (0..n as i64).map(|i| i + 1).sum();
             println!("sum={} expected={expected}", values.iter().sum::<i64>());
         }
+        "idle-after-calls" => {
+            // Sequential calls leave every reader hot; then the cluster idles for a second.
+            let counter = Counter::remote(0);
+            for i in 0..1000 {
+                assert_eq!(add::remote(i, 1).get().unwrap(), i + 1);
+                counter.incr(1).get().unwrap();
+            }
+            let pids: Vec<u32> = std::iter::once(std::process::id())
+                .chain(runtime.worker_pids().into_iter().map(|(_, pid)| pid))
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            let before: Vec<(u64, u64)> = pids.iter().map(|pid| cpu_and_switches(*pid)).collect();
+            std::thread::sleep(Duration::from_secs(1));
+            for (pid, (cpu, switches)) in pids.iter().zip(before) {
+                let (cpu_after, switches_after) = cpu_and_switches(*pid);
+                println!(
+                    "idle pid={pid} cpu_ms={} switches={}",
+                    (cpu_after - cpu) / 1_000_000,
+                    switches_after - switches
+                );
+            }
+        }
         "stalled-actor" => {
             let counter = Counter::remote(0);
             match counter.incr(1).get() {
@@ -659,4 +681,18 @@ fn main() -> ExitCode {
     }
     drop(runtime);
     ExitCode::SUCCESS
+}
+
+/// The CPU time all threads of process `pid` have used so far, in nanoseconds (the first field of
+/// each thread's `schedstat`), and how many times they were switched out (the second field: the
+/// times they went to sleep, or were preempted, and were run again).
+fn cpu_and_switches(pid: u32) -> (u64, u64) {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process is alive")
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+            Some((fields.next()??, fields.nth(1)??))
+        })
+        .fold((0, 0), |(cpu, switches), (c, s)| (cpu + c, switches + s))
 }
