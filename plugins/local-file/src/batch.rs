@@ -14,7 +14,7 @@
 use crate::{Frame, Frames, SpanFile};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use filament_plugin_api::{ProcessorError, ProcessorStats, SpanProcessor, SpanRecord};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -100,6 +100,8 @@ pub struct BatchFile {
     writer: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
     warned_full: AtomicBool,
+    /// The length of the last span's JSON: the next one's buffer is made that big.
+    span_size: AtomicUsize,
 }
 
 impl std::fmt::Debug for Message {
@@ -130,6 +132,7 @@ impl BatchFile {
             writer: Mutex::new(Some(writer)),
             closing: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
+            span_size: AtomicUsize::new(768),
         })
     }
 
@@ -191,8 +194,10 @@ impl SpanProcessor for BatchFile {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .of_record(span);
-        let mut json = Vec::with_capacity(768);
+        // Room for a span like the last one, so that the encoder does not grow the buffer.
+        let mut json = Vec::with_capacity(self.span_size.load(Ordering::Relaxed) + 128);
         let encoded = frame.and_then(|frame| crate::json::span(&mut json, span).map(|()| frame));
+        self.span_size.store(json.len(), Ordering::Relaxed);
         let frame = match encoded {
             Ok(frame) => frame,
             Err(error) => return self.file.count(Err(std::io::Error::other(error)), 1),

@@ -3,12 +3,12 @@
 //! message's field order, ids in lower-case hex, 64-bit integers as strings, enums as integers),
 //! less every field that holds its default value (empty strings and lists, zero counts, an unset
 //! status), which proto3's JSON mapping lets a writer leave out and every reader restores: a task
-//! span's line is half the size. Built without the message; strings and doubles go through
-//! `serde_json` itself, so escaping and number formatting are its own.
+//! span's line is half the size. Built without the message; strings that need escaping and doubles
+//! go through `serde_json` itself, so escaping and number formatting are its own; integers go
+//! through `itoa`, which `serde_json` uses for them too.
 
 use filament_plugin_api::{KeyValue, Scope, SpanKind, SpanRecord, StatusCode, Value};
 use serde_json::Result;
-use std::io::Write;
 
 /// Appends the JSON of `span` as an OTLP `Span` message.
 pub(crate) fn span(out: &mut Vec<u8>, span: &SpanRecord<'_>) -> Result<()> {
@@ -138,11 +138,7 @@ impl<'o> Object<'o> {
         string(self.out, s)
     }
 
-    fn number<N: std::fmt::Display + Default + PartialEq>(
-        &mut self,
-        name: &str,
-        n: N,
-    ) -> Result<()> {
+    fn number<N: itoa::Integer + Default + PartialEq>(&mut self, name: &str, n: N) -> Result<()> {
         if n == N::default() {
             return Ok(());
         }
@@ -150,7 +146,7 @@ impl<'o> Object<'o> {
         number(self.out, n)
     }
 
-    fn quoted_number<N: std::fmt::Display + Default + PartialEq>(
+    fn quoted_number<N: itoa::Integer + Default + PartialEq>(
         &mut self,
         name: &str,
         n: N,
@@ -273,25 +269,47 @@ fn scalar_string(out: &mut Vec<u8>, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// A JSON string, as `serde_json` writes it. Most keys and values need no escaping (no control
+/// character, quote or backslash: the only bytes `serde_json` escapes), and are copied whole after
+/// one branch-free scan; the others go through `serde_json`.
 fn string(out: &mut Vec<u8>, s: &str) -> Result<()> {
-    serde_json::to_writer(out, s)
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if !plain {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
-/// An integer, in decimal: what `serde_json` writes for one (`Display` of the integer types is the
-/// same).
-fn number(out: &mut Vec<u8>, n: impl std::fmt::Display) -> Result<()> {
-    write!(out, "{n}").map_err(serde_json::Error::io)
+/// An integer, in decimal: what `serde_json` writes for one (it uses `itoa` too).
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) -> Result<()> {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    Ok(())
 }
 
 /// A 64-bit integer as OTLP/JSON writes it: a decimal string.
-fn quoted_number(out: &mut Vec<u8>, n: impl std::fmt::Display) -> Result<()> {
-    write!(out, "\"{n}\"").map_err(serde_json::Error::io)
+fn quoted_number(out: &mut Vec<u8>, n: impl itoa::Integer) -> Result<()> {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(n).as_bytes();
+    out.reserve(digits.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(digits);
+    out.push(b'"');
+    Ok(())
 }
 
+/// Lower-case hex of an id (at most 16 bytes), appended in one piece.
 fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0xf)]);
+    let mut text = [0u8; 32];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
+    out.extend_from_slice(&text[..2 * bytes.len().min(16)]);
 }
