@@ -120,9 +120,28 @@ fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
     attributes.push(KeyValue::new("filament.function", spec_name.to_owned()));
     attributes.extend_from_slice(process);
     if let Some(task) = CURRENT_TASK.with(|t| t.get()) {
-        attributes.push(KeyValue::new("filament.task_id", task.to_string()));
+        attributes.push(KeyValue::new("filament.task_id", task_id(task)));
     }
     attributes
+}
+
+/// A task id as its `Display` writes it (16 lower-case hex digits), without `core::fmt`'s padding
+/// machinery: made for every traced task.
+fn task_id(task: crate::ObjectId) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16)
+        .rev()
+        .map(|nibble| char::from(DIGITS[((task.0 >> (4 * nibble)) & 0xf) as usize]))
+        .collect()
+}
+
+/// A span's name: the task's name and a suffix, in one allocation of the right size (`format!`
+/// is several times slower, and this is made for every traced task).
+fn span_name(name: &str, suffix: &str) -> String {
+    let mut span_name = String::with_capacity(name.len() + suffix.len());
+    span_name.push_str(name);
+    span_name.push_str(suffix);
+    span_name
 }
 
 /// The PRODUCER span of a submission; it ends when dropped, once the task is on its way.
@@ -145,7 +164,7 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     }
     let tracer = tracer();
     let span = tracer
-        .span_builder(format!("{} filament.remote", spec.name))
+        .span_builder(span_name(&spec.name, " filament.remote"))
         .with_kind(SpanKind::Producer)
         .with_attributes(attributes(&spec.name, &spec.kind))
         .start_with_context(&*tracer, &Context::current());
@@ -177,7 +196,7 @@ pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
     attributes.push(KeyValue::new(ATTEMPT, i64::from(lost.attempt)));
     attributes.push(KeyValue::new("filament.recorded_by", "driver"));
     let mut builder = tracer
-        .span_builder(format!("{} filament.remote_worker", lost.name))
+        .span_builder(span_name(&lost.name, " filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes);
     if let Some(started) = lost.started {
@@ -228,7 +247,7 @@ pub(crate) fn on_execute(
         attributes.push(KeyValue::new(ATTEMPT, i64::from(attempt)));
     }
     let span: BoxedSpan = tracer
-        .span_builder(format!("{name} filament.remote_worker"))
+        .span_builder(span_name(name, " filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .start_with_context(&*tracer, &parent);
@@ -281,5 +300,20 @@ impl Drop for FinishedConsumerSpan {
         if let Some(cx) = self.0.take() {
             cx.span().end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn task_ids_and_span_names_are_what_format_makes() {
+        for id in [0, 1, 0xabc, 0x0002_0000_0000_0001, u64::MAX] {
+            let id = crate::ObjectId(id);
+            assert_eq!(super::task_id(id), id.to_string());
+        }
+        assert_eq!(
+            super::span_name("m::f", " filament.remote"),
+            "m::f filament.remote"
+        );
     }
 }
