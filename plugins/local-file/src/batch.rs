@@ -96,6 +96,7 @@ enum Message {
 pub struct BatchFile {
     file: Arc<SpanFile>,
     frames: Mutex<Frames>,
+    memo: Mutex<crate::json::AttributeMemo>,
     queue: Sender<Message>,
     writer: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
@@ -128,6 +129,7 @@ impl BatchFile {
         Ok(BatchFile {
             file,
             frames: Mutex::new(Frames::default()),
+            memo: Mutex::default(),
             queue,
             writer: Mutex::new(Some(writer)),
             closing: AtomicBool::new(false),
@@ -196,7 +198,16 @@ impl SpanProcessor for BatchFile {
             .of_record(span);
         // Room for a span like the last one, so that the encoder does not grow the buffer.
         let mut json = Vec::with_capacity(self.span_size.load(Ordering::Relaxed) + 128);
-        let encoded = frame.and_then(|frame| crate::json::span(&mut json, span).map(|()| frame));
+        // The memo if no other thread is encoding with it (never waits for it).
+        let mut memo = match self.memo.try_lock() {
+            Ok(memo) => Some(memo),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let encoded = frame.and_then(|frame| {
+            crate::json::span(&mut json, span, memo.as_deref_mut()).map(|()| frame)
+        });
+        drop(memo);
         self.span_size.store(json.len(), Ordering::Relaxed);
         let frame = match encoded {
             Ok(frame) => frame,
