@@ -1,21 +1,24 @@
 //! The batched mode (`FILAMENT_LOCAL_FILE_MODE=batch`): many spans per line under one resource.
 //!
-//! The thread that ends a span encodes it (the record is borrowed, so it cannot wait) and hands the
-//! bytes to a bounded queue without blocking; a full queue drops the span and counts it. One writer
-//! thread joins queued spans of the same resource and scope into one line and writes it with the
-//! span file's single `write` (whole lines, a deleted file made again) when the line holds
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, when `OTEL_BSP_SCHEDULE_DELAY` has passed since its first
-//! span, at `force_flush` and at `shutdown`.
+//! The thread that ends a span encodes it (the record is borrowed, so it cannot wait) straight
+//! into the queue, a buffer shared with the writer thread (no allocation, no message per span); a
+//! full queue (`OTEL_BSP_MAX_QUEUE_SIZE` spans) drops the span and counts it. One writer thread
+//! takes the whole queue at once when it holds `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, when
+//! `OTEL_BSP_SCHEDULE_DELAY` has passed since its first span, at `force_flush` and at `shutdown`,
+//! and writes it as lines of spans of the same resource and scope, at most
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` per line, each with the span file's single `write` (whole
+//! lines, a deleted file made again).
 //!
-//! What a process that exits without shutting down loses: the spans still queued or in the line
-//! being built, at most those that ended in the last `OTEL_BSP_SCHEDULE_DELAY`. What reached the
-//! file is whole lines, every span at most once.
+//! What a process that exits without shutting down loses: the spans still queued, at most those
+//! that ended in the last `OTEL_BSP_SCHEDULE_DELAY`. What reached the file is whole lines, every
+//! span at most once.
 
+use crate::json::AttributeMemo;
 use crate::{Frame, Frames, SpanFile};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use filament_plugin_api::{ProcessorError, ProcessorStats, SpanProcessor, SpanRecord};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -85,56 +88,105 @@ impl BatchConfig {
     }
 }
 
+/// What the writer thread is told; spans themselves go through [`Queue`].
 enum Message {
-    Span(Arc<Frame>, Vec<u8>),
+    /// The queue holds a batch of spans, or its first span while the writer was idle.
+    Wake,
     Flush(Sender<()>),
     Shutdown(Sender<()>),
+}
+
+/// The spans waiting for the writer, and what encoding them needs, under one lock.
+#[derive(Debug, Default)]
+struct Queue {
+    frames: Frames,
+    memo: AttributeMemo,
+    pending: Pending,
+    /// The writer has nothing to do and waits for a message: the next span must wake it.
+    writer_idle: bool,
+    /// The writer has taken its last spans: later ones are dropped.
+    closed: bool,
+}
+
+/// Encoded spans, already as the lines they will be written in: each line a frame's head, its
+/// spans (at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) and, but for the last line, its tail.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Each line's frame and its number of spans, in order.
+    lines: Vec<(Arc<Frame>, usize)>,
+    spans: usize,
+    /// When the first of them was queued.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.spans
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lines.clear();
+        self.spans = 0;
+        self.since = None;
+        if self.bytes.capacity() > 4 << 20 {
+            self.bytes.shrink_to(1 << 20);
+        }
+    }
 }
 
 /// A span file written in batches by a thread of its own.
 #[derive(Debug)]
 pub struct BatchFile {
     file: Arc<SpanFile>,
-    frames: Mutex<Frames>,
-    memo: Mutex<crate::json::AttributeMemo>,
-    queue: Sender<Message>,
+    queue: Arc<Mutex<Queue>>,
+    messages: Sender<Message>,
+    config: BatchConfig,
     writer: Mutex<Option<JoinHandle<()>>>,
     closing: AtomicBool,
     warned_full: AtomicBool,
-    /// The length of the last span's JSON: the next one's buffer is made that big.
-    span_size: AtomicUsize,
 }
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Message::Span(..) => "Span",
+            Message::Wake => "Wake",
             Message::Flush(_) => "Flush",
             Message::Shutdown(_) => "Shutdown",
         })
     }
 }
 
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl BatchFile {
     /// Starts the writer thread of `file`.
     pub fn start(file: SpanFile, config: BatchConfig) -> std::io::Result<Self> {
         let file = Arc::new(file);
-        let (queue, spans) = crossbeam_channel::bounded(config.max_queue_size);
+        let queue = Arc::new(Mutex::new(Queue {
+            writer_idle: true,
+            ..Queue::default()
+        }));
+        // Wakes, flushes and a shutdown only: a few at a time at most.
+        let (messages, inbox) = crossbeam_channel::bounded(16);
         let writer = {
             let file = Arc::clone(&file);
+            let queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name("filament-local-file".into())
-                .spawn(move || write_batches(&file, &spans, config))?
+                .spawn(move || write_batches(&file, &queue, &inbox, config))?
         };
         Ok(BatchFile {
             file,
-            frames: Mutex::new(Frames::default()),
-            memo: Mutex::default(),
             queue,
+            messages,
+            config,
             writer: Mutex::new(Some(writer)),
             closing: AtomicBool::new(false),
             warned_full: AtomicBool::new(false),
-            span_size: AtomicUsize::new(768),
         })
     }
 
@@ -161,7 +213,7 @@ impl BatchFile {
     ) -> Result<(), ProcessorError> {
         let deadline = Instant::now() + timeout;
         let (done, answer) = crossbeam_channel::bounded(1);
-        match self.queue.send_deadline(message(done), deadline) {
+        match self.messages.send_deadline(message(done), deadline) {
             Ok(()) => {}
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {
                 return Err(ProcessorError::Timeout(timeout.into()));
@@ -185,40 +237,72 @@ impl SpanProcessor for BatchFile {
         format!("local-file {} (batch)", self.file.path().display())
     }
 
-    /// Called on the thread that ended the span: encodes it and queues it, never waiting.
+    /// Called on the thread that ended the span: encodes it into the queue, never waiting for
+    /// the writer (only for another thread encoding a span, or the writer taking the queue).
     fn on_end(&self, span: &SpanRecord<'_>) {
         if self.closing.load(Ordering::Relaxed) {
             self.file.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let frame = self
-            .frames
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .of_record(span);
-        // Room for a span like the last one, so that the encoder does not grow the buffer.
-        let mut json = Vec::with_capacity(self.span_size.load(Ordering::Relaxed) + 128);
-        // The memo if no other thread is encoding with it (never waits for it).
-        let mut memo = match self.memo.try_lock() {
-            Ok(memo) => Some(memo),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        };
-        let encoded = frame.and_then(|frame| {
-            crate::json::span(&mut json, span, memo.as_deref_mut()).map(|()| frame)
-        });
-        drop(memo);
-        self.span_size.store(json.len(), Ordering::Relaxed);
-        let frame = match encoded {
-            Ok(frame) => frame,
-            Err(error) => return self.file.count(Err(std::io::Error::other(error)), 1),
-        };
-        match self.queue.try_send(Message::Span(frame, json)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.drop_span(&format!(
+        let mut guard = lock(&self.queue);
+        let queue = &mut *guard;
+        if queue.closed {
+            drop(guard);
+            self.file.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if queue.pending.len() >= self.config.max_queue_size {
+            drop(guard);
+            return self.drop_span(&format!(
                 "the queue of spans to write is full ({MAX_QUEUE_SIZE_KEY})"
-            )),
-            Err(TrySendError::Disconnected(_)) => self.drop_span("the span writer thread is gone"),
+            ));
+        }
+        let pending = &mut queue.pending;
+        let start = pending.bytes.len();
+        let encoded = queue.frames.of_record(span).and_then(|frame| {
+            // A new line when the frame changes or the line is full: the last one's tail, then
+            // this one's head.
+            let new_line = match pending.lines.last() {
+                Some((last, spans)) => {
+                    !Arc::ptr_eq(last, &frame) || *spans >= self.config.max_export_batch_size
+                }
+                None => true,
+            };
+            match pending.lines.last() {
+                Some((last, _)) if new_line => pending.bytes.extend_from_slice(&last.tail),
+                Some(_) => pending.bytes.push(b','),
+                None => {}
+            }
+            if new_line {
+                pending.bytes.extend_from_slice(&frame.head);
+            }
+            crate::json::span(&mut pending.bytes, span, Some(&mut queue.memo))
+                .map(|()| (frame, new_line))
+        });
+        match encoded {
+            Ok((frame, true)) => pending.lines.push((frame, 1)),
+            Ok((_, false)) => {
+                if let Some((_, spans)) = pending.lines.last_mut() {
+                    *spans += 1;
+                }
+            }
+            Err(error) => {
+                pending.bytes.truncate(start);
+                drop(guard);
+                return self.file.count(Err(std::io::Error::other(error)), 1);
+            }
+        }
+        pending.spans += 1;
+        let queued = pending.len();
+        if queued == 1 {
+            pending.since = Some(Instant::now());
+        }
+        let wake = queued == self.config.max_export_batch_size
+            || (queued == 1 && std::mem::take(&mut queue.writer_idle));
+        drop(guard);
+        if wake {
+            // A full inbox already holds a message that makes the writer look at the queue.
+            let _ = self.messages.try_send(Message::Wake);
         }
     }
 
@@ -248,85 +332,66 @@ impl SpanProcessor for BatchFile {
     }
 }
 
-/// The writer thread: joins spans into lines and writes them.
-fn write_batches(file: &SpanFile, spans: &Receiver<Message>, config: BatchConfig) {
-    let mut line = Line::default();
+/// The writer thread: takes the queued spans when they are due and writes them as lines.
+fn write_batches(
+    file: &SpanFile,
+    queue: &Mutex<Queue>,
+    messages: &Receiver<Message>,
+    config: BatchConfig,
+) {
+    // What was taken from the queue, swapped with the queue's buffers so that neither side
+    // allocates once both have grown.
+    let mut taken = Pending::default();
     loop {
-        let message = match line.due {
-            Some(due) => spans.recv_deadline(due),
-            None => spans.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        let due = {
+            let mut queue = lock(queue);
+            let since = queue.pending.since;
+            // Nothing queued: the next span wakes the writer.
+            queue.writer_idle = since.is_none();
+            since.map(|since| since + config.schedule_delay)
         };
-        match message {
-            Ok(Message::Span(frame, json)) => {
-                if line.frame.as_ref().is_some_and(|f| !Arc::ptr_eq(f, &frame)) {
-                    line.write(file);
-                }
-                line.add(frame, &json, config.schedule_delay);
-                if line.spans as usize >= config.max_export_batch_size {
-                    line.write(file);
-                }
+        let message = match due {
+            Some(due) => messages.recv_deadline(due),
+            None => messages.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let (done, last) = match message {
+            Ok(Message::Wake) | Err(RecvTimeoutError::Timeout) => (None, false),
+            Ok(Message::Flush(done)) => (Some(done), false),
+            Ok(Message::Shutdown(done)) => (Some(done), true),
+            Err(RecvTimeoutError::Disconnected) => (None, true),
+        };
+        {
+            let mut queue = lock(queue);
+            let due = queue
+                .pending
+                .since
+                .is_some_and(|since| since + config.schedule_delay <= Instant::now());
+            if done.is_some() || last || due || queue.pending.len() >= config.max_export_batch_size
+            {
+                std::mem::swap(&mut queue.pending, &mut taken);
             }
-            Ok(Message::Flush(done)) => {
-                line.write(file);
-                let _ = done.send(());
-            }
-            Ok(Message::Shutdown(done)) => {
-                line.write(file);
-                // Spans that raced with the shutdown are not written: counted.
-                let late = spans
-                    .try_iter()
-                    .filter(|m| matches!(m, Message::Span(..)))
-                    .count();
-                file.dropped.fetch_add(late as u64, Ordering::Relaxed);
-                let _ = done.send(());
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => line.write(file),
-            Err(RecvTimeoutError::Disconnected) => {
-                line.write(file);
-                return;
-            }
+            queue.closed = last;
         }
-    }
-}
-
-/// The line being built: its frame's head, the spans so far, and when it is due.
-#[derive(Default)]
-struct Line {
-    frame: Option<Arc<Frame>>,
-    bytes: Vec<u8>,
-    spans: u64,
-    due: Option<Instant>,
-}
-
-impl Line {
-    fn add(&mut self, frame: Arc<Frame>, json: &[u8], delay: Duration) {
-        if self.spans == 0 {
-            self.bytes.clear();
-            self.bytes.extend_from_slice(&frame.head);
-            self.frame = Some(frame);
-            self.due = Some(Instant::now() + delay);
-        } else {
-            self.bytes.push(b',');
+        write_taken(file, &mut taken);
+        if let Some(done) = done {
+            let _ = done.send(());
         }
-        self.bytes.extend_from_slice(json);
-        self.spans += 1;
-    }
-
-    fn write(&mut self, file: &SpanFile) {
-        let Some(frame) = self.frame.take() else {
+        if last {
             return;
-        };
-        self.bytes.extend_from_slice(&frame.tail);
-        let mut state = file.lock();
-        let result = file.write_spans(&mut state, &self.bytes, self.spans);
-        drop(state);
-        file.count(result, self.spans);
-        self.spans = 0;
-        self.due = None;
-        self.bytes.clear();
-        if self.bytes.capacity() > 4 << 20 {
-            self.bytes.shrink_to(1 << 20);
         }
     }
+}
+
+/// Writes the taken lines (closing the last) with one `write`, and empties them.
+fn write_taken(file: &SpanFile, taken: &mut Pending) {
+    let Some((last, _)) = taken.lines.last() else {
+        return;
+    };
+    taken.bytes.extend_from_slice(&last.tail);
+    let spans = taken.spans as u64;
+    let mut state = file.lock();
+    let result = file.write_spans(&mut state, &taken.bytes, spans);
+    drop(state);
+    file.count(result, spans);
+    taken.clear();
 }
