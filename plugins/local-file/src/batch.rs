@@ -110,11 +110,12 @@ struct Queue {
 
 /// Encoded spans, already as the lines they will be written in: each line a frame's head, its
 /// spans (at most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`) and, but for the last line, its tail.
+/// (Each line is written with a `write` of its own, so that a failed write loses one line.)
 #[derive(Debug, Default)]
 struct Pending {
     bytes: Vec<u8>,
-    /// Each line's frame and its number of spans, in order.
-    lines: Vec<(Arc<Frame>, usize)>,
+    /// Each line's frame, number of spans and start in `bytes`, in order.
+    lines: Vec<(Arc<Frame>, usize, usize)>,
     spans: usize,
     /// When the first of them was queued.
     since: Option<Instant>,
@@ -263,26 +264,27 @@ impl SpanProcessor for BatchFile {
             // A new line when the frame changes or the line is full: the last one's tail, then
             // this one's head.
             let new_line = match pending.lines.last() {
-                Some((last, spans)) => {
+                Some((last, spans, _)) => {
                     !Arc::ptr_eq(last, &frame) || *spans >= self.config.max_export_batch_size
                 }
                 None => true,
             };
             match pending.lines.last() {
-                Some((last, _)) if new_line => pending.bytes.extend_from_slice(&last.tail),
+                Some((last, _, _)) if new_line => pending.bytes.extend_from_slice(&last.tail),
                 Some(_) => pending.bytes.push(b','),
                 None => {}
             }
+            let line_start = pending.bytes.len();
             if new_line {
                 pending.bytes.extend_from_slice(&frame.head);
             }
             crate::json::span(&mut pending.bytes, span, Some(&mut queue.memo))
-                .map(|()| (frame, new_line))
+                .map(|()| (frame, new_line.then_some(line_start)))
         });
         match encoded {
-            Ok((frame, true)) => pending.lines.push((frame, 1)),
-            Ok((_, false)) => {
-                if let Some((_, spans)) = pending.lines.last_mut() {
+            Ok((frame, Some(line_start))) => pending.lines.push((frame, 1, line_start)),
+            Ok((_, None)) => {
+                if let Some((_, spans, _)) = pending.lines.last_mut() {
                     *spans += 1;
                 }
             }
@@ -382,16 +384,22 @@ fn write_batches(
     }
 }
 
-/// Writes the taken lines (closing the last) with one `write`, and empties them.
+/// Writes the taken lines (closing the last), each with one `write`, and empties them.
 fn write_taken(file: &SpanFile, taken: &mut Pending) {
-    let Some((last, _)) = taken.lines.last() else {
+    let Some((last, _, _)) = taken.lines.last() else {
         return;
     };
     taken.bytes.extend_from_slice(&last.tail);
-    let spans = taken.spans as u64;
     let mut state = file.lock();
-    let result = file.write_spans(&mut state, &taken.bytes, spans);
+    for (index, (_, spans, start)) in taken.lines.iter().enumerate() {
+        let end = taken
+            .lines
+            .get(index + 1)
+            .map_or(taken.bytes.len(), |(_, _, next)| *next);
+        let spans = *spans as u64;
+        let result = file.write_spans(&mut state, &taken.bytes[*start..end], spans);
+        file.count(result, spans);
+    }
     drop(state);
-    file.count(result, spans);
     taken.clear();
 }

@@ -308,7 +308,7 @@ impl SpanFile {
         result
     }
 
-    /// Writes whole lines holding `spans` spans in all, or nothing.
+    /// Writes a line of `spans` spans whole, or not at all.
     fn write_spans(&self, state: &mut FileState, line: &[u8], spans: u64) -> io::Result<()> {
         if state.checked.elapsed() >= UNLINK_CHECK_INTERVAL {
             self.reopen_if_deleted(state);
