@@ -99,7 +99,13 @@ pub(crate) fn process_attributes() -> Vec<KeyValue> {
     PROCESS_ATTRIBUTES.get().cloned().unwrap_or_default()
 }
 
-fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
+/// The attributes of a task's span; `function` is its name (`spec_name`), shared rather than copied
+/// where the caller holds it in an `Arc`.
+fn attributes(
+    spec_name: &str,
+    function: opentelemetry::StringValue,
+    kind: &TaskKind,
+) -> Vec<KeyValue> {
     let process = PROCESS_ATTRIBUTES
         .get()
         .map(Vec::as_slice)
@@ -117,7 +123,7 @@ fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
             attributes.push(KeyValue::new("filament.actor_id", format!("{actor:016x}")));
         }
     }
-    attributes.push(KeyValue::new("filament.function", spec_name.to_owned()));
+    attributes.push(KeyValue::new("filament.function", function));
     attributes.extend_from_slice(process);
     if let Some(task) = CURRENT_TASK.with(|t| t.get()) {
         attributes.push(KeyValue::new("filament.task_id", task_id(task)));
@@ -166,7 +172,11 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     let span = tracer
         .span_builder(span_name(&spec.name, " filament.remote"))
         .with_kind(SpanKind::Producer)
-        .with_attributes(attributes(&spec.name, &spec.kind))
+        .with_attributes(attributes(
+            &spec.name,
+            Arc::clone(&spec.name).into(),
+            &spec.kind,
+        ))
         .start_with_context(&*tracer, &Context::current());
     let cx = Context::current_with_span(span);
     opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -192,7 +202,7 @@ pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
     });
     let tracer = tracer();
     let message = lost.error.to_string();
-    let mut attributes = attributes(&lost.name, &lost.kind);
+    let mut attributes = attributes(&lost.name, lost.name.clone().into(), &lost.kind);
     attributes.push(KeyValue::new(ATTEMPT, i64::from(lost.attempt)));
     attributes.push(KeyValue::new("filament.recorded_by", "driver"));
     let mut builder = tracer
@@ -226,7 +236,7 @@ pub(crate) struct ConsumerSpan {
 /// task makes are its children and tasks it submits continue the trace.
 pub(crate) fn on_execute(
     id: crate::ObjectId,
-    name: &str,
+    name: &Arc<str>,
     kind: &TaskKind,
     trace_context: &[(String, String)],
     attempt: u32,
@@ -242,7 +252,7 @@ pub(crate) fn on_execute(
         propagator.extract(&Reader(trace_context))
     });
     let tracer = tracer();
-    let mut attributes = attributes(name, kind);
+    let mut attributes = attributes(name, Arc::clone(name).into(), kind);
     if attempt > 0 {
         attributes.push(KeyValue::new(ATTEMPT, i64::from(attempt)));
     }
