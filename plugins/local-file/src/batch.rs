@@ -368,9 +368,13 @@ fn write_batches(
                 .pending
                 .since
                 .is_some_and(|since| since + config.schedule_delay <= Instant::now());
-            if done.is_some() || last || due || queue.pending.len() >= config.max_export_batch_size
-            {
+            let everything = done.is_some() || last || due;
+            if everything || queue.pending.len() >= config.max_export_batch_size {
                 std::mem::swap(&mut queue.pending, &mut taken);
+                if !everything {
+                    // Taken for its full lines: a last line still filling stays queued.
+                    requeue_last_line(&mut taken, &mut queue.pending, config.max_export_batch_size);
+                }
             }
             queue.closed = last;
         }
@@ -382,6 +386,30 @@ fn write_batches(
             return;
         }
     }
+}
+
+/// Moves the last taken line back to the (empty) queue if it holds fewer than `per_line` spans and
+/// is not the only line, so that lines fill up as spans come rather than being cut when taken.
+fn requeue_last_line(taken: &mut Pending, queue: &mut Pending, per_line: usize) {
+    let [.., (before, _, _), (_, spans, start)] = taken.lines.as_slice() else {
+        return;
+    };
+    let (spans, start) = (*spans, *start);
+    if spans >= per_line || !queue.lines.is_empty() {
+        return;
+    }
+    // The line before it is closed: its tail ends right where this line starts.
+    let closed = start - before.tail.len();
+    let Some((frame, _, _)) = taken.lines.pop() else {
+        return;
+    };
+    queue.bytes.extend_from_slice(&taken.bytes[start..]);
+    queue.lines.push((frame, spans, 0));
+    queue.spans = spans;
+    // Not later than its spans were queued: at most the delay after the first taken span.
+    queue.since = taken.since;
+    taken.bytes.truncate(closed);
+    taken.spans -= spans;
 }
 
 /// Writes the taken lines (closing the last), each with one `write`, and empties them.
@@ -402,4 +430,87 @@ fn write_taken(file: &SpanFile, taken: &mut Pending) {
     }
     drop(state);
     taken.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filament_plugin_api::{
+        KeyValue, Resource, Scope, SpanId, SpanKind, Status, StatusCode, TraceId, Value,
+    };
+    use opentelemetry_proto::tonic::trace::v1::TracesData;
+
+    fn record<'a>(name: &'a str, resource: &'a [KeyValue<'a>]) -> SpanRecord<'a> {
+        SpanRecord {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: SpanId([0; 8]),
+            parent_is_remote: false,
+            trace_flags: 1,
+            trace_state: "".into(),
+            name: name.into(),
+            kind: SpanKind::Internal,
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: resource.into(),
+            dropped_attributes_count: 0,
+            events: (&[][..]).into(),
+            dropped_events_count: 0,
+            links: (&[][..]).into(),
+            dropped_links_count: 0,
+            status: Status {
+                code: StatusCode::Unset,
+                description: "".into(),
+            },
+            scope: Scope {
+                name: "batch-test".into(),
+                version: "".into(),
+                schema_url: "".into(),
+                attributes: (&[][..]).into(),
+            },
+            resource: Resource {
+                attributes: resource.into(),
+                schema_url: "".into(),
+                id: 7,
+            },
+        }
+    }
+
+    #[test]
+    fn lines_fill_up_to_the_batch_size_in_order_whenever_the_writer_takes_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SpanFile::create(dir.path(), 1).unwrap();
+        let path = file.path().to_owned();
+        let config = BatchConfig {
+            schedule_delay: Duration::from_secs(3600),
+            max_queue_size: 1000,
+            max_export_batch_size: 3,
+        };
+        let batch = BatchFile::start(file, config).unwrap();
+        let resource = [KeyValue::new("service.name", Value::Str("svc".into()))];
+        let names: Vec<String> = (0..100).map(|i| format!("span-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            batch.on_end(&record(name, &resource));
+            if i % 7 == 0 {
+                // Let the writer take the queue at various points of a line.
+                std::thread::yield_now();
+            }
+        }
+        batch.force_flush(Duration::from_secs(30)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut per_line = Vec::new();
+        let mut written = Vec::new();
+        for line in text.lines() {
+            let data: TracesData = serde_json::from_str(line).unwrap();
+            let spans = &data.resource_spans[0].scope_spans[0].spans;
+            per_line.push(spans.len());
+            written.extend(spans.iter().map(|s| s.name.clone()));
+        }
+        assert_eq!(written, names, "every span once, in order");
+        let mut expected = vec![3; 33];
+        expected.push(1);
+        assert_eq!(per_line, expected);
+        batch.shutdown(Duration::from_secs(30)).unwrap();
+        assert_eq!(batch.stats().exported, 100);
+    }
 }
