@@ -120,6 +120,8 @@ impl<'o> Object<'o> {
     }
 
     /// Writes `"name":`, after a comma unless it is the first field.
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     pub(crate) fn key(&mut self, name: &str) {
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
@@ -133,6 +135,8 @@ impl<'o> Object<'o> {
         self.out.push(b'}');
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     fn hex(&mut self, name: &str, bytes: &[u8]) {
         self.key(name);
         self.out.push(b'"');
@@ -140,6 +144,8 @@ impl<'o> Object<'o> {
         self.out.push(b'"');
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     pub(crate) fn string(&mut self, name: &str, s: &str) -> Result<()> {
         if s.is_empty() {
             return Ok(());
@@ -148,6 +154,8 @@ impl<'o> Object<'o> {
         string(self.out, s)
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     fn number<N: itoa::Integer + Default + PartialEq>(&mut self, name: &str, n: N) -> Result<()> {
         if n == N::default() {
             return Ok(());
@@ -156,6 +164,8 @@ impl<'o> Object<'o> {
         number(self.out, n)
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     fn quoted_number<N: itoa::Integer + Default + PartialEq>(
         &mut self,
         name: &str,
