@@ -16,7 +16,8 @@
 //! - `simple` (the default): each span is written when it ends, one span per line, with one
 //!   appending `write` of the whole line: a reader sees it at once, and a crash never leaves half a
 //!   line. Nothing is buffered in the process, so nothing is lost when it exits, however it exits.
-//! - `batch`: the thread that ends a span encodes it and queues it without blocking
+//! - `batch`: the thread that ends a span encodes it into a queue without waiting for the writer
+//!   (only, briefly, for another thread encoding a span or the writer taking the queue)
 //!   (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048; a full queue drops the span and counts it); a writer thread
 //!   writes many spans per line, under one resource, when a line holds
 //!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512) spans, when `OTEL_BSP_SCHEDULE_DELAY` (5000 ms) has
