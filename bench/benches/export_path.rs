@@ -1,4 +1,4 @@
-//! The per-span cost of Filament's export path, in three variants measured in one run:
+//! The per-span cost of Filament's export path, in four variants measured in one run:
 //!
 //! - **floor**: an `opentelemetry_sdk` tracer provider whose only span processor does nothing: what
 //!   making a span costs before anyone exports it;
@@ -9,7 +9,11 @@
 //! - **abi**: the real path, `filament::tracing::Tracing` loading `libfilament_local_file.so`: host
 //!   provider → bridge → borrowed `SpanRecord` → plugin processor across the ABI → the same writer,
 //!   which encodes the span straight from the record instead of building the OTLP message first
-//!   (same bytes).
+//!   (same bytes);
+//! - **batch**: the same as abi with `FILAMENT_LOCAL_FILE_MODE=batch` (a queue large enough that no
+//!   span is dropped): the thread that ends a span encodes it into the queue, the plugin's writer
+//!   thread writes lines of many spans. A sample's time runs until a `force_flush` has written
+//!   every span, so it counts the writer's work too (in parallel, on a machine with a core free).
 //!
 //! `abi / native` is the price of the plugin boundary less what the plugin's direct encoding saves
 //! (below 1 since it has encoded from the record); `native - floor` is what exporting costs.
@@ -205,6 +209,8 @@ struct Variant {
     /// Keeps the ABI variant's tracing (and its plugin processor) alive.
     guard: Option<TracingGuard>,
     native_failures: Option<Arc<AtomicU64>>,
+    /// Whether the spans go many to a line (batch mode).
+    batched: bool,
     /// Spans made so far, warm-up included.
     spans: u64,
     /// Lines found in the span file so far.
@@ -231,6 +237,7 @@ impl Variant {
             file,
             guard: None,
             native_failures: None,
+            batched: false,
             spans: 0,
             lines: 0,
             bytes: 0,
@@ -245,11 +252,23 @@ impl Variant {
     fn run(&mut self, n: usize, task_ids: &[StringValue]) -> f64 {
         let start = Instant::now();
         make_spans(&self.tracer, n, task_ids);
+        if self.batched {
+            let guard = self.guard.as_ref().expect("the batch variant's guard");
+            guard
+                .force_flush()
+                .unwrap_or_else(|e| panic!("{}: force_flush failed: {e}", self.name));
+        }
         let elapsed = start.elapsed();
         self.spans += n as u64;
         if let Some(path) = &self.file {
             let (lines, bytes, last_line) = count_lines(path);
-            self.lines += lines;
+            // A batched line holds many spans: count them by their `"kind":` field, which every
+            // span has (and events and links have not).
+            self.lines += if self.batched {
+                count_spans(path)
+            } else {
+                lines
+            };
             self.bytes += bytes;
             self.last_line = last_line;
             OpenOptions::new()
@@ -298,7 +317,16 @@ fn native() -> Variant {
 }
 
 fn abi(plugin: &Path) -> Variant {
-    let dir = temp_dir("abi");
+    abi_variant("abi", plugin, false)
+}
+
+fn batch(plugin: &Path) -> Variant {
+    abi_variant("batch", plugin, true)
+}
+
+fn abi_variant(name: &'static str, plugin: &Path, batched: bool) -> Variant {
+    let dir = temp_dir(name);
+    let mode = if batched { "batch" } else { "simple" };
     let guard = Tracing::new(format!("{}:setup_tracing", plugin.display()))
         .role(ProcessRole::Worker)
         .job_id(JOB_ID)
@@ -308,16 +336,25 @@ fn abi(plugin: &Path) -> Variant {
             filament_local_file::SPANS_DIR_KEY,
             dir.path().to_str().expect("a UTF-8 temporary path"),
         )
+        .config(filament_local_file::MODE_KEY, mode)
+        .config(filament_local_file::MAX_QUEUE_SIZE_KEY, "1000000")
         .build()
-        .unwrap_or_else(|e| panic!("abi: the local-file hook failed to set up: {e}"));
+        .unwrap_or_else(|e| panic!("{name}: the local-file hook failed to set up: {e}"));
     let provider = guard
         .provider()
-        .expect("abi: no tracer provider (is OTEL_SDK_DISABLED=true?)")
+        .unwrap_or_else(|| panic!("{name}: no tracer provider (is OTEL_SDK_DISABLED=true?)"))
         .clone();
     let path = dir.path().join(format!("{}.json", std::process::id()));
-    let mut variant = Variant::new("abi", provider, Some(path), dir);
+    let mut variant = Variant::new(name, provider, Some(path), dir);
     variant.guard = Some(guard);
+    variant.batched = batched;
     variant
+}
+
+/// The spans in a span file: its `"kind":` fields.
+fn count_spans(path: &Path) -> u64 {
+    let text = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.windows(7).filter(|w| w == b"\"kind\":").count() as u64
 }
 
 /// Makes `n` spans the way a worker traces a task: start, five attributes, end.
@@ -348,19 +385,27 @@ fn count_lines(path: &Path) -> (u64, u64, Option<String>) {
     if bytes == 0 {
         return (0, 0, None);
     }
-    let tail_len = bytes.min(64 * 1024);
-    let mut tail = vec![0u8; tail_len as usize];
-    file.seek(SeekFrom::Start(bytes - tail_len))
-        .and_then(|_| file.read_exact(&mut tail))
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    assert_eq!(
-        tail.last(),
-        Some(&b'\n'),
-        "{}: the last line is incomplete",
-        path.display()
-    );
+    // The last line is in the last 64 KiB, but for batched lines, which may need more.
+    let mut tail_len = bytes.min(64 * 1024);
+    let (tail, start) = loop {
+        let mut tail = vec![0u8; tail_len as usize];
+        file.seek(SeekFrom::Start(bytes - tail_len))
+            .and_then(|_| file.read_exact(&mut tail))
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        assert_eq!(
+            tail.last(),
+            Some(&b'\n'),
+            "{}: the last line is incomplete",
+            path.display()
+        );
+        let body = &tail[..tail.len() - 1];
+        match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => break (tail, i + 1),
+            None if tail_len == bytes => break (tail, 0),
+            None => tail_len = bytes.min(tail_len * 4),
+        }
+    };
     let body = &tail[..tail.len() - 1];
-    let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let last = String::from_utf8(body[start..].to_vec()).expect("a UTF-8 span line");
     (lines, bytes, Some(last))
 }
@@ -384,8 +429,9 @@ fn summarize(variant: &str, line: &str) -> LineSummary {
     let [scope_spans] = resource_spans.scope_spans.as_slice() else {
         panic!("{variant}: expected one ScopeSpans per line: {line}");
     };
-    let [span] = scope_spans.spans.as_slice() else {
-        panic!("{variant}: expected one span per line: {line}");
+    // One span per line, but for the batch variant: its line's last span.
+    let Some(span) = scope_spans.spans.last() else {
+        panic!("{variant}: a line without spans: {line}");
     };
     assert!(
         span.trace_id.len() == 16 && span.span_id.len() == 8,
@@ -424,8 +470,8 @@ fn summarize(variant: &str, line: &str) -> LineSummary {
 
 /// Checks that every span of the file variants reached its file, intact, and that both files say
 /// the same thing. Panics with the reason otherwise.
-fn verify(native: &Variant, abi: &Variant) {
-    for variant in [native, abi] {
+fn verify(native: &Variant, abi: &Variant, batch: &Variant) {
+    for variant in [native, abi, batch] {
         assert_eq!(
             variant.lines, variant.spans,
             "{}: {} spans were made but {} lines were written",
@@ -437,19 +483,25 @@ fn verify(native: &Variant, abi: &Variant) {
         .as_ref()
         .map_or(0, |f| f.load(Ordering::Relaxed));
     assert_eq!(failures, 0, "native: {failures} writes failed");
-    let guard = abi.guard.as_ref().expect("the abi variant's guard");
-    let reports = guard.processors();
-    let [report] = reports.as_slice() else {
-        panic!("abi: expected one plugin processor, found {reports:?}");
-    };
-    assert!(
-        report.failures == 0
-            && report.delivered == abi.spans
-            && report.plugin.exported == abi.spans
-            && report.plugin.dropped == 0,
-        "abi: {} spans made, but the plugin processor reports {report:?}",
-        abi.spans
-    );
+    for variant in [abi, batch] {
+        let guard = variant.guard.as_ref().expect("the plugin variant's guard");
+        let reports = guard.processors();
+        let [report] = reports.as_slice() else {
+            panic!(
+                "{}: expected one plugin processor, found {reports:?}",
+                variant.name
+            );
+        };
+        assert!(
+            report.failures == 0
+                && report.delivered == variant.spans
+                && report.plugin.exported == variant.spans
+                && report.plugin.dropped == 0,
+            "{}: {} spans made, but the plugin processor reports {report:?}",
+            variant.name,
+            variant.spans
+        );
+    }
 
     let summary = |variant: &Variant| {
         let line = variant
@@ -469,10 +521,15 @@ fn verify(native: &Variant, abi: &Variant) {
         native_line, abi_line,
         "the native and the abi variants wrote different spans"
     );
+    assert_eq!(
+        abi_line,
+        summary(batch),
+        "the abi and the batch variants wrote different spans"
+    );
 }
 
-fn report(plan: Plan, variants: &[Variant; 3], elapsed: Duration) {
-    let [floor, native, abi] = variants;
+fn report(plan: Plan, variants: &[Variant; 4], elapsed: Duration) {
+    let [floor, native, abi, batch] = variants;
     let floor_median = median(&floor.ns_per_span);
     let smoke = if plan.smoke {
         " (smoke pass without --bench: not a measurement)"
@@ -532,7 +589,12 @@ fn report(plan: Plan, variants: &[Variant; 3], elapsed: Duration) {
         abi_min - native_min
     );
     println!(
-        "checked: {} spans per file variant, all written, the same content natively and through the ABI; {:.1} s",
+        "ratio batch/abi (median): {:.2}; batch - floor: {:+.1} ns/span (medians)",
+        median(&batch.ns_per_span) / abi_median,
+        median(&batch.ns_per_span) - floor_median
+    );
+    println!(
+        "checked: {} spans per file variant, all written, the same content natively, through the ABI and batched; {:.1} s",
         native.spans,
         elapsed.as_secs_f64()
     );
@@ -550,7 +612,7 @@ fn main() {
         .map(|i| StringValue::from(format!("{:032x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))))
         .collect();
 
-    let mut variants = [floor(), native(), abi(&plugin)];
+    let mut variants = [floor(), native(), abi(&plugin), batch(&plugin)];
     for variant in &mut variants {
         variant.run(plan.warmup_spans, &task_ids);
     }
@@ -561,8 +623,8 @@ fn main() {
         }
     }
 
-    let [_, native, abi] = &variants;
-    verify(native, abi);
+    let [_, native, abi, batch] = &variants;
+    verify(native, abi, batch);
     report(plan, &variants, started.elapsed());
 
     for variant in variants {

@@ -99,7 +99,13 @@ pub(crate) fn process_attributes() -> Vec<KeyValue> {
     PROCESS_ATTRIBUTES.get().cloned().unwrap_or_default()
 }
 
-fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
+/// The attributes of a task's span; `function` is its name (`spec_name`), shared rather than copied
+/// where the caller holds it in an `Arc`.
+fn attributes(
+    spec_name: &str,
+    function: opentelemetry::StringValue,
+    kind: &TaskKind,
+) -> Vec<KeyValue> {
     let process = PROCESS_ATTRIBUTES
         .get()
         .map(Vec::as_slice)
@@ -117,12 +123,31 @@ fn attributes(spec_name: &str, kind: &TaskKind) -> Vec<KeyValue> {
             attributes.push(KeyValue::new("filament.actor_id", format!("{actor:016x}")));
         }
     }
-    attributes.push(KeyValue::new("filament.function", spec_name.to_owned()));
+    attributes.push(KeyValue::new("filament.function", function));
     attributes.extend_from_slice(process);
     if let Some(task) = CURRENT_TASK.with(|t| t.get()) {
-        attributes.push(KeyValue::new("filament.task_id", task.to_string()));
+        attributes.push(KeyValue::new("filament.task_id", task_id(task)));
     }
     attributes
+}
+
+/// A task id as its `Display` writes it (16 lower-case hex digits), without `core::fmt`'s padding
+/// machinery: made for every traced task.
+fn task_id(task: crate::ObjectId) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..16)
+        .rev()
+        .map(|nibble| char::from(DIGITS[((task.0 >> (4 * nibble)) & 0xf) as usize]))
+        .collect()
+}
+
+/// A span's name: the task's name and a suffix, in one allocation of the right size (`format!`
+/// is several times slower, and this is made for every traced task).
+fn span_name(name: &str, suffix: &str) -> String {
+    let mut span_name = String::with_capacity(name.len() + suffix.len());
+    span_name.push_str(name);
+    span_name.push_str(suffix);
+    span_name
 }
 
 /// The PRODUCER span of a submission; it ends when dropped, once the task is on its way.
@@ -145,9 +170,13 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     }
     let tracer = tracer();
     let span = tracer
-        .span_builder(format!("{} filament.remote", spec.name))
+        .span_builder(span_name(&spec.name, " filament.remote"))
         .with_kind(SpanKind::Producer)
-        .with_attributes(attributes(&spec.name, &spec.kind))
+        .with_attributes(attributes(
+            &spec.name,
+            Arc::clone(&spec.name).into(),
+            &spec.kind,
+        ))
         .start_with_context(&*tracer, &Context::current());
     let cx = Context::current_with_span(span);
     opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -173,11 +202,11 @@ pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
     });
     let tracer = tracer();
     let message = lost.error.to_string();
-    let mut attributes = attributes(&lost.name, &lost.kind);
+    let mut attributes = attributes(&lost.name, lost.name.clone().into(), &lost.kind);
     attributes.push(KeyValue::new(ATTEMPT, i64::from(lost.attempt)));
     attributes.push(KeyValue::new("filament.recorded_by", "driver"));
     let mut builder = tracer
-        .span_builder(format!("{} filament.remote_worker", lost.name))
+        .span_builder(span_name(&lost.name, " filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes);
     if let Some(started) = lost.started {
@@ -207,7 +236,7 @@ pub(crate) struct ConsumerSpan {
 /// task makes are its children and tasks it submits continue the trace.
 pub(crate) fn on_execute(
     id: crate::ObjectId,
-    name: &str,
+    name: &Arc<str>,
     kind: &TaskKind,
     trace_context: &[(String, String)],
     attempt: u32,
@@ -223,12 +252,12 @@ pub(crate) fn on_execute(
         propagator.extract(&Reader(trace_context))
     });
     let tracer = tracer();
-    let mut attributes = attributes(name, kind);
+    let mut attributes = attributes(name, Arc::clone(name).into(), kind);
     if attempt > 0 {
         attributes.push(KeyValue::new(ATTEMPT, i64::from(attempt)));
     }
     let span: BoxedSpan = tracer
-        .span_builder(format!("{name} filament.remote_worker"))
+        .span_builder(span_name(name, " filament.remote_worker"))
         .with_kind(SpanKind::Consumer)
         .with_attributes(attributes)
         .start_with_context(&*tracer, &parent);
@@ -281,5 +310,20 @@ impl Drop for FinishedConsumerSpan {
         if let Some(cx) = self.0.take() {
             cx.span().end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn task_ids_and_span_names_are_what_format_makes() {
+        for id in [0, 1, 0xabc, 0x0002_0000_0000_0001, u64::MAX] {
+            let id = crate::ObjectId(id);
+            assert_eq!(super::task_id(id), id.to_string());
+        }
+        assert_eq!(
+            super::span_name("m::f", " filament.remote"),
+            "m::f filament.remote"
+        );
     }
 }

@@ -3,15 +3,19 @@
 //! message's field order, ids in lower-case hex, 64-bit integers as strings, enums as integers),
 //! less every field that holds its default value (empty strings and lists, zero counts, an unset
 //! status), which proto3's JSON mapping lets a writer leave out and every reader restores: a task
-//! span's line is half the size. Built without the message; strings and doubles go through
-//! `serde_json` itself, so escaping and number formatting are its own.
+//! span's line is half the size. Built without the message; strings that need escaping and doubles
+//! go through `serde_json` itself, so escaping and number formatting are its own; integers go
+//! through `itoa`, which `serde_json` uses for them too.
 
 use filament_plugin_api::{KeyValue, Scope, SpanKind, SpanRecord, StatusCode, Value};
 use serde_json::Result;
-use std::io::Write;
 
-/// Appends the JSON of `span` as an OTLP `Span` message.
-pub(crate) fn span(out: &mut Vec<u8>, span: &SpanRecord<'_>) -> Result<()> {
+/// Appends the JSON of `span` as an OTLP `Span` message; its attributes through `memo` when given.
+pub(crate) fn span(
+    out: &mut Vec<u8>,
+    span: &SpanRecord<'_>,
+    memo: Option<&mut AttributeMemo>,
+) -> Result<()> {
     let mut o = Object::new(out);
     o.hex("traceId", &span.trace_id.0);
     o.hex("spanId", &span.span_id.0);
@@ -27,7 +31,13 @@ pub(crate) fn span(out: &mut Vec<u8>, span: &SpanRecord<'_>) -> Result<()> {
     o.number("kind", kind(span.kind))?;
     o.quoted_number("startTimeUnixNano", span.start_time_unix_nano)?;
     o.quoted_number("endTimeUnixNano", span.end_time_unix_nano)?;
-    o.attributes("attributes", &span.attributes)?;
+    match memo {
+        Some(memo) if !span.attributes.is_empty() => {
+            o.key("attributes");
+            memo.attributes(o.out, &span.attributes)?;
+        }
+        _ => o.attributes("attributes", &span.attributes)?,
+    }
     o.number("droppedAttributesCount", span.dropped_attributes_count)?;
     if !span.events.is_empty() {
         o.key("events");
@@ -110,6 +120,8 @@ impl<'o> Object<'o> {
     }
 
     /// Writes `"name":`, after a comma unless it is the first field.
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     pub(crate) fn key(&mut self, name: &str) {
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
@@ -123,6 +135,8 @@ impl<'o> Object<'o> {
         self.out.push(b'}');
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     fn hex(&mut self, name: &str, bytes: &[u8]) {
         self.key(name);
         self.out.push(b'"');
@@ -130,6 +144,8 @@ impl<'o> Object<'o> {
         self.out.push(b'"');
     }
 
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
     pub(crate) fn string(&mut self, name: &str, s: &str) -> Result<()> {
         if s.is_empty() {
             return Ok(());
@@ -138,11 +154,9 @@ impl<'o> Object<'o> {
         string(self.out, s)
     }
 
-    fn number<N: std::fmt::Display + Default + PartialEq>(
-        &mut self,
-        name: &str,
-        n: N,
-    ) -> Result<()> {
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
+    fn number<N: itoa::Integer + Default + PartialEq>(&mut self, name: &str, n: N) -> Result<()> {
         if n == N::default() {
             return Ok(());
         }
@@ -150,7 +164,9 @@ impl<'o> Object<'o> {
         number(self.out, n)
     }
 
-    fn quoted_number<N: std::fmt::Display + Default + PartialEq>(
+    // Inlined, so that the field names are constants and their copies a few moves.
+    #[inline(always)]
+    fn quoted_number<N: itoa::Integer + Default + PartialEq>(
         &mut self,
         name: &str,
         n: N,
@@ -197,16 +213,117 @@ fn attributes(out: &mut Vec<u8>, attributes: &[KeyValue<'_>]) -> Result<()> {
         if index > 0 {
             out.push(b',');
         }
-        // The key even when empty: `opentelemetry-proto`'s reader requires it.
-        let mut o = Object::new(out);
-        o.key("key");
-        string(o.out, kv.key.as_str())?;
-        o.key("value");
-        value(o.out, &kv.value)?;
-        o.end();
+        attribute(out, kv)?;
     }
     out.push(b']');
     Ok(())
+}
+
+/// One `KeyValue` message.
+fn attribute(out: &mut Vec<u8>, kv: &KeyValue<'_>) -> Result<()> {
+    // The key even when empty: `opentelemetry-proto`'s reader requires it.
+    let mut o = Object::new(out);
+    o.key("key");
+    string(o.out, kv.key.as_str())?;
+    o.key("value");
+    value(o.out, &kv.value)?;
+    o.end();
+    Ok(())
+}
+
+/// The JSON of the scalar attributes of the last span, by position: most of a span's attributes
+/// are the same from span to span (a process's ids, the function's name), and comparing an
+/// attribute with the last one at its place is much cheaper than encoding it. What it appends is
+/// byte for byte what encoding would.
+#[derive(Debug, Default)]
+pub(crate) struct AttributeMemo {
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    key: Vec<u8>,
+    value: Scalar,
+    /// A string value's bytes.
+    text: Vec<u8>,
+    /// The attribute's JSON.
+    json: Vec<u8>,
+}
+
+/// A remembered attribute value: only scalars (arrays are always encoded).
+#[derive(Debug, Default, PartialEq)]
+enum Scalar {
+    /// Nothing remembered.
+    #[default]
+    None,
+    Bool(bool),
+    I64(i64),
+    /// By its bits: a NaN matches itself, `0.0` does not match `-0.0`.
+    F64(u64),
+    /// A string, whose bytes are in `Slot::text`.
+    Str,
+}
+
+/// Strings longer than this are not remembered.
+const MEMO_MAX_STRING: usize = 512;
+
+impl Slot {
+    /// Whether `kv` is the remembered attribute.
+    fn matches(&self, kv: &KeyValue<'_>) -> bool {
+        let value = match &kv.value {
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::I64(i) => Scalar::I64(*i),
+            Value::F64(f) => Scalar::F64(f.to_bits()),
+            Value::Str(s) => {
+                if s.as_str().as_bytes() != self.text {
+                    return false;
+                }
+                Scalar::Str
+            }
+            _ => return false,
+        };
+        self.value == value && self.key == kv.key.as_str().as_bytes()
+    }
+}
+
+impl AttributeMemo {
+    /// Appends the JSON list of `attributes`, remembering each scalar one at its position.
+    fn attributes(&mut self, out: &mut Vec<u8>, attributes: &[KeyValue<'_>]) -> Result<()> {
+        if self.slots.len() < attributes.len() {
+            self.slots.resize_with(attributes.len(), Slot::default);
+        }
+        out.push(b'[');
+        for (index, (kv, slot)) in attributes.iter().zip(&mut self.slots).enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            if slot.matches(kv) {
+                out.extend_from_slice(&slot.json);
+                continue;
+            }
+            let start = out.len();
+            attribute(out, kv)?;
+            slot.value = match &kv.value {
+                Value::Bool(b) => Scalar::Bool(*b),
+                Value::I64(i) => Scalar::I64(*i),
+                Value::F64(f) => Scalar::F64(f.to_bits()),
+                Value::Str(s) if s.len() <= MEMO_MAX_STRING => {
+                    slot.text.clear();
+                    slot.text.extend_from_slice(s.as_str().as_bytes());
+                    Scalar::Str
+                }
+                _ => Scalar::None,
+            };
+            if slot.value != Scalar::None {
+                slot.key.clear();
+                slot.key.extend_from_slice(kv.key.as_str().as_bytes());
+                slot.json.clear();
+                slot.json.extend_from_slice(&out[start..]);
+            }
+        }
+        out.push(b']');
+        Ok(())
+    }
 }
 
 /// An `AnyValue`: `{"<kind>Value":…}`, integers as strings, arrays as `{"values":[AnyValue…]}`.
@@ -273,25 +390,47 @@ fn scalar_string(out: &mut Vec<u8>, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// A JSON string, as `serde_json` writes it. Most keys and values need no escaping (no control
+/// character, quote or backslash: the only bytes `serde_json` escapes), and are copied whole after
+/// one branch-free scan; the others go through `serde_json`.
 fn string(out: &mut Vec<u8>, s: &str) -> Result<()> {
-    serde_json::to_writer(out, s)
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if !plain {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
-/// An integer, in decimal: what `serde_json` writes for one (`Display` of the integer types is the
-/// same).
-fn number(out: &mut Vec<u8>, n: impl std::fmt::Display) -> Result<()> {
-    write!(out, "{n}").map_err(serde_json::Error::io)
+/// An integer, in decimal: what `serde_json` writes for one (it uses `itoa` too).
+fn number(out: &mut Vec<u8>, n: impl itoa::Integer) -> Result<()> {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    Ok(())
 }
 
 /// A 64-bit integer as OTLP/JSON writes it: a decimal string.
-fn quoted_number(out: &mut Vec<u8>, n: impl std::fmt::Display) -> Result<()> {
-    write!(out, "\"{n}\"").map_err(serde_json::Error::io)
+fn quoted_number(out: &mut Vec<u8>, n: impl itoa::Integer) -> Result<()> {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(n).as_bytes();
+    out.reserve(digits.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(digits);
+    out.push(b'"');
+    Ok(())
 }
 
+/// Lower-case hex of an id (at most 16 bytes), appended in one piece.
 fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0xf)]);
+    let mut text = [0u8; 32];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
+    out.extend_from_slice(&text[..2 * bytes.len().min(16)]);
 }

@@ -16,7 +16,8 @@
 //! - `simple` (the default): each span is written when it ends, one span per line, with one
 //!   appending `write` of the whole line: a reader sees it at once, and a crash never leaves half a
 //!   line. Nothing is buffered in the process, so nothing is lost when it exits, however it exits.
-//! - `batch`: the thread that ends a span encodes it and queues it without blocking
+//! - `batch`: the thread that ends a span encodes it into a queue without waiting for the writer
+//!   (only, briefly, for another thread encoding a span or the writer taking the queue)
 //!   (`OTEL_BSP_MAX_QUEUE_SIZE`, 2048; a full queue drops the span and counts it); a writer thread
 //!   writes many spans per line, under one resource, when a line holds
 //!   `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512) spans, when `OTEL_BSP_SCHEDULE_DELAY` (5000 ms) has
@@ -598,6 +599,7 @@ struct Frame {
 struct LineWriter {
     buffer: Vec<u8>,
     frames: Frames,
+    memo: json::AttributeMemo,
 }
 
 /// The frames seen last, most recent last; a frame's resource JSON is encoded once per resource.
@@ -686,7 +688,10 @@ impl LineWriter {
     /// Encodes `span` as one OTLP/JSON `TracesData` line into the buffer.
     fn encode(&mut self, span: &SpanRecord<'_>) -> serde_json::Result<()> {
         let frame = self.frames.of_record(span)?;
-        self.line(&frame, |out| json::span(out, span))
+        let memo = &mut self.memo;
+        line(&mut self.buffer, &frame, |out| {
+            json::span(out, span, Some(memo))
+        })
     }
 
     /// Encodes one line from its OTLP parts, each encoded by `opentelemetry-proto`'s serde.
@@ -703,21 +708,23 @@ impl LineWriter {
             scope: |out: &mut Vec<u8>| serde_json::to_writer(out, &(parts.scope)()),
             scope_schema_url: parts.scope_schema_url,
         })?;
-        self.line(&frame, |out| serde_json::to_writer(out, parts.span))
+        line(&mut self.buffer, &frame, |out| {
+            serde_json::to_writer(out, parts.span)
+        })
     }
+}
 
-    fn line(
-        &mut self,
-        frame: &Frame,
-        span: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
-    ) -> serde_json::Result<()> {
-        let line = &mut self.buffer;
-        line.clear();
-        line.extend_from_slice(&frame.head);
-        span(line)?;
-        line.extend_from_slice(&frame.tail);
-        Ok(())
-    }
+/// Encodes one line into `line`: the frame's head, the span, the frame's tail.
+fn line(
+    line: &mut Vec<u8>,
+    frame: &Frame,
+    span: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+) -> serde_json::Result<()> {
+    line.clear();
+    line.extend_from_slice(&frame.head);
+    span(line)?;
+    line.extend_from_slice(&frame.tail);
+    Ok(())
 }
 
 /// A frame's parts: its resource and scope as writers of their JSON, keyed by a fingerprint.
@@ -1084,6 +1091,74 @@ mod tests {
                     assert_encodes_as_proto(&mut writer, &span);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn remembered_attributes_are_the_fresh_encoding_byte_for_byte() {
+        let long = "x".repeat(2000);
+        let strings = ["a".into(), "b".into()];
+        let ints = [1, 2];
+        let lists: Vec<Vec<KeyValue<'_>>> = vec![
+            vec![
+                KeyValue::new("k", Value::Str("v".into())),
+                KeyValue::new("n", Value::I64(1)),
+            ],
+            // The same again: every attribute remembered.
+            vec![
+                KeyValue::new("k", Value::Str("v".into())),
+                KeyValue::new("n", Value::I64(1)),
+            ],
+            // Same keys, other values; same values, other keys; other types with equal bits.
+            vec![
+                KeyValue::new("k", Value::Str("w".into())),
+                KeyValue::new("m", Value::I64(1)),
+            ],
+            vec![
+                KeyValue::new("k", Value::Str("w\"\n".into())),
+                KeyValue::new("m", Value::F64(f64::from_bits(1))),
+            ],
+            vec![
+                KeyValue::new("k", Value::Bool(true)),
+                KeyValue::new("m", Value::F64(f64::NAN)),
+                KeyValue::new("third", Value::F64(-0.0)),
+            ],
+            vec![
+                KeyValue::new("k", Value::Bool(false)),
+                KeyValue::new("m", Value::F64(f64::NAN)),
+                KeyValue::new("third", Value::F64(0.0)),
+            ],
+            // Arrays and long strings are never remembered.
+            vec![
+                KeyValue::new("k", Value::StrArray((&strings[..]).into())),
+                KeyValue::new("m", Value::Str(long.as_str().into())),
+                KeyValue::new("third", Value::I64Array((&ints[..]).into())),
+            ],
+            vec![
+                KeyValue::new("k", Value::StrArray((&strings[1..]).into())),
+                KeyValue::new("m", Value::Str(long[1..].into())),
+                KeyValue::new("third", Value::I64Array((&ints[1..]).into())),
+            ],
+            vec![KeyValue::new("k", Value::Str("v".into()))],
+            vec![],
+            vec![
+                KeyValue::new("k", Value::Str("v".into())),
+                KeyValue::new("n", Value::I64(1)),
+                KeyValue::new("third", Value::F64(0.0)),
+            ],
+        ];
+        let resource = [KeyValue::new("service.name", Value::Str("svc".into()))];
+        let mut writer = LineWriter::default();
+        for attributes in &lists {
+            let span = record(attributes, &[], &[], &resource, "s");
+            writer.encode(&span).unwrap();
+            let mut fresh = LineWriter::default();
+            fresh.encode(&span).unwrap();
+            assert_eq!(
+                String::from_utf8(writer.buffer.clone()).unwrap(),
+                String::from_utf8(fresh.buffer).unwrap()
+            );
+            assert_encodes_as_proto(&mut writer, &span);
         }
     }
 
