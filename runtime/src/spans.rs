@@ -134,11 +134,7 @@ fn attributes(
 /// A task id as its `Display` writes it (16 lower-case hex digits), without `core::fmt`'s padding
 /// machinery: made for every traced task.
 fn task_id(task: crate::ObjectId) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    (0..16)
-        .rev()
-        .map(|nibble| char::from(DIGITS[((task.0 >> (4 * nibble)) & 0xf) as usize]))
-        .collect()
+    const_hex::encode(task.0.to_be_bytes())
 }
 
 /// A span's name: the task's name and a suffix, in one allocation of the right size (`format!`

@@ -426,11 +426,11 @@ fn quoted_number(out: &mut Vec<u8>, n: impl itoa::Integer) -> Result<()> {
 
 /// Lower-case hex of an id (at most 16 bytes), appended in one piece.
 fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let bytes = &bytes[..bytes.len().min(16)];
     let mut text = [0u8; 32];
-    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    let text = &mut text[..2 * bytes.len()];
+    // Cannot fail: the text is exactly twice the bytes' length.
+    if const_hex::encode_to_slice(bytes, text).is_ok() {
+        out.extend_from_slice(text);
     }
-    out.extend_from_slice(&text[..2 * bytes.len().min(16)]);
 }
