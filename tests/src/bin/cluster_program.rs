@@ -684,8 +684,8 @@ fn main() -> ExitCode {
 }
 
 /// The CPU time all threads of process `pid` have used so far, in nanoseconds (the first field of
-/// each thread's `schedstat`), and how many times they were switched out (the second field: the
-/// times they went to sleep, or were preempted, and were run again).
+/// each thread's `schedstat`), and how many times they were given a CPU (the third: each wake-up,
+/// or return after being preempted, counts one).
 fn cpu_and_switches(pid: u32) -> (u64, u64) {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("the process is alive")
