@@ -7,6 +7,10 @@
 //! [`SPIN_BEFORE_READ`] watches it, yielding the core between looks, before it sleeps in `read`: the
 //! next message of a busy conversation finds it awake. An idle connection is not watched at all, so an
 //! idle cluster burns no CPU; a busy one mostly finds its bytes already there.
+//!
+//! For the same reason, threads that share a connection's reading end take turns without waking
+//! each other while it is busy ([`Turns`], a worker's connection; the driver's is in
+//! `driver::conn`).
 
 use crate::wire::{Conn, FrameReader};
 use rustix::io::Errno;
