@@ -99,13 +99,8 @@ pub(crate) fn process_attributes() -> Vec<KeyValue> {
     PROCESS_ATTRIBUTES.get().cloned().unwrap_or_default()
 }
 
-/// The attributes of a task's span; `function` is its name (`spec_name`), shared rather than copied
-/// where the caller holds it in an `Arc`.
-fn attributes(
-    spec_name: &str,
-    function: opentelemetry::StringValue,
-    kind: &TaskKind,
-) -> Vec<KeyValue> {
+/// The attributes of a task's span (its name shared, not copied, as `filament.function`).
+fn attributes(spec_name: &Arc<str>, kind: &TaskKind) -> Vec<KeyValue> {
     let process = PROCESS_ATTRIBUTES
         .get()
         .map(Vec::as_slice)
@@ -120,21 +115,24 @@ fn attributes(
             let (class, method) = spec_name.rsplit_once("::").unwrap_or((spec_name, ""));
             attributes.push(KeyValue::new("filament.actor_class", class.to_owned()));
             attributes.push(KeyValue::new("filament.actor_method", method.to_owned()));
-            attributes.push(KeyValue::new("filament.actor_id", format!("{actor:016x}")));
+            attributes.push(KeyValue::new("filament.actor_id", hex_id(*actor)));
         }
     }
-    attributes.push(KeyValue::new("filament.function", function));
+    attributes.push(KeyValue::new(
+        "filament.function",
+        opentelemetry::StringValue::from(Arc::clone(spec_name)),
+    ));
     attributes.extend_from_slice(process);
     if let Some(task) = CURRENT_TASK.with(|t| t.get()) {
-        attributes.push(KeyValue::new("filament.task_id", task_id(task)));
+        attributes.push(KeyValue::new("filament.task_id", hex_id(task.0)));
     }
     attributes
 }
 
-/// A task id as its `Display` writes it (16 lower-case hex digits), without `core::fmt`'s padding
-/// machinery: made for every traced task.
-fn task_id(task: crate::ObjectId) -> String {
-    const_hex::encode(task.0.to_be_bytes())
+/// A task's or an actor's id as their `Display` writes it (16 lower-case hex digits), without
+/// `core::fmt`'s padding machinery: made for every traced task.
+fn hex_id(id: u64) -> String {
+    const_hex::encode(id.to_be_bytes())
 }
 
 /// A span's name: the task's name and a suffix, in one allocation of the right size (`format!`
@@ -168,11 +166,7 @@ pub(crate) fn on_submit(spec: &mut TaskSpec) -> ProducerSpan {
     let span = tracer
         .span_builder(span_name(&spec.name, " filament.remote"))
         .with_kind(SpanKind::Producer)
-        .with_attributes(attributes(
-            &spec.name,
-            Arc::clone(&spec.name).into(),
-            &spec.kind,
-        ))
+        .with_attributes(attributes(&spec.name, &spec.kind))
         .start_with_context(&*tracer, &Context::current());
     let cx = Context::current_with_span(span);
     opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -198,7 +192,7 @@ pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
     });
     let tracer = tracer();
     let message = lost.error.to_string();
-    let mut attributes = attributes(&lost.name, lost.name.clone().into(), &lost.kind);
+    let mut attributes = attributes(&lost.name, &lost.kind);
     attributes.push(KeyValue::new(ATTEMPT, i64::from(lost.attempt)));
     attributes.push(KeyValue::new("filament.recorded_by", "driver"));
     let mut builder = tracer
@@ -248,7 +242,7 @@ pub(crate) fn on_execute(
         propagator.extract(&Reader(trace_context))
     });
     let tracer = tracer();
-    let mut attributes = attributes(name, Arc::clone(name).into(), kind);
+    let mut attributes = attributes(name, kind);
     if attempt > 0 {
         attributes.push(KeyValue::new(ATTEMPT, i64::from(attempt)));
     }
@@ -315,7 +309,7 @@ mod tests {
     fn task_ids_and_span_names_are_what_format_makes() {
         for id in [0, 1, 0xabc, 0x0002_0000_0000_0001, u64::MAX] {
             let id = crate::ObjectId(id);
-            assert_eq!(super::task_id(id), id.to_string());
+            assert_eq!(super::hex_id(id.0), id.to_string());
         }
         assert_eq!(
             super::span_name("m::f", " filament.remote"),

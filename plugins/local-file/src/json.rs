@@ -267,22 +267,31 @@ enum Scalar {
 /// Strings longer than this are not remembered.
 const MEMO_MAX_STRING: usize = 512;
 
-impl Slot {
-    /// Whether `kv` is the remembered attribute.
-    fn matches(&self, kv: &KeyValue<'_>) -> bool {
-        let value = match &kv.value {
+impl Scalar {
+    /// What is remembered of `value`: a string's kind only (its bytes are `Slot::text`), nothing
+    /// of an array.
+    fn of(value: &Value<'_>) -> Scalar {
+        match value {
             Value::Bool(b) => Scalar::Bool(*b),
             Value::I64(i) => Scalar::I64(*i),
             Value::F64(f) => Scalar::F64(f.to_bits()),
-            Value::Str(s) => {
-                if s.as_str().as_bytes() != self.text {
-                    return false;
-                }
-                Scalar::Str
-            }
-            _ => return false,
+            Value::Str(_) => Scalar::Str,
+            _ => Scalar::None,
+        }
+    }
+}
+
+impl Slot {
+    /// Whether `kv` is the remembered attribute.
+    fn matches(&self, kv: &KeyValue<'_>) -> bool {
+        let same_text = match &kv.value {
+            Value::Str(s) => s.as_str().as_bytes() == self.text,
+            _ => true,
         };
-        self.value == value && self.key == kv.key.as_str().as_bytes()
+        self.value != Scalar::None
+            && self.value == Scalar::of(&kv.value)
+            && same_text
+            && self.key == kv.key.as_str().as_bytes()
     }
 }
 
@@ -304,15 +313,13 @@ impl AttributeMemo {
             let start = out.len();
             attribute(out, kv)?;
             slot.value = match &kv.value {
-                Value::Bool(b) => Scalar::Bool(*b),
-                Value::I64(i) => Scalar::I64(*i),
-                Value::F64(f) => Scalar::F64(f.to_bits()),
-                Value::Str(s) if s.len() <= MEMO_MAX_STRING => {
+                Value::Str(s) if s.len() > MEMO_MAX_STRING => Scalar::None,
+                Value::Str(s) => {
                     slot.text.clear();
                     slot.text.extend_from_slice(s.as_str().as_bytes());
                     Scalar::Str
                 }
-                _ => Scalar::None,
+                value => Scalar::of(value),
             };
             if slot.value != Scalar::None {
                 slot.key.clear();

@@ -41,7 +41,7 @@ pub(super) enum Effect {
 /// A task's attempt that died with its worker, for its span.
 #[derive(Debug)]
 pub(crate) struct LostAttempt {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) kind: TaskKind,
     pub(crate) trace_context: Vec<(String, String)>,
     pub(crate) attempt: u32,
@@ -868,7 +868,7 @@ impl Scheduler {
                 // Whether it ran or waited in the worker's queue is unknown: it counts as an
                 // attempt, and its span (which died with the worker) is recorded here.
                 self.effects.push(Effect::AttemptLost(LostAttempt {
-                    name: spec.name.to_string(),
+                    name: Arc::clone(&spec.name),
                     kind: spec.kind.clone(),
                     trace_context: spec.trace_context.clone(),
                     attempt: spec.attempt,
