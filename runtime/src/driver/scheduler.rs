@@ -27,6 +27,16 @@ const HOLDER_LOOKUP_LIMIT: usize = 64;
 /// How many times dying workers are replaced before the driver stops replacing them.
 const MAX_REPLACEMENTS: u32 = 64;
 
+/// The objects a task's arguments hold: those passed by reference, and the references inside
+/// serialized values.
+fn arg_refs(spec: &TaskSpec) -> impl Iterator<Item = ObjectId> + '_ {
+    spec.args.iter().flat_map(|arg| {
+        arg.object()
+            .into_iter()
+            .chain(arg.contained().iter().copied())
+    })
+}
+
 /// What the shell must do once the scheduler has handled an event, in this order.
 #[derive(Debug)]
 pub(super) enum Effect {
@@ -505,25 +515,15 @@ impl Scheduler {
     /// Holds a copy's arguments (and the references inside them) once more: what
     /// [`Scheduler::release_args`] drops.
     fn hold_args(&mut self, spec: &TaskSpec) {
-        for arg in &spec.args {
-            if let Some(dep) = arg.object() {
-                self.add_ref(dep);
-            }
-            for contained in arg.contained() {
-                self.add_ref(*contained);
-            }
+        for id in arg_refs(spec) {
+            self.add_ref(id);
         }
     }
 
     /// Drops the holds a task had on its arguments.
     fn release_args(&mut self, spec: &TaskSpec) {
-        for arg in &spec.args {
-            if let Some(dep) = arg.object() {
-                self.release(dep);
-            }
-            for contained in arg.contained() {
-                self.release(*contained);
-            }
+        for id in arg_refs(spec) {
+            self.release(id);
         }
     }
 
