@@ -351,10 +351,10 @@ fn abi_variant(name: &'static str, plugin: &Path, batched: bool) -> Variant {
     variant
 }
 
-/// The spans in a span file: its `"kind":` fields.
+/// The spans in a span file.
 fn count_spans(path: &Path) -> u64 {
     let text = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.windows(7).filter(|w| w == b"\"kind\":").count() as u64
+    filament_bench::count_spans(&text)
 }
 
 /// Makes `n` spans the way a worker traces a task: start, five attributes, end.
