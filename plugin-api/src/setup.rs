@@ -12,7 +12,7 @@ use abi_stable::{
     StableAbi, sabi_trait,
     sabi_trait::TD_Opaque,
     sabi_types::RMut,
-    std_types::{RBox, RErr, ROption, RResult, RSlice, RStr, RString},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RString},
 };
 use std::fmt;
 
@@ -184,7 +184,7 @@ pub trait RawTracingSetup {
         options: RStr<'_>,
     ) -> RResult<(), ConfigureError> {
         let _ = options;
-        RErr(ConfigureError::Invalid(
+        RResult::RErr(ConfigureError::Invalid(
             format!("this host predates instrumentations (ABI 1.2): cannot switch on \"{name}\"")
                 .into(),
         ))
@@ -196,7 +196,7 @@ pub trait RawTracingSetup {
         interceptor: RawTaskInterceptor_TO<'static, RBox<()>>,
     ) -> RResult<(), ConfigureError> {
         drop(interceptor);
-        RErr(ConfigureError::Invalid(
+        RResult::RErr(ConfigureError::Invalid(
             "this host predates task interceptors (ABI 1.2)".into(),
         ))
     }

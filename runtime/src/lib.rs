@@ -41,6 +41,7 @@ mod local;
 mod object;
 mod output;
 mod plugins;
+mod proc_stat;
 mod registry;
 mod socket_dir;
 mod spans;

@@ -73,14 +73,52 @@ fn driver_pid(dir: &Path) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Whether process `pid` runs (a zombie does not).
+/// The kernel's `PF_EXITING`: set on a thread as it starts to exit, before its files are closed.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` runs: not a zombie, and not on its way out. A worker sees its driver's
+/// connection end while the killed driver is still exiting (its files close before it becomes a
+/// zombie), so a driver that is exiting counts as gone.
 fn running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| runs(&stat))
+}
+
+/// Whether a process whose `/proc/<pid>/stat` reads `stat` runs (see [`running`]).
+fn runs(stat: &str) -> bool {
+    let Some(mut fields) = crate::proc_stat::after_comm(stat) else {
         return false;
     };
-    // pid (comm) state …; comm may hold spaces and parentheses.
-    let state = stat
-        .rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    let state = fields.next();
+    let flags = fields.nth(5).and_then(|f| f.parse::<u64>().ok());
+    !matches!(state, Some("Z" | "X") | None) && flags.is_some_and(|f| f & PF_EXITING == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_runs_unless_it_is_a_zombie_or_exiting() {
+        // Fields as Linux prints them; the comm holds a space and a parenthesis.
+        let stat = |state: &str, flags: u64| {
+            format!("4242 (filament (x) y) {state} 1 4242 4242 0 -1 {flags} 120 0 0 0 3 1 0 0 20 0")
+        };
+        assert!(runs(&stat("S", 0x0040_0000)));
+        assert!(runs(&stat("R", 0x0040_0040)));
+        assert!(
+            !runs(&stat("R", 0x0040_0044)),
+            "PF_EXITING: killed, closing its files"
+        );
+        assert!(!runs(&stat("D", 0x4)));
+        assert!(!runs(&stat("Z", 0x0040_0000)));
+        assert!(!runs(&stat("X", 0)));
+        assert!(!runs("4242 (cut short"));
+        assert!(!runs("4242 (no flags) S 1 2"));
+
+        assert!(running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!running(pid));
+    }
 }

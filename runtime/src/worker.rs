@@ -123,14 +123,7 @@ pub(crate) fn marker() -> Option<String> {
 
 /// The parent of process `pid`, from `/proc/<pid>/stat`; `None` past the first process.
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid …; comm may hold spaces and parentheses.
-    let ppid: u32 = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let ppid: u32 = crate::proc_stat::read(pid)?.get(1)?.parse().ok()?;
     (ppid > 1).then_some(ppid)
 }
 

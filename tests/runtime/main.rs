@@ -773,16 +773,17 @@ fn start_hanging(command: &mut Command) -> (std::process::Child, Vec<u32>) {
     (child, pids)
 }
 
-/// The embedded cluster's socket folders in `tmp`: `(name, mode)`.
+/// The embedded cluster's socket folders in `tmp`: `(name, mode)`. A folder removed while this
+/// looks (a worker cleaning up) is not listed.
 fn socket_folders(tmp: &std::path::Path) -> Vec<(String, u32)> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::read_dir(tmp)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("filament-"))
-        .map(|e| {
-            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
-            (e.file_name().to_string_lossy().into_owned(), mode)
+        .filter_map(|e| {
+            let mode = e.metadata().ok()?.permissions().mode() & 0o777;
+            Some((e.file_name().to_string_lossy().into_owned(), mode))
         })
         .collect()
 }
