@@ -33,6 +33,7 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+mod child_watch;
 pub mod cli;
 pub mod cluster;
 mod driver;

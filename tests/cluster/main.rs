@@ -1546,3 +1546,46 @@ fn a_tls_cluster_refuses_plain_peers_and_other_cas_with_clear_errors() {
         "{log}"
     );
 }
+
+#[test]
+fn an_idle_standing_cluster_does_not_wake_after_a_job() {
+    // The reapers sleep until a worker ends or must be ended: after a job, nothing polls.
+    let cluster = Cluster::new();
+    let address = cluster.start_head(Some(LOCAL_FILE), 2);
+    let output = cluster.join_node(&address, 2);
+    assert!(output.status.success(), "join: {}", output_text(&output));
+    let run = cluster.run_program(&["one-task"], &[]).ok();
+    assert_eq!(run.value("result"), "3");
+    // The job's workers end with it.
+    let daemons = cluster.daemon_pids();
+    assert_eq!(daemons.len(), 2, "{daemons:?}");
+    let children = |pid: u32| -> String {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .collect()
+    };
+    wait_until("the job's workers end", Duration::from_secs(10), || {
+        daemons
+            .iter()
+            .all(|(_, pid)| children(*pid).trim().is_empty())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let before: Vec<(u64, u64)> = daemons
+        .iter()
+        .map(|(_, pid)| filament_tests::cpu_and_switches(*pid))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    for ((role, pid), (cpu, switches)) in daemons.iter().zip(before) {
+        let (cpu_after, switches_after) = filament_tests::cpu_and_switches(*pid);
+        let (cpu_ms, switches) = ((cpu_after - cpu) / 1_000_000, switches_after - switches);
+        eprintln!("{role} pid={pid} cpu_ms={cpu_ms} switches={switches}");
+        // A reaper looking every 20 ms would wake fifty times; the head's gate looks for late
+        // hellos five times a second.
+        assert!(
+            cpu_ms < 100 && switches < 40,
+            "the {role} (pid {pid}) used {cpu_ms} ms of CPU and was woken {switches} times in an idle second"
+        );
+    }
+}

@@ -924,9 +924,10 @@ fn an_idle_cluster_burns_no_cpu_after_sequential_calls() {
     assert_eq!(idle.len(), 4, "{stdout}");
     for (pid, cpu_ms, switches) in idle {
         // A thread left spinning would use most of the second, one left polling would wake a
-        // thousand times; the driver's reaper looks for ended workers every 20 ms.
+        // thousand times, a reaper looking for ended workers every 20 ms fifty times. What is
+        // left: a worker reports its tracing's counts every 500 ms.
         assert!(
-            cpu_ms < 100 && switches < 200,
+            cpu_ms < 100 && switches < 40,
             "process {pid} used {cpu_ms} ms of CPU and was woken {switches} times in an idle second"
         );
     }

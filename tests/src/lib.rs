@@ -352,3 +352,17 @@ pub fn assert_child_of(child: &ReadSpan, parent: &ReadSpan) {
         parent.name()
     );
 }
+
+/// The CPU time all threads of process `pid` have used so far, in nanoseconds (the first field of
+/// each thread's `schedstat`), and how many times they were given a CPU (the third: each wake-up,
+/// or return after being preempted, counts one).
+pub fn cpu_and_switches(pid: u32) -> (u64, u64) {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process is alive")
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+            Some((fields.next()??, fields.nth(1)??))
+        })
+        .fold((0, 0), |(cpu, switches), (c, s)| (cpu + c, switches + s))
+}

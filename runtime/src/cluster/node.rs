@@ -3,6 +3,7 @@
 //! takes its orders from the head over TCP.
 
 use super::proto::JobRequest;
+use crate::child_watch::{Alarm, Pidfds};
 use crate::worker::WORKER_ENV;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Mutex;
@@ -59,6 +60,8 @@ pub(crate) struct NodeAgent {
     tls: Option<super::tls::TlsPem>,
     running: Mutex<Vec<Running>>,
     events: Box<dyn Fn(NodeEvent) + Send + Sync>,
+    /// Wakes the reaper for a worker started or a job ended.
+    alarm: Alarm,
 }
 
 impl NodeAgent {
@@ -74,6 +77,7 @@ impl NodeAgent {
             tls,
             running: Mutex::new(Vec::new()),
             events,
+            alarm: Alarm::new(),
         }
     }
 
@@ -144,6 +148,7 @@ impl NodeAgent {
                     pipe,
                     ending: None,
                 });
+                self.alarm.ring();
                 (self.events)(NodeEvent::Spawned { job, worker, pid });
             }
             Err(e) => (self.events)(NodeEvent::SpawnFailed {
@@ -165,20 +170,28 @@ impl NodeAgent {
             running.pipe = None;
             running.ending.get_or_insert(now);
         }
+        self.alarm.ring();
     }
 
-    /// Reaps workers that ended and kills those that outstayed their job, every few milliseconds,
-    /// forever (run it on a thread of its own).
+    /// Reaps workers that ended and kills those that outstayed their job, forever (run it on a
+    /// thread of its own). Between rounds it sleeps until a worker ends, one outstays its job, or
+    /// one is started or told to go: an idle node does not wake.
     pub(crate) fn watch(&self) {
+        let mut pidfds = Pidfds::default();
         loop {
-            self.reap();
-            std::thread::sleep(Duration::from_millis(20));
+            let next_deadline = self.reap();
+            // A worker is in `running` until reaped: its pid is still its own.
+            pidfds.watch(self.running().iter().map(|r| r.child.id()));
+            pidfds.sleep(&self.alarm, next_deadline);
         }
     }
 
-    fn reap(&self) {
+    /// Reaps the workers that ended, kills those that outstayed their job; returns when the next
+    /// one will have (just past its grace).
+    fn reap(&self) -> Option<Instant> {
         let mut ended = Vec::new();
-        self.running().retain_mut(|running| {
+        let mut running = self.running();
+        running.retain_mut(|running| {
             if running
                 .ending
                 .is_some_and(|since| since.elapsed() > END_GRACE)
@@ -198,9 +211,18 @@ impl NodeAgent {
                 _ => true,
             }
         });
+        // Those killed already are watched for their end.
+        let next_deadline = running
+            .iter()
+            .filter_map(|r| r.ending)
+            .map(|since| since + END_GRACE + Duration::from_millis(1))
+            .filter(|at| *at > Instant::now())
+            .min();
+        drop(running);
         for event in ended {
             (self.events)(event);
         }
+        next_deadline
     }
 
     /// Kills every worker and waits for them (the node stops).

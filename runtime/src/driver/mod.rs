@@ -64,6 +64,8 @@ pub(crate) struct Driver {
     launcher: Launcher,
     /// Worker processes started and not yet reaped, by worker id.
     children: Mutex<Vec<(u32, Child)>>,
+    /// Wakes the reaper for a child launched, or for shutdown.
+    alarm: crate::child_watch::Alarm,
     welcome: wire::WelcomeInfo,
     /// The driver's own tracing, for the head's `status`.
     tracing: Option<crate::tracing::ReportHandle>,
@@ -139,6 +141,7 @@ impl Driver {
             changed: Condvar::new(),
             launcher,
             children: Mutex::new(Vec::new()),
+            alarm: crate::child_watch::Alarm::new(),
             welcome,
             tracing,
             start_timeout,
@@ -425,6 +428,7 @@ impl Driver {
             state.sched.wake = true;
             self.unlock(state);
         }
+        self.alarm.ring();
         // Wake the accept loop so it sees the flag.
         match &self.launcher {
             Launcher::Local { socket, .. } => drop(UnixStream::connect(socket)),

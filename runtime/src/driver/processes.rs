@@ -3,6 +3,7 @@
 
 use super::{Driver, State};
 use crate::WorkerStartError;
+use crate::child_watch::Pidfds;
 use crate::cluster::proto::ToHead;
 use crate::wire::Outbox;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ impl Driver {
         let (socket, token) = match &self.launcher {
             Launcher::Local { socket, token, .. } => (socket, token),
             Launcher::Cluster { head, .. } => {
+                // Its start deadline is the reaper's to watch.
+                self.alarm.ring();
                 return if head.send(ToHead::StartWorker { worker: id, actor }) {
                     Ok(())
                 } else {
@@ -82,6 +85,7 @@ impl Driver {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((id, child));
+        self.alarm.ring();
         Ok(())
     }
 
@@ -92,10 +96,12 @@ impl Driver {
         self.unlock(state);
     }
 
-    /// Reaps worker processes that ended, every few milliseconds until shutdown. One that ended
-    /// before it connected fails what waited for it (an actor's calls, `init`), rather than
-    /// leaving them waiting.
+    /// Reaps worker processes that ended, until shutdown. One that ended before it connected
+    /// fails what waited for it (an actor's calls, `init`), rather than leaving them waiting; one
+    /// that neither connects nor ends in time is given up on. Between rounds it sleeps until a
+    /// child ends, a start deadline passes or the alarm rings: an idle driver does not wake.
     pub(super) fn watch_children(self: Arc<Self>) {
+        let mut pidfds = Pidfds::default();
         while !self.lock().sched.shutting_down {
             let mut ended = Vec::new();
             self.children
@@ -122,7 +128,7 @@ impl Driver {
             }
             // A worker that neither connects nor ends (a node that never started it, a process
             // stuck before `init`) must not keep an actor's calls or `init` waiting forever.
-            let late: Vec<u32> = {
+            let (late, next_deadline) = {
                 let mut state = self.lock();
                 let State {
                     sched,
@@ -130,11 +136,17 @@ impl Driver {
                     ..
                 } = &mut *state;
                 starting_since.retain(|worker, _| sched.starting.contains_key(worker));
-                starting_since
+                let late: Vec<u32> = starting_since
                     .iter()
                     .filter(|(_, since)| since.elapsed() > self.start_timeout)
                     .map(|(worker, _)| *worker)
-                    .collect()
+                    .collect();
+                // Just past the first deadline, when that worker is late.
+                let next = starting_since
+                    .values()
+                    .map(|since| *since + self.start_timeout + Duration::from_millis(1))
+                    .min();
+                (late, next)
             };
             for worker in late {
                 self.lock().starting_since.remove(&worker);
@@ -150,7 +162,15 @@ impl Driver {
                     let _ = child.kill();
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // A child is in `children` until reaped: its pid is still its own.
+            pidfds.watch(
+                self.children
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|(_, child)| child.id()),
+            );
+            pidfds.sleep(&self.alarm, next_deadline);
         }
     }
 }

@@ -594,10 +594,13 @@ fn main() -> ExitCode {
                 .chain(runtime.worker_pids().into_iter().map(|(_, pid)| pid))
                 .collect();
             std::thread::sleep(Duration::from_millis(100));
-            let before: Vec<(u64, u64)> = pids.iter().map(|pid| cpu_and_switches(*pid)).collect();
+            let before: Vec<(u64, u64)> = pids
+                .iter()
+                .map(|pid| filament_tests::cpu_and_switches(*pid))
+                .collect();
             std::thread::sleep(Duration::from_secs(1));
             for (pid, (cpu, switches)) in pids.iter().zip(before) {
-                let (cpu_after, switches_after) = cpu_and_switches(*pid);
+                let (cpu_after, switches_after) = filament_tests::cpu_and_switches(*pid);
                 println!(
                     "idle pid={pid} cpu_ms={} switches={}",
                     (cpu_after - cpu) / 1_000_000,
@@ -681,18 +684,4 @@ fn main() -> ExitCode {
     }
     drop(runtime);
     ExitCode::SUCCESS
-}
-
-/// The CPU time all threads of process `pid` have used so far, in nanoseconds (the first field of
-/// each thread's `schedstat`), and how many times they were given a CPU (the third: each wake-up,
-/// or return after being preempted, counts one).
-fn cpu_and_switches(pid: u32) -> (u64, u64) {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("the process is alive")
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
-            Some((fields.next()??, fields.nth(1)??))
-        })
-        .fold((0, 0), |(cpu, switches), (c, s)| (cpu + c, switches + s))
 }
