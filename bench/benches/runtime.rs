@@ -167,26 +167,24 @@ struct Head {
 impl Head {
     /// Starts a head, with `--tls` if `tls`, and records it in [`HEAD`] or [`TLS_HEAD`].
     fn start(tls: bool) -> Head {
+        // The command in the bench's own profile: target/<profile>/deps/<bench> is this binary.
+        let exe = std::env::current_exe().expect("the bench's path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the bench runs from target/<profile>/deps");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let built = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "-p",
-                "filament",
-                "--bin",
-                "filament",
-            ])
+            .args(["build", "--quiet", "--profile", profile])
+            .args(["-p", "filament", "--bin", "filament"])
             .status()
             .expect("cargo runs");
         assert!(built.success(), "building the filament command failed");
-        let exe = std::env::current_exe().expect("the bench's path");
-        let release = exe
-            .ancestors()
-            .find(|dir| dir.file_name().is_some_and(|n| n == "release"))
-            .expect("the bench runs from target/release");
-        let filament = release.join("filament");
+        let filament = profile_dir.join("filament");
         let sessions = tempfile::tempdir().expect("a temporary directory");
         let spans = tempfile::tempdir().expect("a temporary directory");
         let started = std::process::Command::new(&filament)
