@@ -60,7 +60,7 @@ pub use filament_tracing as tracing;
 pub use filament_tracing::opentelemetry;
 pub use local::ActorHandle;
 pub use object::{Arg, GetError, IntoArg, ObjectId, ObjectRef, TaskError};
-pub use status::{HookState, ProcessKind};
+pub use status::{HookState, JobState, ProcessKind};
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;

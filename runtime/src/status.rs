@@ -1,7 +1,7 @@
 //! What `filament status` says of a process: its kind, the state of its tracing hook, and its
-//! span counts. Workers send these to their driver, drivers to the head.
+//! span counts; and of a job, its state. Workers send these to their driver, drivers to the head.
 //!
-//! The kinds and hook states are enums to a program and plain strings in `filament status --json`
+//! The kinds, hook states and job states are enums to a program and plain strings in `filament status --json`
 //! (`"driver"`, `"actor Counter"`, `"loaded"`, `"failed: why"`), as they have always read there.
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,50 @@ impl TryFrom<String> for HookState {
     }
 }
 
+/// Where a job of a standing cluster is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Its driver is attached: `"running"`.
+    Running,
+    /// Its driver detached: `"ended"`.
+    Ended,
+    /// Its driver's connection failed: `"lost: <why>"`.
+    Lost(String),
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobState::Running => f.write_str("running"),
+            JobState::Ended => f.write_str("ended"),
+            JobState::Lost(why) => write!(f, "lost: {why}"),
+        }
+    }
+}
+
+impl From<JobState> for String {
+    fn from(state: JobState) -> String {
+        state.to_string()
+    }
+}
+
+impl TryFrom<String> for JobState {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<JobState, String> {
+        Ok(match text.as_str() {
+            "running" => JobState::Running,
+            "ended" => JobState::Ended,
+            _ => match text.strip_prefix("lost: ") {
+                Some(why) => JobState::Lost(why.to_owned()),
+                None => return Err(format!("{text:?} is not a job state")),
+            },
+        })
+    }
+}
+
 /// A process's tracing: its hook's state and its spans so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProcessTracing {
@@ -153,7 +197,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_and_hook_states_read_back_from_their_status_strings() {
+    fn kinds_and_hook_and_job_states_read_back_from_their_status_strings() {
         for kind in [
             ProcessKind::Driver,
             ProcessKind::Worker,
@@ -173,6 +217,14 @@ mod tests {
         ] {
             assert_eq!(HookState::try_from(state.to_string()), Ok(state));
         }
+        for state in [
+            JobState::Running,
+            JobState::Ended,
+            JobState::Lost("connection reset by peer".into()),
+        ] {
+            assert_eq!(JobState::try_from(state.to_string()), Ok(state));
+        }
+        assert!(JobState::try_from("stopped".to_owned()).is_err());
         assert_eq!(
             serde_json::to_string(&ProcessKind::Actor {
                 class: "Counter".into()

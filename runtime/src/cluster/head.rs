@@ -10,7 +10,7 @@ use super::proto::{
     ProcessStatus, ToHead, Welcome,
 };
 use super::{log, session};
-use crate::status::{HookState, ProcessKind, ProcessTracing};
+use crate::status::{HookState, JobState, ProcessKind, ProcessTracing};
 use crate::wire::{self, Conn, FrameReader, Outbox};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::TcpListener;
@@ -483,8 +483,8 @@ impl Head {
                     }
                 }
                 Ok(Some(_)) => {}
-                Ok(None) => break "ended".to_owned(),
-                Err(e) => break format!("lost: {e}"),
+                Ok(None) => break JobState::Ended,
+                Err(e) => break JobState::Lost(e.to_string()),
             }
         };
         self.end_job(&job_id, end);
@@ -592,7 +592,7 @@ impl Head {
         outbox.send(FromHead::WorkerFailed { worker, message });
     }
 
-    fn end_job(&self, job_id: &str, end: String) {
+    fn end_job(&self, job_id: &str, end: JobState) {
         let mut state = self.lock();
         let Some(job) = state.jobs.remove(job_id) else {
             return;
@@ -615,7 +615,7 @@ impl Head {
         }
     }
 
-    fn job_status(job_id: &str, job: &JobEntry, nodes: &[NodeEntry], state: String) -> JobStatus {
+    fn job_status(job_id: &str, job: &JobEntry, nodes: &[NodeEntry], state: JobState) -> JobStatus {
         let node_of = |worker: Option<u32>| {
             let place = job.workers.get(&worker?)?;
             nodes
@@ -704,7 +704,7 @@ impl Head {
         let mut jobs: Vec<JobStatus> = state
             .jobs
             .iter()
-            .map(|(id, job)| Self::job_status(id, job, &state.nodes, "running".into()))
+            .map(|(id, job)| Self::job_status(id, job, &state.nodes, JobState::Running))
             .collect();
         jobs.extend(state.ended.iter().cloned());
         ClusterStatus {

@@ -17,7 +17,7 @@ pub(crate) mod proto;
 pub mod session;
 pub mod tls;
 
-pub use crate::status::{HookState, ProcessKind};
+pub use crate::status::{HookState, JobState, ProcessKind};
 pub use error::{AttachError, ConnectError, SessionError, StartError, TlsError};
 pub use proto::{ClusterStatus, JobProcess, JobStatus, NodeStatus};
 

@@ -3,7 +3,7 @@
 
 use super::error::ConnectError;
 use super::node::NodeEvent;
-use crate::status::{HookState, ProcessKind};
+use crate::status::{HookState, JobState, ProcessKind};
 use crate::wire::{self, Conn, FrameReader};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -153,8 +153,8 @@ pub struct NodeStatus {
 pub struct JobStatus {
     /// The job's id (`filament.job_id` in spans).
     pub job_id: String,
-    /// `running`, or how it ended.
-    pub state: String,
+    /// Running, or how it ended.
+    pub state: JobState,
     /// The driver's process id.
     pub driver_pid: u32,
     /// The driver's executable.
