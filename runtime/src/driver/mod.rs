@@ -437,9 +437,14 @@ impl Driver {
         let deadline = Instant::now() + grace;
         let mut children =
             std::mem::take(&mut *self.children.lock().unwrap_or_else(|p| p.into_inner()));
-        while !children.is_empty() && Instant::now() < deadline {
+        let mut pidfds = crate::child_watch::Pidfds::default();
+        loop {
             children.retain_mut(|(_, child)| !matches!(child.try_wait(), Ok(Some(_))));
-            std::thread::sleep(Duration::from_millis(5));
+            if children.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            pidfds.watch(children.iter().map(|(_, child)| child.id()));
+            pidfds.sleep(&self.alarm, Some(deadline));
         }
         for (_, mut child) in children {
             let _ = child.kill();
