@@ -406,12 +406,22 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.driver.shutdown(Duration::from_secs(2));
         local::set(None);
         spans::disable();
-        if let Some(guard) = self.tracing.take() {
-            let _ = guard.shutdown();
+        // The driver's spans flush while its workers flush theirs: an exporter that hangs costs
+        // the exit one shutdown timeout, not two.
+        let tracing = self.tracing.take().and_then(|guard| {
+            std::thread::Builder::new()
+                .name("filament-driver-tracing-shutdown".into())
+                .spawn(move || drop(guard.shutdown()))
+                .ok()
+        });
+        self.driver.stop_workers(worker::STOP_GRACE);
+        if let Some(tracing) = tracing {
+            let _ = tracing.join();
         }
+        // The head's last report of the job then has the driver's final counts.
+        self.driver.leave();
     }
 }
 

@@ -70,6 +70,13 @@ pub(crate) const WORKER_ENV: &str = "FILAMENT_WORKER";
 /// How long a worker of a standing cluster tries to reach its driver.
 const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a worker told to stop (by its driver, or by its node when its job ended) has before
+/// it is killed: a second for the tasks still running to end their spans, its tracing's shutdown
+/// timeout to flush them (an exporter that hangs takes all of it), and a second to say what was
+/// lost.
+pub(crate) const STOP_GRACE: Duration =
+    Duration::from_secs(2).saturating_add(filament_tracing::DEFAULT_SHUTDOWN_TIMEOUT);
+
 /// How often a worker tells its driver how its tracing is doing (when that changed).
 const STATS_INTERVAL: Duration = Duration::from_millis(500);
 

@@ -1013,3 +1013,116 @@ fn the_grpc_runtime_lives_inside_the_plugin_and_stops_at_shutdown() {
         "the runtime stopped with the processor"
     );
 }
+
+/// The spans `cluster-program <scenario>` leaves, counted from a run with the local-file hook.
+fn spans_of(scenario: &str) -> usize {
+    let spans = tempfile::tempdir().unwrap();
+    let output = cluster_program(&[scenario], LOCAL_FILE, spans.path(), &[]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    read_spans_dir(spans.path()).values().map(Vec::len).sum()
+}
+
+/// Of a summary line, the spans dropped plus those still being exported when shutdown stopped
+/// waiting: the process's spans, when none was exported.
+fn lost_in(summary: &str) -> usize {
+    let number_before = |text: &str| -> usize {
+        summary
+            .split(text)
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let pending = if summary.contains(" still being exported") {
+        number_before(" still being exported")
+    } else {
+        0
+    };
+    number_before(" dropped (") + pending
+}
+
+#[test]
+fn every_process_of_a_job_says_what_a_silent_receiver_cost_it() {
+    // Default timeouts: each process's shutdown stops waiting for its export after 5 s. The
+    // driver keeps its workers until they have flushed and said so.
+    let expected = spans_of("mixed");
+    let (_listener, url) = silent_port();
+    let spans = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = cluster_program(
+        &["mixed"],
+        JAEGER,
+        spans.path(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &url)],
+    );
+    assert!(started.elapsed() < HANG_BOUND, "the program hung");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let summaries = lines_with(&output, "filament_jaeger: 0 spans exported, ");
+    // A worker's lines reach the driver's standard error prefixed with who said them.
+    let from_workers = summaries.iter().filter(|l| l.starts_with('(')).count();
+    assert!(
+        from_workers >= 2 && summaries.len() == from_workers + 1,
+        "the driver, a pool worker and the actor's process each say what they lost: {}",
+        output_text(&output)
+    );
+    let lost: usize = summaries.iter().map(|l| lost_in(l)).sum();
+    assert_eq!(lost, expected, "{}", output_text(&output));
+}
+
+#[test]
+fn a_standing_clusters_status_counts_what_a_down_receiver_cost_each_process() {
+    let expected = spans_of("mixed");
+    let mut cluster = StandingCluster {
+        temp: tempfile::tempdir().unwrap(),
+        started: false,
+    };
+    let output = cluster
+        .command(&filament_bin())
+        .args(["start", "--head", "--port", "0", "--num-cpus", "2"])
+        .args(["--tracing-startup-hook", JAEGER])
+        .output()
+        .unwrap();
+    cluster.started = true;
+    assert!(output.status.success(), "start: {}", output_text(&output));
+    let spans = tempfile::tempdir().unwrap();
+    let output = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .arg("mixed")
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("FILAMENT_SPANS_DIR", spans.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", closed_port())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
+    let job = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("job_id=").map(str::to_owned))
+        .unwrap();
+
+    let status = cluster
+        .command(&filament_bin())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", output_text(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let job = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap_or_else(|| panic!("job {job} in {status}"));
+    let processes = job["processes"].as_array().unwrap();
+    // Nothing was exported; every span is counted dropped once, by the process that made it.
+    for process in processes {
+        assert_eq!(process["spans_exported"], 0, "{process}");
+    }
+    let dropped: u64 = processes
+        .iter()
+        .map(|p| p["spans_dropped"].as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, expected as u64, "{job}");
+}

@@ -48,6 +48,8 @@ struct Counters {
     queue_full: AtomicU64,
     failed: AtomicU64,
     after_shutdown: AtomicU64,
+    /// Shutdown returned: spans still on their way then are lost with the process.
+    shutdown_returned: AtomicBool,
     warned: AtomicBool,
     first_failure: Mutex<Option<String>>,
 }
@@ -78,13 +80,32 @@ impl Counters {
         self.warn_once(name, &format!("an export of {spans} spans failed: {error}"));
     }
 
+    /// Queued spans neither exported nor failed: waiting, or in an export under way (after
+    /// shutdown, one that outlived it).
+    fn pending(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed).saturating_sub(
+            self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// What [`SpanProcessor::stats`] says: the spans lost, those shutdown stopped waiting for
+    /// included.
+    fn stats(&self) -> ProcessorStats {
+        let abandoned = if self.shutdown_returned.load(Ordering::Relaxed) {
+            self.pending()
+        } else {
+            0
+        };
+        ProcessorStats {
+            exported: self.exported.load(Ordering::Relaxed),
+            dropped: self.dropped() + abandoned,
+        }
+    }
+
     /// The summary line, when anything was lost or is still on its way.
     fn summary(&self, name: &str) -> Option<String> {
         let dropped = self.dropped();
-        // Queued spans neither exported nor failed: in an export that outlived the shutdown.
-        let pending = self.queued.load(Ordering::Relaxed).saturating_sub(
-            self.exported.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed),
-        );
+        let pending = self.pending();
         if dropped == 0 && pending == 0 {
             return None;
         }
@@ -288,6 +309,9 @@ impl SpanProcessor for BatchProcessor {
                 let _ = thread.join();
             }
         }
+        self.counters
+            .shutdown_returned
+            .store(true, Ordering::Relaxed);
         if let Some(summary) = self.counters.summary(&self.name) {
             eprintln!("{summary}");
         }
@@ -295,10 +319,7 @@ impl SpanProcessor for BatchProcessor {
     }
 
     fn stats(&self) -> ProcessorStats {
-        ProcessorStats {
-            exported: self.counters.exported.load(Ordering::Relaxed),
-            dropped: self.counters.dropped(),
-        }
+        self.counters.stats()
     }
 
     fn failed(&self) -> u64 {

@@ -49,8 +49,9 @@ struct Running {
     ending: Option<Instant>,
 }
 
-/// How long a worker whose job ended may take to exit before it is killed.
-const END_GRACE: Duration = Duration::from_secs(2);
+/// How long a worker whose job ended may take to exit before it is killed: as long as its driver
+/// would give it, time to flush its spans included.
+const END_GRACE: Duration = crate::worker::STOP_GRACE;
 
 /// The worker processes of one machine.
 pub(crate) struct NodeAgent {

@@ -413,8 +413,16 @@ impl Driver {
         }
     }
 
-    /// Stops every worker: asks them to exit, then kills what is left after `grace`.
+    /// Stops every worker and leaves the cluster: [`Driver::stop_workers`], then
+    /// [`Driver::leave`].
     pub(crate) fn shutdown(&self, grace: Duration) {
+        self.stop_workers(grace);
+        self.leave();
+    }
+
+    /// Stops every worker: asks them to exit (they flush their spans first), then kills what is
+    /// left after `grace`.
+    pub(crate) fn stop_workers(&self, grace: Duration) {
         {
             let mut state = self.lock();
             state.sched.shutting_down = true;
@@ -450,16 +458,21 @@ impl Driver {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Workers leave once their spans are flushed, with a last report of them and their last
+        // words (a summary of lost spans, say): read them before going on.
+        while !self.lock().sched.workers.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Leaves the cluster: an embedded one's socket folder is removed; a standing one's head is
+    /// given the job's final counts (the driver's own included: leave after its tracing shut
+    /// down) and the connection closes, which ends the job (the head has the nodes end what is
+    /// left of it).
+    pub(crate) fn leave(&self) {
         match &self.launcher {
             Launcher::Local { socket_dir, .. } => drop(std::fs::remove_dir_all(socket_dir)),
-            // The job ends with the connection: the head has the nodes end what is left of it.
             Launcher::Cluster { head, .. } => {
-                // Workers leave once their spans are flushed, with a last report of them: the
-                // head keeps the job's final counts.
-                let deadline = Instant::now() + grace;
-                while !self.lock().sched.workers.is_empty() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
                 head.send(ToHead::JobStats(self.job_processes()));
                 head.close();
             }

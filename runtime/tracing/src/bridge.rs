@@ -33,6 +33,8 @@ struct Sink {
     delivered: AtomicU64,
     /// Calls that failed or panicked.
     failures: AtomicU64,
+    /// Spans whose `on_end` failed or panicked: never handed over.
+    undelivered: AtomicU64,
     /// The first failure's message (the only one logged).
     first_failure: Mutex<Option<String>>,
 }
@@ -128,6 +130,7 @@ impl Sinks {
                 name: sink.name.clone(),
                 delivered: sink.delivered.load(Ordering::Relaxed),
                 failures: sink.failures.load(Ordering::Relaxed),
+                undelivered: sink.undelivered.load(Ordering::Relaxed),
                 first_failure: sink
                     .first_failure
                     .lock()
@@ -150,8 +153,10 @@ pub struct ProcessorReport {
     pub name: String,
     /// Spans handed to it without error.
     pub delivered: u64,
-    /// Calls that failed or panicked.
+    /// Calls that failed or panicked (`on_end`, `force_flush`, `shutdown`, …).
     pub failures: u64,
+    /// Spans whose `on_end` failed or panicked: lost before the processor had them.
+    pub undelivered: u64,
     /// The first failure's message (the only one logged).
     pub first_failure: Option<String>,
     /// What the processor itself says it exported and dropped.
@@ -188,6 +193,7 @@ impl Bridge {
                 raw: added.raw,
                 delivered: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                undelivered: AtomicU64::new(0),
                 first_failure: Mutex::new(None),
             })
             .collect();
@@ -222,9 +228,11 @@ impl SpanProcessor for Bridge {
     fn on_end(&self, span: SpanData) {
         with_record(&span, &self.resource, |record| {
             for sink in self.sinks.sinks.iter() {
-                if sink.check("on_end", sink.raw.on_end(record)).is_ok() {
-                    sink.delivered.fetch_add(1, Ordering::Relaxed);
-                }
+                let counter = match sink.check("on_end", sink.raw.on_end(record)) {
+                    Ok(()) => &sink.delivered,
+                    Err(_) => &sink.undelivered,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         });
     }

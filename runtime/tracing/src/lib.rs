@@ -528,10 +528,11 @@ impl ReportHandle {
 /// A process's spans, summed over its plugin processors: what `filament status` shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpanCounts {
-    /// Spans the processors say they exported; for a processor that does not count, the spans it
-    /// took without error.
+    /// Spans the processors say they exported; for a processor that counts nothing (says 0
+    /// exported and 0 dropped), the spans it took without error.
     pub exported: u64,
-    /// Spans lost: failed or panicking processor calls, and what the processors say they dropped.
+    /// Spans lost: those whose `on_end` failed or panicked, and what the processors say they
+    /// dropped (a processor whose shutdown gave up on an export counts those spans too).
     pub dropped: u64,
 }
 
@@ -539,14 +540,15 @@ impl SpanCounts {
     /// The sum over `reports`.
     pub fn of(reports: &[ProcessorReport]) -> SpanCounts {
         reports.iter().fold(SpanCounts::default(), |sum, report| {
-            let exported = if report.plugin.exported > 0 {
+            let counts = report.plugin.exported + report.plugin.dropped > 0;
+            let exported = if counts {
                 report.plugin.exported
             } else {
                 report.delivered
             };
             SpanCounts {
                 exported: sum.exported + exported,
-                dropped: sum.dropped + report.failures + report.plugin.dropped,
+                dropped: sum.dropped + report.undelivered + report.plugin.dropped,
             }
         })
     }
