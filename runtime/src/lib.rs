@@ -238,6 +238,18 @@ pub enum InitError {
     /// The standing cluster could not be attached to: no head, a wrong token, no session.
     #[error("cannot attach to the cluster: {0}")]
     Attach(#[from] cluster::AttachError),
+    /// The standing cluster's tracing hook, given to `filament start`, was refused in this
+    /// driver (a bare library name is searched for on each machine: this one may not have it).
+    #[error(
+        "the cluster's tracing hook (given to `filament start`) was refused in this driver: \
+         {source}. A library given by bare name is searched for on each machine of the cluster: \
+         install it for this user here (`filament plugins install <path to the library>`), name \
+         its folder in FILAMENT_PLUGIN_PATH, or start the cluster with the library's path"
+    )]
+    ClusterHook {
+        /// Why the hook was refused.
+        source: tracing::HookError,
+    },
     /// The driver asked for a tracing hook other than the one the cluster was started with.
     #[error(
         "this driver's tracing hook {driver:?} differs from the cluster's ({cluster}); \
@@ -448,6 +460,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         });
     }
     let mut config = config;
+    let mut hook_of_the_cluster = false;
     let attached = match &config.address {
         Some(address) => {
             let attached = cluster::client::attach(
@@ -457,6 +470,7 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
             )?;
             config.tracing_startup_hook =
                 cluster_hook(config.tracing_startup_hook.take(), attached.hook.clone())?;
+            hook_of_the_cluster = attached.hook.is_some();
             Some(attached)
         }
         None => None,
@@ -479,7 +493,13 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         for (key, value) in &config.tracing_config {
             tracing = tracing.config(key.clone(), value.clone());
         }
-        tracing_guard = Some(tracing.install()?);
+        tracing_guard = Some(tracing.install().map_err(|source| {
+            if hook_of_the_cluster {
+                InitError::ClusterHook { source }
+            } else {
+                InitError::Hook(source)
+            }
+        })?);
         spans::enable(spans::ProcessFacts {
             pid: std::process::id(),
             job_id: job_id.clone(),

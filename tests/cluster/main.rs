@@ -1589,3 +1589,37 @@ fn an_idle_standing_cluster_does_not_wake_after_a_job() {
         );
     }
 }
+
+#[test]
+fn a_driver_that_cannot_load_the_clusters_hook_is_told_it_is_the_clusters_and_how_to_install_it() {
+    // The head finds `filament_local_file` beside the `filament` command; a program elsewhere,
+    // with no plugin home and no FILAMENT_PLUGIN_PATH, does not.
+    let cluster = Cluster::new();
+    cluster.start_head(Some(LOCAL_FILE), 2);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let program = elsewhere.path().join("user-program");
+    std::fs::copy(env!("CARGO_BIN_EXE_cluster-program"), &program).unwrap();
+    let output = cluster
+        .command(&program)
+        .arg("one-task")
+        .env("FILAMENT_ADDRESS", "auto")
+        .env("XDG_DATA_HOME", elsewhere.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env_remove("FILAMENT_PLUGIN_PATH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("init_error=cluster-hook"),
+        "{}",
+        output_text(&output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for words in [
+        "the cluster's tracing hook (given to `filament start`) was refused in this driver",
+        "hook \"filament_local_file:setup_tracing\": library not found (searched: ",
+        "filament plugins install",
+    ] {
+        assert!(stderr.contains(words), "{words:?} not in: {stderr}");
+    }
+}

@@ -268,6 +268,7 @@ fn init_error_kind(error: &filament::InitError) -> &'static str {
         InitError::WorkerStart(_) => "worker-start-other",
         InitError::Attach(_) => "attach",
         InitError::HookMismatch { .. } => "hook-mismatch",
+        InitError::ClusterHook { .. } => "cluster-hook",
         _ => "other",
     }
 }
