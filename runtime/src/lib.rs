@@ -619,8 +619,9 @@ pub fn get_all<T: DeserializeOwned>(objects: &[ObjectRef<T>]) -> Result<Vec<T>, 
 /// What [`wait`] returns: the objects done, and those not.
 pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
-/// Splits `objects` into those done and those not, once `num_returns` are done or `timeout` passed
-/// (`None`: no limit). Done objects come first, in their original order.
+/// Splits `objects` once `num_returns` are done or `timeout` passed (`None`: no limit): at most
+/// `num_returns` done objects, and the rest (pending, or done beyond `num_returns`), each list in
+/// the original order, as Ray's `wait` does.
 pub fn wait<T>(
     objects: Vec<ObjectRef<T>>,
     num_returns: usize,
@@ -630,12 +631,18 @@ pub fn wait<T>(
         return Ok((Vec::new(), Vec::new()));
     };
     let ids: Vec<ObjectId> = objects.iter().map(|o| o.id).collect();
-    let done = local::wait_raw(first.cluster, &ids, num_returns.min(ids.len()), timeout)?;
-    let (ready, pending): (Vec<_>, Vec<_>) = objects.into_iter().zip(done).partition(|(_, d)| *d);
-    Ok((
-        ready.into_iter().map(|(o, _)| o).collect(),
-        pending.into_iter().map(|(o, _)| o).collect(),
-    ))
+    let num_returns = num_returns.min(ids.len());
+    let done = local::wait_raw(first.cluster, &ids, num_returns, timeout)?;
+    let mut ready = Vec::with_capacity(num_returns);
+    let mut rest = Vec::new();
+    for (object, done) in objects.into_iter().zip(done) {
+        if done && ready.len() < num_returns {
+            ready.push(object);
+        } else {
+            rest.push(object);
+        }
+    }
+    Ok((ready, rest))
 }
 
 /// A random number for ids (clusters, jobs, tokens' words): the standard library's hasher keys,

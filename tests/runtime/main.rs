@@ -648,6 +648,7 @@ fn wait_splits_done_from_pending_and_honours_its_timeout() {
         "the done one is the quick task"
     );
     assert_eq!(run.value("then_ready"), "2 then_pending=0");
+    assert_eq!(run.value("capped_ready"), "[1] capped_rest=[2, 3]");
 }
 
 #[test]

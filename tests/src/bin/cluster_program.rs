@@ -576,6 +576,15 @@ fn main() -> ExitCode {
             let all: Vec<_> = ready.into_iter().chain(pending).collect();
             let (ready, pending) = filament::wait(all, 2, None).unwrap();
             println!("then_ready={} then_pending={}", ready.len(), pending.len());
+            // Three done, one asked for: one returned as done, the first; two left, in order.
+            let done = vec![add::remote(1, 0), add::remote(2, 0), add::remote(3, 0)];
+            filament::get_all(&done).unwrap();
+            let (ready, rest) = filament::wait(done, 1, None).unwrap();
+            println!(
+                "capped_ready={:?} capped_rest={:?}",
+                filament::get_all(&ready).unwrap(),
+                filament::get_all(&rest).unwrap()
+            );
         }
         "many" => {
             let n: usize = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
