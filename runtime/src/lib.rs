@@ -224,8 +224,9 @@ pub fn tracer(name: &'static str) -> opentelemetry::global::BoxedTracer {
     opentelemetry::global::tracer(name)
 }
 
-/// Why [`init`] failed. Nothing is left running.
-#[derive(Debug, thiserror::Error)]
+/// Why [`init`] failed. Nothing is left running. Its `Debug` is its message (see
+/// [`GetError`]'s).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum InitError {
     /// The tracing hook was refused in the driver; no worker was started.
@@ -544,6 +545,12 @@ pub fn init(config: Config) -> Result<Runtime, InitError> {
         tracing: tracing_guard,
         job_id,
     })
+}
+
+impl std::fmt::Debug for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// The hook of a driver attached to a cluster: the cluster's. A driver may name it too (the same

@@ -283,7 +283,11 @@ pub enum TaskError {
 }
 
 /// Why [`get`](crate::get) returned no value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Its `Debug` is its message: a `main` that returns `Result<(), Box<dyn Error>>` prints an error
+/// through `Debug`, and the message is what names the task and the cause. Match on the variants to
+/// tell the cases apart.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
     /// The task failed.
@@ -320,6 +324,12 @@ pub enum GetError {
     },
 }
 
+impl std::fmt::Debug for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// An object's task name and result, as `get` collects them.
 pub(crate) type Fetched = (
     std::sync::Arc<str>,
@@ -336,4 +346,24 @@ pub(crate) fn encode<R: Serialize>(value: &R) -> Result<Vec<u8>, String> {
             )
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_debug_as_their_message_for_a_main_that_returns_them() {
+        // What `fn main() -> Result<(), Box<dyn Error>>` prints after `Error: `.
+        let error: Box<dyn std::error::Error> = Box::new(GetError::NotInitialized);
+        assert_eq!(
+            format!("{error:?}"),
+            "filament is not initialized in this process: call filament::init first"
+        );
+        let error: Box<dyn std::error::Error> = Box::new(crate::InitError::AlreadyInitialized);
+        assert_eq!(
+            format!("{error:?}"),
+            "filament is already initialized in this process"
+        );
+    }
 }
