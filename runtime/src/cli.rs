@@ -272,6 +272,10 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
         return Err(CommandError::EmptyHook);
     }
     let mut command = Command::new("/proc/self/exe");
+    // Shown by `ps` as the command that started it.
+    if let Some(name) = std::env::args_os().next() {
+        std::os::unix::process::CommandExt::arg0(&mut command, name);
+    }
     command.arg("__daemon");
     let num_cpus = args.num_cpus.unwrap_or_else(default_cpus);
     if args.head {

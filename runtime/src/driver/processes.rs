@@ -61,8 +61,14 @@ impl Driver {
             }
         };
         // /proc/self/exe, not current_exe(): the path stays right even if the binary was rebuilt.
-        let child = Command::new("/proc/self/exe")
-            .args(std::env::args_os().skip(1))
+        // Its argv[0] is the driver's, so that `ps` shows the program's name.
+        let mut args = std::env::args_os();
+        let mut command = Command::new("/proc/self/exe");
+        if let Some(name) = args.next() {
+            std::os::unix::process::CommandExt::arg0(&mut command, name);
+        }
+        let child = command
+            .args(args)
             .env(
                 crate::worker::WORKER_ENV,
                 crate::worker::marker_for(&format!("{}:{id}", socket.display())),
