@@ -649,10 +649,11 @@ fn a_receiver_that_is_down_costs_counted_spans_and_the_program_exits() {
     let started = Instant::now();
     let mut command = Command::new(env!("CARGO_BIN_EXE_traced-program"));
     clear_otel(&mut command);
+    let endpoint = closed_port();
     let output = command
         .args(["--hooks", JAEGER, "--spans", "50", "--flush-first"])
         .env("RUST_BACKTRACE", "0")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", closed_port())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
         .output()
         .unwrap();
     // The host's report, after a flush (which failed, hence failures=1): the exporter's failures
@@ -672,6 +673,11 @@ fn a_receiver_that_is_down_costs_counted_spans_and_the_program_exits() {
         ),
         "{summary}"
     );
+    // The failure says where the spans were going.
+    let to = format!("OTLP http/protobuf to {endpoint}/v1/traces: ");
+    assert!(summary.contains(&to), "{to:?} not in {summary}");
+    let warning = &lines_with(&output, "filament_jaeger: dropping spans")[0];
+    assert!(warning.contains(&to), "{to:?} not in {warning}");
 }
 
 #[test]

@@ -105,6 +105,44 @@ impl SpanExporter for Exporter {
     }
 }
 
+/// An exporter whose failures name where the spans were going (`OTLP http/protobuf to
+/// http://…`): a transport's own message ("network error") does not.
+#[derive(Debug)]
+pub struct Destined<E> {
+    inner: E,
+    destination: String,
+}
+
+impl<E> Destined<E> {
+    /// Wraps `inner`, which sends to `destination`.
+    pub fn new(inner: E, destination: String) -> Self {
+        Destined { inner, destination }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for Destined<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.inner.export(batch).await.map_err(|error| match error {
+            OTelSdkError::InternalFailure(message) => {
+                OTelSdkError::InternalFailure(format!("{}: {message}", self.destination))
+            }
+            other => other,
+        })
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 /// OTLP/gRPC needs tokio: this exporter owns a one-thread runtime, runs each export on it (the
 /// batch thread waits), and stops it at shutdown. Nothing of tokio reaches the host.
 #[derive(Debug)]

@@ -65,7 +65,7 @@ pub mod exporter;
 pub mod legacy;
 
 use config::{ExporterConfig, OTEL_SERVICE_NAME, Transport};
-use exporter::{Exporter, OtlpExporter, ProcessResource};
+use exporter::{Destined, Exporter, OtlpExporter, ProcessResource};
 use filament_plugin_api::{LogLevel, TracingSetup, export_hook};
 use filament_plugin_otel::{BatchConfig, BatchProcessor};
 use legacy::{Legacy, LegacyExporter};
@@ -104,7 +104,7 @@ fn setup_tracing(setup: &mut TracingSetup<'_>) -> Result<(), String> {
     };
     let processor = BatchProcessor::new(
         PROCESSOR_NAME,
-        ProcessResource::new(exporter, service_name),
+        ProcessResource::new(Destined::new(exporter, destination.clone()), service_name),
         batch,
     )
     .map_err(|e| format!("cannot start the export thread: {e}"))?;
