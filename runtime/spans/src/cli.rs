@@ -67,6 +67,16 @@ pub struct Inputs {
     pub dirs: Vec<PathBuf>,
 }
 
+/// A command's name given where span folders go (`filament spans --last 1 tree`), when no such
+/// file or folder exists.
+fn misplaced_command(inputs: &Inputs) -> Option<&str> {
+    use clap::Subcommand;
+    inputs.dirs.iter().find_map(|dir| {
+        let name = dir.to_str()?;
+        (SpansCommand::has_subcommand(name) && !dir.exists()).then_some(name)
+    })
+}
+
 impl Inputs {
     fn paths(&self) -> Vec<PathBuf> {
         if self.dirs.is_empty() {
@@ -233,7 +243,13 @@ pub fn run(args: SpansArgs) -> ExitCode {
 /// standard error); `terminal` says whether `out` is a terminal (colour by default).
 pub fn run_to(args: SpansArgs, out: &mut dyn Write, terminal: bool) -> ExitCode {
     let outcome = match args.command {
-        None => tree(&args.tree, out, terminal),
+        None => match misplaced_command(&args.tree.inputs) {
+            Some(command) => Err(format!(
+                "{command:?} is taken as a span folder, which does not exist: options go after \
+                 the command (`filament spans {command} --last 1`, say)"
+            )),
+            None => tree(&args.tree, out, terminal),
+        },
         Some(SpansCommand::Tree(args)) => tree(&args, out, terminal),
         Some(SpansCommand::Summary(args)) => summary(&args, out),
         Some(SpansCommand::Html(args)) => html(&args),

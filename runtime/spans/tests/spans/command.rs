@@ -73,4 +73,20 @@ fn filament_spans_reads_the_default_folder_and_names_what_is_wrong() {
         )),
         "{stderr}"
     );
+
+    // Options before the command: the command's name lands among the folders.
+    let out = Command::new(&filament)
+        .args(["spans", "--last", "1", "summary"])
+        .env("FILAMENT_SPANS_DIR", fixture("quickstart"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "\"summary\" is taken as a span folder, which does not exist: options go after the command (`filament spans summary --last 1`, say)"
+        ),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing shown");
 }
