@@ -326,7 +326,14 @@ fn with_traces(
             })
             .cloned(),
     );
-    match view(&set, &chosen) {
+    // No file read at all: the problems say why, and an empty view would only look like an
+    // answer.
+    let shown = if set.files.is_empty() {
+        Ok(())
+    } else {
+        view(&set, &chosen)
+    };
+    match shown {
         Ok(()) => {}
         // `filament spans | head` is not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}

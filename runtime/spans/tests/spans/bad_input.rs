@@ -113,6 +113,11 @@ fn an_empty_or_missing_folder_is_an_error_that_names_it() {
         )]
     );
     assert_eq!(spans(&[dir.path().to_str().unwrap()]).1, ExitCode::FAILURE);
+    // No view of nothing: an empty table would look like an answer.
+    assert_eq!(
+        spans(&["summary", dir.path().to_str().unwrap()]),
+        (String::new(), ExitCode::FAILURE)
+    );
 
     let missing = dir.path().join("nope");
     let (_, problems) = problems_of(&missing);
