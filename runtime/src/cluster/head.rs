@@ -55,7 +55,11 @@ struct WorkerPlace {
 struct JobEntry {
     request: JobRequest,
     outbox: Outbox<FromHead>,
+    /// The workers started and not ended.
     workers: BTreeMap<u32, WorkerPlace>,
+    /// The node of every worker ever started: status still says where a worker ran after it
+    /// ended (they end before their job does, once their spans are flushed).
+    ran_on: BTreeMap<u32, String>,
     processes: Vec<ProcessStatus>,
 }
 
@@ -456,6 +460,7 @@ impl Head {
                     request: request.clone(),
                     outbox: outbox.clone(),
                     workers: BTreeMap::new(),
+                    ran_on: BTreeMap::new(),
                     processes: Vec::new(),
                 },
             );
@@ -529,6 +534,7 @@ impl Head {
                     pid: None,
                 },
             );
+            job.ran_on.insert(worker, node_id.clone());
         }
         let link = state.nodes[index].link.clone();
         drop(state);
@@ -617,11 +623,11 @@ impl Head {
 
     fn job_status(job_id: &str, job: &JobEntry, nodes: &[NodeEntry], state: JobState) -> JobStatus {
         let node_of = |worker: Option<u32>| {
-            let place = job.workers.get(&worker?)?;
+            let node = job.ran_on.get(&worker?)?;
             nodes
                 .iter()
-                .any(|n| n.node_id == place.node)
-                .then(|| place.node.clone())
+                .any(|n| &n.node_id == node)
+                .then(|| node.clone())
         };
         let mut processes: Vec<JobProcess> = job
             .processes
