@@ -48,7 +48,7 @@ impl fmt::Display for ProcessorError {
         match self {
             ProcessorError::Panicked(message) => write!(f, "panicked: {message}"),
             ProcessorError::Timeout(after) => {
-                write!(f, "timed out after {:?}", Duration::from(*after))
+                write!(f, "timed out after {:.1?}", Duration::from(*after))
             }
             ProcessorError::AlreadyShutdown => f.write_str("already shut down"),
             ProcessorError::Failed(message) => f.write_str(message),
