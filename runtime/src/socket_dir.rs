@@ -80,7 +80,7 @@ const PF_EXITING: u64 = 0x4;
 /// connection end while the killed driver is still exiting (its files close before it becomes a
 /// zombie), so a driver that is exiting counts as gone.
 fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| runs(&stat))
+    crate::proc_stat::read(pid).is_some_and(|stat| runs(&stat))
 }
 
 /// Whether a process whose `/proc/<pid>/stat` reads `stat` runs (see [`running`]).

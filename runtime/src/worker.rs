@@ -130,7 +130,8 @@ pub(crate) fn marker() -> Option<String> {
 
 /// The parent of process `pid`, from `/proc/<pid>/stat`; `None` past the first process.
 fn parent_of(pid: u32) -> Option<u32> {
-    let ppid: u32 = crate::proc_stat::read(pid)?.get(1)?.parse().ok()?;
+    let stat = crate::proc_stat::read(pid)?;
+    let ppid: u32 = crate::proc_stat::after_comm(&stat)?.nth(1)?.parse().ok()?;
     (ppid > 1).then_some(ppid)
 }
 
