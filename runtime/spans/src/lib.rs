@@ -28,7 +28,7 @@
 //! write_trees(&mut out, &set.spans, &traces, TreeStyle::default())?;
 //! assert_eq!(
 //!     String::from_utf8(out)?,
-//!     "trace 0af7651916cd43dd8448eb211c80319c\n└─ hello (internal, 250 µs, pid 42)\n"
+//!     "trace 0af7651916cd43dd8448eb211c80319c\n└─ hello (internal, 250.0 µs, pid 42)\n"
 //! );
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

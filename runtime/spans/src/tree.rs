@@ -4,6 +4,7 @@
 
 use crate::model::{Span, SpanId, TraceId};
 use crate::problem::{Problem, ProblemKind};
+use crate::time::human;
 use std::collections::HashMap;
 use std::io::{self, Write};
 
@@ -220,8 +221,8 @@ const CYAN: &str = "\x1b[36m";
 ///
 /// ```text
 /// trace 4bf92f3577b34da6a3ce929d0e0e4736
-/// └─ quickstart::my_func filament.remote (producer, 412 µs, pid 7)
-///    └─ quickstart::my_func filament.remote_worker (consumer, 96 µs, pid 9)
+/// └─ quickstart::my_func filament.remote (producer, 412.3 µs, pid 7)
+///    └─ quickstart::my_func filament.remote_worker (consumer, 4.02 s, pid 9)
 /// ```
 pub fn write_trees(
     out: &mut dyn Write,
@@ -236,12 +237,12 @@ pub fn write_trees(
         if style.detailed {
             write!(
                 out,
-                "{}  {}, {} span{}, {} µs{reset}",
+                "{}  {}, {} span{}, {}{reset}",
                 paint(DIM),
                 crate::time::utc(trace.start_ns),
                 trace.nodes.len(),
                 if trace.nodes.len() == 1 { "" } else { "s" },
-                trace.duration_ns() / 1000,
+                human(trace.duration_ns().into()),
             )?;
             if trace.errors > 0 {
                 write!(
@@ -263,19 +264,19 @@ pub fn write_trees(
             };
             write!(
                 out,
-                "{}└─ {name_colour}{}{reset} ({}, {} µs, pid {})",
+                "{}└─ {name_colour}{}{reset} ({}, {}, pid {})",
                 "   ".repeat(node.depth),
                 span.name,
                 span.kind.as_str(),
-                span.duration_ns() / 1000,
+                human(span.duration_ns().into()),
                 span.process.pid,
             )?;
             if style.detailed {
                 write!(
                     out,
-                    " {}+{} µs{reset}",
+                    " {}+{}{reset}",
                     paint(DIM),
-                    span.start_ns.saturating_sub(trace.start_ns) / 1000
+                    human(span.start_ns.saturating_sub(trace.start_ns).into())
                 )?;
             }
             if let crate::model::Status::Error(message) = &span.status {

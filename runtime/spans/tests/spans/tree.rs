@@ -25,16 +25,19 @@ fn the_tree_command_adds_start_offsets_and_trace_headers() {
         lines[0].starts_with("trace a916bd0347969bc58e4debc088a5a22c  2026-"),
         "{out}"
     );
-    assert!(lines[0].ends_with(" UTC, 2 spans, 124 µs"), "{out}");
+    assert!(lines[0].ends_with(" UTC, 2 spans, 124.8 µs"), "{out}");
     assert_eq!(
         lines[1],
-        "└─ quickstart::my_function filament.remote (producer, 24 µs, pid 7383) +0 µs"
+        "└─ quickstart::my_function filament.remote (producer, 24.5 µs, pid 7383) +0 ns"
     );
     assert_eq!(
         lines[2],
-        "   └─ quickstart::my_function filament.remote_worker (consumer, 8 µs, pid 16424) +115 µs"
+        "   └─ quickstart::my_function filament.remote_worker (consumer, 8.8 µs, pid 16424) +115.9 µs"
     );
-    assert_eq!(lines[6], "      └─ foo (internal, 0 µs, pid 16424) +20 µs");
+    assert_eq!(
+        lines[6],
+        "      └─ foo (internal, 951 ns, pid 16424) +20.5 µs"
+    );
     assert!(!out.contains('\x1b'), "no colour when not on a terminal");
 }
 
