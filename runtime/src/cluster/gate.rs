@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a connection has to present its hello and token.
@@ -27,6 +27,8 @@ const DONE: u8 = 1;
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     state: Mutex<GateState>,
+    /// Rung when a connection is let in: the gate's thread sleeps until the next deadline.
+    admitted: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -59,18 +61,48 @@ pub(crate) struct Pass {
 }
 
 impl Gate {
-    /// Starts the thread that cuts off connections whose hello is late.
+    /// Starts the thread that cuts off connections whose hello is late. It sleeps until the
+    /// oldest waiting connection's deadline (or the end of a second whose refusals were not all
+    /// logged), and for good when none waits: an idle head does not wake.
     pub(crate) fn start(self: &Arc<Self>) -> std::io::Result<()> {
         let gate = Arc::clone(self);
         std::thread::Builder::new()
             .name("filament-head-gate".into())
             .spawn(move || {
                 loop {
-                    std::thread::sleep(Duration::from_millis(200));
+                    let mut state = gate.lock();
+                    loop {
+                        let Some(at) = state.next_deadline() else {
+                            state = gate.wait(state, None);
+                            continue;
+                        };
+                        let left = at.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        state = gate.wait(state, Some(left));
+                    }
+                    drop(state);
                     gate.cut_off_late();
                 }
             })
             .map(drop)
+    }
+
+    fn wait<'a>(
+        &self,
+        state: std::sync::MutexGuard<'a, GateState>,
+        timeout: Option<Duration>,
+    ) -> std::sync::MutexGuard<'a, GateState> {
+        match timeout {
+            Some(timeout) => {
+                self.admitted
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self.admitted.wait(state).unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
@@ -108,6 +140,8 @@ impl Gate {
             stream: watched,
             state: Arc::clone(&pass),
         });
+        drop(state);
+        self.admitted.notify_one();
         Some(Pass { state: pass })
     }
 
@@ -140,6 +174,19 @@ impl Gate {
 }
 
 impl GateState {
+    /// When the gate has something to do: the oldest waiting connection's deadline, or the end
+    /// of a second whose refusals were not all logged. `None`: nothing until a connection comes.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.forget_done();
+        let hello = self.waiting.front().map(|w| w.since + HELLO_DEADLINE);
+        let summary = self
+            .log
+            .window
+            .filter(|_| self.log.suppressed > 0)
+            .map(|start| start + Duration::from_secs(1));
+        hello.into_iter().chain(summary).min()
+    }
+
     /// Drops the connections that authenticated or went away.
     fn forget_done(&mut self) {
         self.waiting
