@@ -1001,6 +1001,11 @@ fn the_grpc_runtime_lives_inside_the_plugin_and_stops_at_shutdown() {
         .config("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
         .build()
         .unwrap();
+    // A thread takes its name once it runs: give the runtime's threads a moment to.
+    let until = Instant::now() + HANG_BOUND;
+    while threads_named("filament-jaeger") == 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         threads_named("filament-jaeger") >= 1,
         "the plugin's runtime runs"

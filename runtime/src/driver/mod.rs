@@ -61,6 +61,9 @@ pub(crate) struct Driver {
     completions: AtomicU64,
     state: Mutex<State>,
     changed: Condvar,
+    /// Held, from before the state's lock is released, by a thread printing what workers printed
+    /// or recording lost attempts' spans: taking it after seeing the state waits for them.
+    reporting: Mutex<()>,
     launcher: Launcher,
     /// Worker processes started and not yet reaped, by worker id.
     children: Mutex<Vec<(u32, Child)>>,
@@ -139,6 +142,7 @@ impl Driver {
             completions: AtomicU64::new(0),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            reporting: Mutex::new(()),
             launcher,
             children: Mutex::new(Vec::new()),
             alarm: crate::child_watch::Alarm::new(),
@@ -238,13 +242,12 @@ impl Driver {
             .store(state.sched.completions, Ordering::Release);
         let output = std::mem::take(&mut state.output);
         let wake = std::mem::take(&mut state.sched.wake);
+        let reporting = (!output.is_empty() || !lost.is_empty())
+            .then(|| self.reporting.lock().unwrap_or_else(|p| p.into_inner()));
         drop(state);
-        if wake {
-            self.changed.notify_all();
-        }
-        for (_, outbox) in flush {
-            outbox.flush();
-        }
+        // What workers printed and the spans of lost attempts come before the wake-up, and under
+        // `reporting`: whoever saw this state change (the driver's shutdown, say) can wait for
+        // them to be out.
         for (stderr, line) in output {
             if stderr {
                 eprintln!("{line}");
@@ -254,6 +257,13 @@ impl Driver {
         }
         for attempt in lost {
             crate::spans::on_attempt_lost(attempt);
+        }
+        drop(reporting);
+        if wake {
+            self.changed.notify_all();
+        }
+        for (_, outbox) in flush {
+            outbox.flush();
         }
         for (worker, actor) in launches {
             if let Err(error) = self.launch_worker(worker, actor) {
@@ -460,9 +470,21 @@ impl Driver {
         }
         // Workers leave once their spans are flushed, with a last report of them and their last
         // words (a summary of lost spans, say): read them before going on.
-        while !self.lock().sched.workers.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        let mut state = self.lock();
+        while !state.sched.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        drop(state);
+        // The thread that saw the last worker go may still be printing its last words.
+        drop(self.reporting.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Leaves the cluster: an embedded one's socket folder is removed; a standing one's head is

@@ -824,6 +824,8 @@ impl Scheduler {
         if shutting_down {
             let last = self.process_status(worker, &slot);
             self.departed.push(last);
+            // `Driver::stop_workers` waits for the last one.
+            self.wake = true;
         }
         // An actor already dead (its constructor failed, and its process was told to stop) takes
         // the calls it was sent with it: they fail for the actor's reason, not the process's.
