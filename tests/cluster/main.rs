@@ -1209,18 +1209,18 @@ fn an_installed_plugin_is_found_by_its_bare_name_from_a_program_outside_the_chec
     let program = elsewhere.path().join("traced-program");
     std::fs::copy(env!("CARGO_BIN_EXE_traced-program"), &program).unwrap();
     let spans = tempfile::tempdir().unwrap();
-    let output = Command::new(&program)
-        .args([
-            "--hooks",
-            "filament_local_file:setup_tracing",
-            "--spans",
-            "3",
-        ])
-        .env("XDG_DATA_HOME", data.path())
-        .env("FILAMENT_SPANS_DIR", spans.path())
-        .env_remove("FILAMENT_PLUGIN_PATH")
-        .output()
-        .unwrap();
+    let output = filament_tests::output_of_copied(
+        Command::new(&program)
+            .args([
+                "--hooks",
+                "filament_local_file:setup_tracing",
+                "--spans",
+                "3",
+            ])
+            .env("XDG_DATA_HOME", data.path())
+            .env("FILAMENT_SPANS_DIR", spans.path())
+            .env_remove("FILAMENT_PLUGIN_PATH"),
+    );
     assert!(output.status.success(), "{}", output_text(&output));
     let files = read_spans_dir(spans.path());
     assert_eq!(files.values().map(Vec::len).sum::<usize>(), 3);
@@ -1600,15 +1600,15 @@ fn a_driver_that_cannot_load_the_clusters_hook_is_told_it_is_the_clusters_and_ho
     let elsewhere = tempfile::tempdir().unwrap();
     let program = elsewhere.path().join("user-program");
     std::fs::copy(env!("CARGO_BIN_EXE_cluster-program"), &program).unwrap();
-    let output = cluster
-        .command(&program)
-        .arg("one-task")
-        .env("FILAMENT_ADDRESS", "auto")
-        .env("XDG_DATA_HOME", elsewhere.path())
-        .env("PATH", "/usr/bin:/bin")
-        .env_remove("FILAMENT_PLUGIN_PATH")
-        .output()
-        .unwrap();
+    let output = filament_tests::output_of_copied(
+        cluster
+            .command(&program)
+            .arg("one-task")
+            .env("FILAMENT_ADDRESS", "auto")
+            .env("XDG_DATA_HOME", elsewhere.path())
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("FILAMENT_PLUGIN_PATH"),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("init_error=cluster-hook"),

@@ -520,3 +520,44 @@ fn a_driver_cut_off_from_the_head_fails_its_tasks_naming_the_head_and_ends() {
         "the driver ended {took:?} after the cut: {output}"
     );
 }
+
+#[test]
+fn a_driver_that_reaches_the_head_over_loopback_is_told_its_workers_stay_on_the_heads_host() {
+    if !namespaces_available() {
+        return;
+    }
+    let net = Network::new();
+    let (address, token) = net.start(2);
+    // The head listens on every interface, so loopback reaches it too; but the driver then
+    // listens for its workers on loopback, where the node's host cannot connect.
+    let port = address.rsplit_once(':').unwrap().1;
+    let spans = tempfile::tempdir().unwrap();
+    let output = net
+        .head
+        .program(
+            &format!("127.0.0.1:{port}"),
+            &token,
+            spans.path(),
+            &["fan-out"],
+        )
+        .output()
+        .unwrap();
+    let run = Run::new(output, spans.path()).ok();
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains("reached the head over loopback")
+            && stderr.contains("not on the 1 node(s) elsewhere")
+            && stderr.contains(&address),
+        "the driver says why, and what to attach at: {stderr}"
+    );
+    let status = net.status();
+    let head_node = &node_ids(&status)[0].0;
+    let ran_on: BTreeSet<String> = run
+        .all()
+        .iter()
+        .filter(|s| SpanKind::try_from(s.span.kind) == Ok(SpanKind::Consumer))
+        .map(|s| node_of(s))
+        .collect();
+    assert_eq!(ran_on, BTreeSet::from([head_node.clone()]), "{status}");
+    assert_eq!(run.all().len(), 18, "{:?}", run.names());
+}

@@ -253,6 +253,23 @@ impl Run {
     }
 }
 
+/// Runs `command`, whose program was copied a moment ago, to its end. Another test's child may
+/// still hold the copy open for writing between its fork and its exec (the descriptor is
+/// close-on-exec, but not yet closed): running the copy then fails with ETXTBSY, so this tries
+/// again a moment later.
+pub fn output_of_copied(command: &mut std::process::Command) -> Output {
+    let mut tries = 0;
+    loop {
+        match command.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result.expect("the copied program runs"),
+        }
+    }
+}
+
 /// A process's exit status and both outputs, for assertion messages.
 pub fn output_text(output: &Output) -> String {
     format!(

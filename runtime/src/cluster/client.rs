@@ -109,6 +109,7 @@ pub(crate) fn attach(
         hook,
         cpus,
         node_id,
+        notice,
     } = welcome
     else {
         return Err(ConnectError::Unexpected {
@@ -117,6 +118,9 @@ pub(crate) fn attach(
         }
         .into());
     };
+    if let Some(notice) = notice {
+        eprintln!("filament: {notice}");
+    }
     Ok(Attached {
         address,
         token,

@@ -249,6 +249,19 @@ fn absolute_hook(hooks: &str) -> Result<String, StartError> {
     Ok(absolute.join(","))
 }
 
+/// Whether workers started by `node` can connect back to the driver of `request`. A driver that
+/// reached the head over loopback listens there: only nodes of the head's machine reach it.
+fn reaches(request: &JobRequest, node: &NodeEntry) -> bool {
+    let loopback = |address: &str| {
+        address
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    };
+    !loopback(&request.worker_address)
+        || matches!(node.link, NodeLink::Local(_))
+        || loopback(&node.address)
+}
+
 /// This machine's address on its default route (no packet is sent: a UDP socket is only
 /// connected); loopback if it has none.
 fn routable_ip() -> std::net::IpAddr {
@@ -446,6 +459,7 @@ impl Head {
         request: JobRequest,
         peer: &str,
     ) {
+        let notice;
         let (job_id, cpus, node_id) = {
             let mut state = self.lock();
             let job_id = std::iter::repeat_with(super::new_job_id)
@@ -453,7 +467,21 @@ impl Head {
                     !state.jobs.contains_key(id) && !state.ended.iter().any(|j| j.job_id == *id)
                 })
                 .expect("an endless supply of ids");
-            let cpus = state.nodes.iter().map(|n| n.num_cpus).sum::<u32>();
+            let cpus = state
+                .nodes
+                .iter()
+                .filter(|node| reaches(&request, node))
+                .map(|n| n.num_cpus)
+                .sum::<u32>();
+            let elsewhere = state.nodes.iter().filter(|n| !reaches(&request, n)).count();
+            notice = (elsewhere > 0).then(|| {
+                format!(
+                    "this driver reached the head over loopback, so its workers can run only on \
+                     the head's machine, not on the {elsewhere} node(s) elsewhere; to use the \
+                     whole cluster, attach at the head's address on the network ({})",
+                    self.address
+                )
+            });
             state.jobs.insert(
                 job_id.clone(),
                 JobEntry {
@@ -476,6 +504,7 @@ impl Head {
             hook: self.hook.clone(),
             cpus,
             node_id,
+            notice,
         }));
         let end = loop {
             match reader.read::<ToHead>() {
@@ -509,6 +538,7 @@ impl Head {
             .nodes
             .iter()
             .enumerate()
+            .filter(|(_, node)| reaches(request, node))
             .max_by_key(|(index, node)| {
                 let free = i64::from(node.num_cpus) - load.get(node.node_id.as_str()).unwrap_or(&0);
                 (free, std::cmp::Reverse(*index))
@@ -520,7 +550,7 @@ impl Head {
             if let Some(outbox) = outbox {
                 outbox.send(FromHead::WorkerFailed {
                     worker,
-                    message: "the cluster has no node".into(),
+                    message: "the cluster has no node this driver's workers can reach".into(),
                 });
             }
             return;

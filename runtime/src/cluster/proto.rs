@@ -93,6 +93,9 @@ pub(crate) enum Welcome {
         /// The node of the driver's machine, if it is one of the cluster's: the driver's spans
         /// then carry the same `filament.node_id` as its workers' there.
         node_id: Option<String>,
+        /// What the driver should tell its user about how its job will run (a driver that
+        /// reached the head over loopback gets workers on the head's machine only, say).
+        notice: Option<String>,
     },
     Status,
 }
