@@ -208,7 +208,13 @@ pub(crate) fn on_attempt_lost(lost: crate::driver::LostAttempt) {
     span.add_event(
         "exception",
         vec![
-            KeyValue::new("exception.type", "worker died"),
+            KeyValue::new(
+                "exception.type",
+                match lost.error {
+                    crate::TaskError::WorkerDied { .. } => "worker died",
+                    _ => "worker lost",
+                },
+            ),
             KeyValue::new("exception.message", message.clone()),
         ],
     );

@@ -1170,6 +1170,22 @@ fn drivers_hear_of_a_dead_head_within_seconds() {
         .filter(|l| l.starts_with("after") && l.contains("=error") && l.contains(&head_gone))
         .count();
     assert_eq!(after_errors, 4, "{output}");
+    // Each of the four attempts lost with the cluster is an ERROR span the driver recorded (the
+    // worker's own never came): `filament spans --errors` finds them. (The only job of this
+    // cluster.)
+    let lost: Vec<ReadSpan> = read_spans_dir(cluster.spans.path())
+        .into_values()
+        .flatten()
+        .filter(|s| s.name() == "cluster_program::sleepy_pid filament.remote_worker")
+        .collect();
+    assert_eq!(lost.len(), 4, "{output}");
+    for span in &lost {
+        assert_eq!(
+            span.attribute("filament.recorded_by"),
+            Some(&Value::StringValue("driver".into()))
+        );
+        assert_eq!(span.span.status.as_ref().map(|s| s.code), Some(2), "ERROR");
+    }
     // The head's workers went with it.
     wait_until("the head's workers end", Duration::from_secs(5), || {
         group_members(head_pid).is_empty()

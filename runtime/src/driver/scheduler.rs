@@ -866,9 +866,10 @@ impl Scheduler {
                 continue;
             };
             let died = matches!(error, TaskError::WorkerDied { .. });
-            if died {
-                // Whether it ran or waited in the worker's queue is unknown: it counts as an
-                // attempt, and its span (which died with the worker) is recorded here.
+            // Lost with its worker, or with the cluster (the head is gone, and with it every
+            // worker's connection): whether it ran or waited in the worker's queue is unknown. It
+            // counts as an attempt, and its span (which never reached the driver) is recorded here.
+            if died || matches!(error, TaskError::NoWorkers { .. }) {
                 self.effects.push(Effect::AttemptLost(LostAttempt {
                     name: Arc::clone(&spec.name),
                     kind: spec.kind.clone(),
