@@ -228,8 +228,11 @@ pub enum TaskError {
         /// The panic's message.
         message: String,
     },
-    /// The worker process running the task died.
-    #[error("task {task} failed: worker {worker} (pid {pid}) died before it finished")]
+    /// The worker process running the task died, or its connection to the driver ended (a
+    /// worker on another machine cut off from this one, say).
+    #[error(
+        "task {task} failed: worker {worker} (pid {pid}) was lost before it finished (it died, or its connection was cut)"
+    )]
     WorkerDied {
         /// The task's Rust path.
         task: String,

@@ -449,6 +449,18 @@ fn a_host_cut_off_mid_task_is_noticed_its_tasks_run_again_and_it_stops_its_worke
         took + dropped,
         took + dropped + stopped
     );
+    // On the node's host, `auto` now says what happened to its node and how to rejoin.
+    let output = net.node.filament(&["status"]);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && said.contains(&format!(
+                "this machine's node of the cluster at {address} is not running"
+            ))
+            && said.contains(&format!("rejoin with `filament start --address {address}`")),
+        "{}",
+        output_text(&output)
+    );
     let log = net.node.temp.path().join("session_latest/logs/daemon.log");
     eprintln!("{}", std::fs::read_to_string(log).unwrap_or_default());
     // Every span file written on either host is whole.

@@ -79,6 +79,20 @@ pub enum SessionError {
         /// The `session_latest` link.
         latest: PathBuf,
     },
+    /// `auto` was asked for, and this machine's node has stopped (it does when it loses its
+    /// head): the cluster may well run on, elsewhere.
+    #[error(
+        "this machine's node of the cluster at {head} is not running: it stopped (a node stops \
+         when it loses its head; see {}); rejoin with `filament start --address {head}`, or \
+         start a cluster here with `filament start --head`",
+        latest.join("logs").join("daemon.log").display()
+    )]
+    NodeStopped {
+        /// The `session_latest` link.
+        latest: PathBuf,
+        /// The head the node had joined.
+        head: String,
+    },
     /// `auto` was asked for, and the current session has no address.
     #[error(
         "no Filament cluster runs on this machine: {} has no address; \

@@ -230,6 +230,11 @@ pub(crate) fn resolve_address(address: &str) -> Result<String, SessionError> {
     }
     let address = if address == "auto" {
         if live_daemon(&latest).is_none() {
+            if read(&latest, "role").as_deref() == Some("node")
+                && let Some(head) = read(&latest, "address")
+            {
+                return Err(SessionError::NodeStopped { latest, head });
+            }
             return Err(SessionError::NoCluster { latest });
         }
         read(&latest, "address").ok_or(SessionError::NoAddress { latest })?
