@@ -1640,3 +1640,49 @@ fn a_driver_that_cannot_load_the_clusters_hook_is_told_it_is_the_clusters_and_ho
         assert!(stderr.contains(words), "{words:?} not in: {stderr}");
     }
 }
+
+#[test]
+fn an_address_where_something_else_listens_is_called_not_a_filament_head() {
+    // An HTTP server where the head should be: it answers the hello with "HTTP/1.1 400 …".
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            use std::io::{Read, Write};
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let cluster = Cluster::new();
+    let expected =
+        format!("{address} does not answer as a Filament head: it answered with something else");
+    let status = cluster
+        .command(&filament_bin())
+        .args(["status", "--address", &address])
+        .env("FILAMENT_CLUSTER_TOKEN", "x")
+        .output()
+        .unwrap();
+    let join = cluster
+        .command(&filament_bin())
+        .args(["start", "--address", &address])
+        .env("FILAMENT_CLUSTER_TOKEN", "x")
+        .output()
+        .unwrap();
+    let driver = cluster
+        .command(Path::new(env!("CARGO_BIN_EXE_cluster-program")))
+        .arg("one-task")
+        .env("FILAMENT_ADDRESS", &address)
+        .env("FILAMENT_CLUSTER_TOKEN", "x")
+        .output()
+        .unwrap();
+    for (what, output) in [("status", status), ("start", join), ("a driver", driver)] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(&expected),
+            "{what}: {}",
+            output_text(&output)
+        );
+    }
+}

@@ -229,6 +229,19 @@ pub enum ConnectError {
         /// The head's address.
         address: String,
     },
+    /// What listens at the address does not speak Filament's protocol: it did not answer the
+    /// hello in time, or answered with something that is not a Filament message.
+    #[error(
+        "{address} does not answer as a Filament head: {why} (is it the head's address? \
+         `filament start --head` prints it, and `session_latest/address` on the head's machine \
+         holds it)"
+    )]
+    NotAHead {
+        /// The address.
+        address: String,
+        /// What it did instead.
+        why: String,
+    },
     /// The head answered something else than a welcome for this kind of peer.
     #[error("the head at {address} answered {answer}")]
     Unexpected {

@@ -256,7 +256,8 @@ pub(crate) fn connect(
             None => Ok(()),
         })
         .map_err(broken)?;
-    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    const WELCOME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    let _ = conn.set_read_timeout(Some(WELCOME_TIMEOUT));
     let mut reader = FrameReader::new(conn.try_clone().map_err(broken)?);
     // The head this process chose to connect to.
     reader.trust();
@@ -287,6 +288,25 @@ pub(crate) fn connect(
                 origin: tls.map(|t| t.origin.clone()).unwrap_or_default(),
                 source,
                 hint: REFUSED_CERTIFICATE,
+            });
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ConnectError::NotAHead {
+                address: address.to_owned(),
+                why: format!("no answer to the hello within {WELCOME_TIMEOUT:?}"),
+            });
+        }
+        // A length past every limit, or bytes that are no message: another protocol answered
+        // (an HTTP server's "HTTP/1.1 400" read as a frame's length, say).
+        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+            return Err(ConnectError::NotAHead {
+                address: address.to_owned(),
+                why: format!("it answered with something else ({e})"),
             });
         }
         Err(e) => return Err(broken(e)),
