@@ -343,12 +343,26 @@ fn start(args: StartArgs) -> Result<String, CommandError> {
         String::new()
     };
     Ok(if args.head {
+        let tls_flags = if tls.is_empty() {
+            ""
+        } else {
+            " --tls-ca ca.pem --tls-cert cert.pem --tls-key key.pem"
+        };
+        let loopback = ready
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        let reach = if loopback {
+            "\nIt listens on loopback only: nodes and drivers on other machines cannot reach it. For a \
+             cluster across machines, start it with --host 0.0.0.0 (or this machine's address)."
+        } else {
+            ""
+        };
         format!(
             "Started the head of a Filament cluster at {ready} ({num_cpus} CPUs, tracing hook {}).\n\
-             Session: {}\n\n\
+             Session: {}{reach}\n\n\
              Attach a driver on this machine:  FILAMENT_ADDRESS=auto your-program\n\
-             Join another node:                filament start --address {ready}\n\
-             \x20                                 (with FILAMENT_CLUSTER_TOKEN=$(cat {}))\n\
+             Join another node:                FILAMENT_CLUSTER_TOKEN=<token> filament start --address {ready}{tls_flags}\n\
+             \x20                                 (<token>: the contents of {} on this machine)\n\
              See the cluster:                  filament status\n\
              Stop it:                          filament stop{tls}",
             args.tracing_startup_hook.as_deref().unwrap_or("none"),

@@ -248,6 +248,20 @@ fn serve(marker: &str) -> Result<(), String> {
             Ok(guard) => tracing_guard = Some(guard),
             Err(error) => {
                 outbox.send(ToDriver::HookStatus(Err(error.to_string())));
+                // Leave once the driver has read it (it then sends this worker away or closes),
+                // not before: a worker that ended first would be reported as one that died
+                // before it connected, and the hook's error lost.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while let Some(left) = deadline
+                    .checked_duration_since(Instant::now())
+                    .filter(|left| !left.is_zero())
+                {
+                    let _ = reader.stream().set_read_timeout(Some(left));
+                    match reader.read::<ToWorker>() {
+                        Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => break,
+                        Ok(Some(_)) => {}
+                    }
+                }
                 return Err(error.to_string());
             }
         }

@@ -72,6 +72,13 @@ impl Cluster {
             "start --head: {}",
             output_text(&output)
         );
+        // On loopback, as by default: `start` says other machines cannot join, and how they could.
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            said.contains("It listens on loopback only")
+                && said.contains("start it with --host 0.0.0.0"),
+            "{said}"
+        );
         self.session_file("address")
     }
 

@@ -43,10 +43,14 @@ fn namespaces_available() -> bool {
             Some(line.split_whitespace().nth(2)? == "0")
         })
         .unwrap_or(false);
-    let ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ip = match Command::new("ip").arg("-V").output() {
+        Ok(output) => {
+            assert!(output.status.success(), "ip -V: {}", output_text(&output));
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => panic!("running `ip -V`: {e}"),
+    };
     if root && ip {
         return true;
     }
@@ -213,6 +217,14 @@ impl Network {
         );
         let address = self.head.session_file("address");
         let token = self.head.session_file("token");
+        // What `start` says to do on another machine is what this suite does there.
+        let said = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            said.contains(&format!(
+                "FILAMENT_CLUSTER_TOKEN=<token> filament start --address {address}\n"
+            )) && !said.contains("loopback only"),
+            "{said}"
+        );
         let output = self
             .node
             .command(&filament_bin())

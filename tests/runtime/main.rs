@@ -304,7 +304,9 @@ fn tasks_of_a_worker_killed_under_a_batch_run_again_each_lost_attempt_a_span_wit
         let status = attempt.span.status.as_ref().expect("a status");
         assert_eq!(status.code, StatusCode::Error as i32);
         assert!(
-            status.message.contains(&format!("(pid {killed}) died")),
+            status
+                .message
+                .contains(&format!("(pid {killed}) was lost before it finished")),
             "{}",
             status.message
         );
