@@ -343,6 +343,16 @@ fn the_seed_cli_path_gives_the_embedded_span_trees() {
     );
     assert_eq!(seen["nodes"][0]["hook"], "loaded");
     assert_eq!(seen["hook"], LOCAL_FILE);
+    // The driver is on the head's machine: its row names that node, as its spans do.
+    let driver = seen["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .and_then(|j| j["processes"].as_array())
+        .and_then(|p| p.iter().find(|p| p["kind"] == "driver"))
+        .unwrap_or_else(|| panic!("{seen}"));
+    assert_eq!(driver["node_id"], seen["nodes"][0]["node_id"], "{seen}");
     let text_status = cluster.filament(&["status"]);
     let text_status = String::from_utf8_lossy(&text_status.stdout).into_owned();
     assert!(

@@ -60,6 +60,8 @@ struct JobEntry {
     /// The node of every worker ever started: status still says where a worker ran after it
     /// ended (they end before their job does, once their spans are flushed).
     ran_on: BTreeMap<u32, String>,
+    /// The node of the driver's machine, if the cluster has one there (its spans carry it).
+    driver_node: Option<String>,
     processes: Vec<ProcessStatus>,
 }
 
@@ -482,6 +484,7 @@ impl Head {
                     self.address
                 )
             });
+            let node_id = self.node_at(&state.nodes, peer);
             state.jobs.insert(
                 job_id.clone(),
                 JobEntry {
@@ -489,10 +492,11 @@ impl Head {
                     outbox: outbox.clone(),
                     workers: BTreeMap::new(),
                     ran_on: BTreeMap::new(),
+                    driver_node: node_id.clone(),
                     processes: Vec::new(),
                 },
             );
-            (job_id, cpus, self.node_at(&state.nodes, peer))
+            (job_id, cpus, node_id)
         };
         log(&format!(
             "job {job_id} started: driver pid {} ({})",
@@ -653,7 +657,10 @@ impl Head {
 
     fn job_status(job_id: &str, job: &JobEntry, nodes: &[NodeEntry], state: JobState) -> JobStatus {
         let node_of = |worker: Option<u32>| {
-            let node = job.ran_on.get(&worker?)?;
+            let node = match worker {
+                Some(worker) => job.ran_on.get(&worker)?,
+                None => job.driver_node.as_ref()?,
+            };
             nodes
                 .iter()
                 .any(|n| &n.node_id == node)
