@@ -461,8 +461,7 @@ impl Head {
         request: JobRequest,
         peer: &str,
     ) {
-        let notice;
-        let (job_id, cpus, node_id) = {
+        let (job_id, cpus, node_id, notice) = {
             let mut state = self.lock();
             let job_id = std::iter::repeat_with(super::new_job_id)
                 .find(|id| {
@@ -476,7 +475,7 @@ impl Head {
                 .map(|n| n.num_cpus)
                 .sum::<u32>();
             let elsewhere = state.nodes.iter().filter(|n| !reaches(&request, n)).count();
-            notice = (elsewhere > 0).then(|| {
+            let notice = (elsewhere > 0).then(|| {
                 format!(
                     "this driver reached the head over loopback, so its workers can run only on \
                      the head's machine, not on the {elsewhere} node(s) elsewhere; to use the \
@@ -496,7 +495,7 @@ impl Head {
                     processes: Vec::new(),
                 },
             );
-            (job_id, cpus, node_id)
+            (job_id, cpus, node_id, notice)
         };
         log(&format!(
             "job {job_id} started: driver pid {} ({})",
