@@ -27,8 +27,9 @@ const DONE: u8 = 1;
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     state: Mutex<GateState>,
-    /// Rung when a connection is let in: the gate's thread sleeps until the next deadline.
-    admitted: Condvar,
+    /// Rung when a connection is let in or a refusal goes unlogged: the gate's thread sleeps
+    /// until the next deadline.
+    wake: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -96,12 +97,12 @@ impl Gate {
     ) -> std::sync::MutexGuard<'a, GateState> {
         match timeout {
             Some(timeout) => {
-                self.admitted
+                self.wake
                     .wait_timeout(state, timeout)
                     .unwrap_or_else(|p| p.into_inner())
                     .0
             }
-            None => self.admitted.wait(state).unwrap_or_else(|p| p.into_inner()),
+            None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
         }
     }
 
@@ -141,13 +142,20 @@ impl Gate {
             state: Arc::clone(&pass),
         });
         drop(state);
-        self.admitted.notify_one();
+        self.wake.notify_one();
         Some(Pass { state: pass })
     }
 
     /// Logs a refusal, at most a few a second.
     pub(crate) fn log_refusal(&self, message: &str) {
-        self.lock().log.log(message);
+        let mut state = self.lock();
+        state.log.log(message);
+        let unlogged = state.log.suppressed > 0;
+        drop(state);
+        // The gate sums them up once the second is over.
+        if unlogged {
+            self.wake.notify_one();
+        }
     }
 
     fn cut_off_late(&self) {
