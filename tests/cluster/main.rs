@@ -4,7 +4,10 @@
 //! as JSON; processes are killed with SIGKILL. Every test has session and span folders of its own
 //! and stops what it started.
 
-use filament_tests::{ReadSpan, Run, filament_bin, output_text, read_span_file, read_spans_dir};
+use filament_tests::{
+    ReadSpan, Run, filament_bin, group_members, output_text, read_span_file, read_spans_dir,
+    slow_task_pids, wait_for_submitted,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value as Json;
@@ -156,22 +159,6 @@ fn kind(span: &ReadSpan) -> SpanKind {
     SpanKind::try_from(span.span.kind).unwrap()
 }
 
-/// The processes of process group `group` still running (zombies are not).
-fn group_members(group: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-            let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            (pgrp == group && state != "Z").then_some(pid)
-        })
-        .collect()
-}
-
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -199,20 +186,6 @@ fn kill(pid: u32) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -KILL {pid}");
-}
-
-/// Waits for a spawned program's line `submitted` and returns a reader of the rest.
-fn wait_for_submitted(child: &mut Child) -> BufReader<std::process::ChildStdout> {
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).unwrap();
-        assert!(n > 0, "the program ended before submitting");
-        if line.trim() == "submitted" {
-            return stdout;
-        }
-    }
 }
 
 #[test]
@@ -1040,18 +1013,7 @@ fn a_node_killed_mid_run_has_its_tasks_run_again_on_the_rest_of_the_cluster() {
     assert!(status.success(), "{output}");
     // Two of the four ran on the node; they ran again (max_retries = 3 by default) on the head's
     // workers: every caller gets its result, from a process that is not the node's.
-    let pids: Vec<u32> = lines
-        .iter()
-        .filter(|l| l.starts_with("slow") && !l.starts_with("slow_done"))
-        .map(|l| {
-            l.split_once("=ok ")
-                .unwrap_or_else(|| panic!("{l}: {output}"))
-                .1
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(pids.len(), 4, "{output}");
+    let pids = slow_task_pids(&lines);
     assert!(
         pids.iter().all(|pid| !node_workers.contains(pid)),
         "{pids:?} {node_workers:?}: {output}"

@@ -7,14 +7,16 @@
 //! Network namespaces need root. Without root this suite says so and passes, unless
 //! `FILAMENT_TEST_NETNS=required` (set by `.ci/run`), which makes it fail instead.
 
-use filament_tests::{ReadSpan, Run, filament_bin, output_text, plugin_path};
+use filament_tests::{
+    Run, filament_bin, group_members, output_text, plugin_path, slow_task_pids, wait_for_submitted,
+};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -271,25 +273,14 @@ fn node_ids(status: &Json) -> Vec<(String, String)> {
         .collect()
 }
 
-fn node_of(span: &ReadSpan) -> String {
-    match span.attribute("filament.node_id") {
-        Some(Value::StringValue(node)) => node.clone(),
-        other => panic!("{}: node id {other:?}", span.name()),
-    }
-}
-
-/// The processes of process group `group` still running (zombies are not).
-fn group_members(group: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-            let state = fields.next()?;
-            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
-            (pgrp == group && state != "Z").then_some(pid)
+/// The nodes the run's tasks ran on: the `filament.node_id` of its CONSUMER spans.
+fn consumer_nodes(run: &Run) -> BTreeSet<String> {
+    run.all()
+        .iter()
+        .filter(|s| SpanKind::try_from(s.span.kind) == Ok(SpanKind::Consumer))
+        .map(|span| match span.attribute("filament.node_id") {
+            Some(Value::StringValue(node)) => node.clone(),
+            other => panic!("{}: node id {other:?}", span.name()),
         })
         .collect()
 }
@@ -304,20 +295,6 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> 
         std::thread::sleep(Duration::from_millis(100));
     }
     started.elapsed()
-}
-
-/// Reads a spawned program's output up to its line `submitted`; returns a reader of the rest.
-fn wait_for_submitted(child: &mut Child) -> BufReader<std::process::ChildStdout> {
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).unwrap();
-        assert!(n > 0, "the program ended before submitting");
-        if line.trim() == "submitted" {
-            return stdout;
-        }
-    }
 }
 
 #[test]
@@ -371,14 +348,9 @@ fn drivers_on_either_host_run_one_trace_across_the_link() {
             "driver on the {which}'s host: {:?}",
             run.names()
         );
-        let ran_on: BTreeSet<String> = run
-            .all()
-            .iter()
-            .filter(|s| SpanKind::try_from(s.span.kind) == Ok(SpanKind::Consumer))
-            .map(|s| node_of(s))
-            .collect();
         assert_eq!(
-            ran_on, all_nodes,
+            consumer_nodes(&run),
+            all_nodes,
             "driver on the {which}'s host: tasks ran on both hosts"
         );
     }
@@ -417,18 +389,7 @@ fn a_host_cut_off_mid_task_is_noticed_its_tasks_run_again_and_it_stops_its_worke
     let took = cut_at.elapsed();
     let output = lines.join("\n");
     assert!(status.success(), "{output}");
-    let pids: Vec<u32> = lines
-        .iter()
-        .filter(|l| l.starts_with("slow") && !l.starts_with("slow_done"))
-        .map(|l| {
-            l.split_once("=ok ")
-                .unwrap_or_else(|| panic!("{l}: {output}"))
-                .1
-                .parse()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(pids.len(), 4, "{output}");
+    let pids = slow_task_pids(&lines);
     assert!(
         pids.iter().all(|pid| !node_workers.contains(pid)),
         "every result came from the head's host: {pids:?}, the node's workers {node_workers:?}"
@@ -576,12 +537,10 @@ fn a_driver_that_reaches_the_head_over_loopback_is_told_its_workers_stay_on_the_
     );
     let status = net.status();
     let head_node = &node_ids(&status)[0].0;
-    let ran_on: BTreeSet<String> = run
-        .all()
-        .iter()
-        .filter(|s| SpanKind::try_from(s.span.kind) == Ok(SpanKind::Consumer))
-        .map(|s| node_of(s))
-        .collect();
-    assert_eq!(ran_on, BTreeSet::from([head_node.clone()]), "{status}");
+    assert_eq!(
+        consumer_nodes(&run),
+        BTreeSet::from([head_node.clone()]),
+        "{status}"
+    );
     assert_eq!(run.all().len(), 18, "{:?}", run.names());
 }

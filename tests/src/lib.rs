@@ -6,8 +6,9 @@
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{Span, TracesData};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, ChildStdout, Command, Output};
 
 /// One span read back from a span file, with the resource and scope of its line.
 #[derive(Debug, Clone)]
@@ -382,4 +383,50 @@ pub fn cpu_and_switches(pid: u32) -> (u64, u64) {
             Some((fields.next()??, fields.nth(1)??))
         })
         .fold((0, 0), |(cpu, switches), (c, s)| (cpu + c, switches + s))
+}
+
+/// The processes of process group `group` still running (zombies are not).
+pub fn group_members(group: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
+/// Reads a spawned program's output up to its line `submitted`; returns a reader of the rest.
+pub fn wait_for_submitted(child: &mut Child) -> BufReader<ChildStdout> {
+    let mut stdout = BufReader::new(child.stdout.take().expect("a piped standard output"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "the program ended before submitting");
+        if line.trim() == "submitted" {
+            return stdout;
+        }
+    }
+}
+
+/// The pids of the processes that ran `cluster-program under-fire`'s four slow tasks, from its
+/// `slowN=ok <pid>` lines; panics, showing every line, if one of them failed.
+pub fn slow_task_pids(lines: &[String]) -> Vec<u32> {
+    let pids: Vec<u32> = lines
+        .iter()
+        .filter(|l| l.starts_with("slow") && !l.starts_with("slow_done"))
+        .map(|l| {
+            l.split_once("=ok ")
+                .and_then(|(_, pid)| pid.parse().ok())
+                .unwrap_or_else(|| panic!("{l}:\n{}", lines.join("\n")))
+        })
+        .collect();
+    assert_eq!(pids.len(), 4, "{}", lines.join("\n"));
+    pids
 }
