@@ -49,13 +49,8 @@ impl Cluster {
 
     fn command(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
-        command
-            .env("FILAMENT_TEMP_DIR", &self.root)
-            .env("FILAMENT_SPANS_DIR", self.spans.path())
-            .env("RUST_BACKTRACE", "0")
-            .env_remove("FILAMENT_ADDRESS")
-            .env_remove("FILAMENT_CLUSTER_TOKEN")
-            .env_remove("FILAMENT_TRACING_STARTUP_HOOK");
+        filament_tests::in_session(&mut command, &self.root)
+            .env("FILAMENT_SPANS_DIR", self.spans.path());
         command
     }
 

@@ -84,14 +84,8 @@ impl Host {
     /// variables.
     fn command(&self, program: &Path) -> Command {
         let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.ns])
-            .arg(program)
-            .env("FILAMENT_TEMP_DIR", self.temp.path())
-            .env("RUST_BACKTRACE", "0")
-            .env_remove("FILAMENT_ADDRESS")
-            .env_remove("FILAMENT_CLUSTER_TOKEN")
-            .env_remove("FILAMENT_TRACING_STARTUP_HOOK");
+        command.args(["netns", "exec", &self.ns]).arg(program);
+        filament_tests::in_session(&mut command, self.temp.path());
         command
     }
 
@@ -185,6 +179,17 @@ impl Network {
             ip(&["-n", &host.ns, "route", "add", "default", "dev", dev]);
         }
         network
+    }
+
+    /// A network with its cluster started (see [`Network::start`]); `None` where network
+    /// namespaces cannot be made (see [`namespaces_available`]).
+    fn started(cpus: u32) -> Option<(Network, String, String)> {
+        if !namespaces_available() {
+            return None;
+        }
+        let net = Network::new();
+        let (address, token) = net.start(cpus);
+        Some((net, address, token))
     }
 
     /// Cuts the link: from now on, neither host hears the other (no reset, no close: silence).
@@ -299,11 +304,9 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> 
 
 #[test]
 fn drivers_on_either_host_run_one_trace_across_the_link() {
-    if !namespaces_available() {
+    let Some((net, address, token)) = Network::started(2) else {
         return;
-    }
-    let net = Network::new();
-    let (address, token) = net.start(2);
+    };
     // Listening on every interface, the head tells its address on the network, not loopback.
     assert_eq!(
         address.rsplit_once(':').unwrap().0,
@@ -358,11 +361,9 @@ fn drivers_on_either_host_run_one_trace_across_the_link() {
 
 #[test]
 fn a_host_cut_off_mid_task_is_noticed_its_tasks_run_again_and_it_stops_its_workers() {
-    if !namespaces_available() {
+    let Some((net, address, token)) = Network::started(2) else {
         return;
-    }
-    let net = Network::new();
-    let (address, token) = net.start(2);
+    };
     let spans = tempfile::tempdir().unwrap();
     // Four 2-second tasks: two on each host.
     let mut driver = net
@@ -444,11 +445,9 @@ fn a_host_cut_off_mid_task_is_noticed_its_tasks_run_again_and_it_stops_its_worke
 
 #[test]
 fn a_driver_cut_off_from_the_head_fails_its_tasks_naming_the_head_and_ends() {
-    if !namespaces_available() {
+    let Some((net, address, token)) = Network::started(2) else {
         return;
-    }
-    let net = Network::new();
-    let (address, token) = net.start(2);
+    };
     let spans = tempfile::tempdir().unwrap();
     // The driver runs on the node's host, and its tasks cannot be run again once the head's host
     // is out of reach: those on the node's host finish, those on the head's fail.
@@ -508,11 +507,9 @@ fn a_driver_cut_off_from_the_head_fails_its_tasks_naming_the_head_and_ends() {
 
 #[test]
 fn a_driver_that_reaches_the_head_over_loopback_is_told_its_workers_stay_on_the_heads_host() {
-    if !namespaces_available() {
+    let Some((net, address, token)) = Network::started(2) else {
         return;
-    }
-    let net = Network::new();
-    let (address, token) = net.start(2);
+    };
     // The head listens on every interface, so loopback reaches it too; but the driver then
     // listens for its workers on loopback, where the node's host cannot connect.
     let port = address.rsplit_once(':').unwrap().1;

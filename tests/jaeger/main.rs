@@ -838,12 +838,7 @@ impl StandingCluster {
     fn command(&self, program: &Path) -> Command {
         let mut command = Command::new(program);
         clear_otel(&mut command);
-        command
-            .env("FILAMENT_TEMP_DIR", self.temp.path())
-            .env("RUST_BACKTRACE", "0")
-            .env_remove("FILAMENT_ADDRESS")
-            .env_remove("FILAMENT_CLUSTER_TOKEN")
-            .env_remove("FILAMENT_TRACING_STARTUP_HOOK");
+        filament_tests::in_session(&mut command, self.temp.path());
         command
     }
 }

@@ -254,6 +254,18 @@ impl Run {
     }
 }
 
+/// Gives `command` the session folder `temp_dir` (`FILAMENT_TEMP_DIR`) and none of the variables
+/// that would attach it to another cluster or bring another hook: what a standing cluster's test
+/// runs (`filament`, a driver) sees only that test's cluster.
+pub fn in_session<'a>(command: &'a mut Command, temp_dir: &Path) -> &'a mut Command {
+    command
+        .env("FILAMENT_TEMP_DIR", temp_dir)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("FILAMENT_ADDRESS")
+        .env_remove("FILAMENT_CLUSTER_TOKEN")
+        .env_remove("FILAMENT_TRACING_STARTUP_HOOK")
+}
+
 /// Runs `command`, whose program was copied a moment ago, to its end. Another test's child may
 /// still hold the copy open for writing between its fork and its exec (the descriptor is
 /// close-on-exec, but not yet closed): running the copy then fails with ETXTBSY, so this tries
